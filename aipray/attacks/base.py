@@ -1,0 +1,108 @@
+"""The L∞ projected-gradient engine every optimisation attack shares, and the attack registry.
+
+An attack differs from another only by its *objective*: a function of the current adversarial
+images ``[B, 3, H, W]`` (and the step number) returning one value per image ``[B]`` to maximise.
+Items in a batch are independent (the objective is a sum of per-item terms and Adam is
+element-wise), so a batch optimises exactly as the items would one by one.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+
+from aipray.registry import Registry
+
+ATTACKS: Registry[Attack] = Registry("attack")
+
+Objective = Callable[[torch.Tensor, int], torch.Tensor]
+
+
+def quantize_within(x_adv: torch.Tensor, x: torch.Tensor, eps: float) -> torch.Tensor:
+    """Round to the 8-bit grid while keeping ``|round(x_adv) − x| ≤ eps/255`` and ``[0, 1]``.
+
+    When ``x`` is itself on the 8-bit grid (stored images are), plain rounding already keeps the
+    bound; the clamp makes it hold for off-grid inputs too (e.g. resized images).
+    """
+    q = torch.round(x_adv * 255.0)
+    lo = torch.clamp(torch.ceil(x * 255.0 - eps - 1e-4), min=0.0)
+    hi = torch.clamp(torch.floor(x * 255.0 + eps + 1e-4), max=255.0)
+    return torch.minimum(torch.maximum(q, lo), hi) / 255.0
+
+
+def linf_ascent(
+    images: torch.Tensor,
+    objective: Objective,
+    *,
+    eps: float,
+    steps: int,
+    lr: float,
+    method: str = "adam",
+    random_start: bool = False,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Maximise ``objective`` over ``δ`` with ``‖δ‖∞ ≤ eps/255`` and ``x + δ ∈ [0, 1]``.
+
+    Args:
+        images: ``[B, 3, H, W]`` float in [0, 1]; never modified.
+        objective: ``(x_adv, step) → [B]`` values to maximise.
+        eps: L∞ bound in 0..255 pixel units.
+        steps: number of updates.
+        lr: Adam learning rate (``method="adam"``) or step size in [0, 1] units (``"sign"``: PGD).
+        method: ``"adam"`` (AIP's INSA/EXPA) or ``"sign"`` (signed-gradient PGD; FGSM = 1 step).
+        random_start: start from a uniform point of the ε-ball (Madry et al.).
+
+    Returns:
+        Adversarial images on the 8-bit grid, ``[B, 3, H, W]``, detached.
+    """
+    if eps < 0 or not math.isfinite(eps):
+        raise ValueError(f"eps must be a finite number >= 0, got {eps}")
+    x = images.detach()
+    bound = eps / 255.0
+    if eps == 0 or steps == 0:
+        return quantize_within(x, x, eps)
+    delta = torch.zeros_like(x)
+    if random_start:
+        delta.uniform_(-bound, bound, generator=generator)
+        delta = (x + delta).clamp(0, 1) - x
+    delta.requires_grad_(True)
+    opt = torch.optim.Adam([delta], lr=lr) if method == "adam" else None
+    for step in range(steps):
+        value = objective(x + delta, step)
+        (grad,) = torch.autograd.grad(value.sum(), delta)
+        with torch.no_grad():
+            if opt is None:
+                delta += lr * grad.sign()
+            else:
+                delta.grad = -grad  # Adam minimises
+                opt.step()
+            delta.clamp_(-bound, bound)
+            delta.copy_((x + delta).clamp(0.0, 1.0) - x)
+    return quantize_within((x + delta).detach(), x, eps)
+
+
+@dataclass(frozen=True)
+class AttackInputs:
+    """What an attacker may know besides the model: the hook item's image (EXPA, c-SEMA)."""
+
+    hook_image: torch.Tensor | None = None
+
+
+class Attack:
+    """Base class: ``attack(images [B,3,H,W] in [0,1]) → adversarial images on the 8-bit grid``."""
+
+    name: ClassVar[str]
+    Config: ClassVar[type]
+    models: ClassVar[tuple[str, ...]]
+
+    def __init__(self, config: Any, model: torch.nn.Module, inputs: AttackInputs) -> None:
+        self.config = config
+        self.model = model
+        self.inputs = inputs
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError

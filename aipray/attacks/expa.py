@@ -1,0 +1,50 @@
+"""EXPA, the expert attack of AIP (eq. 7): pull the item's features onto a popular hook item's.
+
+The attacker knows the feature network Φ (VBPR: the pretrained extractor; DVBPR: the embedding
+CNN) and a hook item, by default the most-interacted training item. It minimises
+``‖Φ(X + δ) − Φ(X_hook)‖₂`` with Adam from δ = 0.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from aipray.attacks.base import ATTACKS, Attack, AttackInputs, linf_ascent
+from aipray.models.base import Recommender
+from aipray.params import param
+
+
+@dataclass(frozen=True)
+class EXPAConfig:
+    """eps in 0..255 pixel units; AIP: Adam lr 0.01, 5000 steps; hook ``None`` = most popular."""
+
+    eps: float = param(32.0, axis=True, min=0, max=255)
+    steps: int = param(5000, min=1)
+    lr: float = param(0.01, min=0)
+    hook: int | None = param(None, min=0)
+
+
+@ATTACKS.register("expa")
+class EXPA(Attack):
+    """Expert attack: move the item's features onto the hook item's (eq. 7)."""
+
+    Config = EXPAConfig
+    models = ("dvbpr", "vbpr")
+
+    def __init__(self, config: EXPAConfig, model: Recommender, inputs: AttackInputs) -> None:
+        super().__init__(config, model, inputs)
+        if inputs.hook_image is None:
+            raise ValueError("EXPA needs the hook item's image")
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        hook = self.inputs.hook_image.to(images.device).unsqueeze(0)
+        with torch.no_grad():
+            target = self.model.feature_network(hook)  # [1, F]
+
+        def objective(x_adv: torch.Tensor, step: int) -> torch.Tensor:
+            return -(self.model.feature_network(x_adv) - target).norm(dim=1)
+
+        cfg = self.config
+        return linf_ascent(images, objective, eps=cfg.eps, steps=cfg.steps, lr=cfg.lr)

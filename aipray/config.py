@@ -1,0 +1,367 @@
+"""The sweep YAML: parsing, validation and expansion into the grid of trials.
+
+Every error is found here, before Ray starts, and reported as one line naming the key, the value
+and what is allowed. Unknown keys are errors, never silently ignored.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from aipray.attacks import ATTACKS
+from aipray.data import DATASETS
+from aipray.defenses import DEFENSES
+from aipray.models import MODELS
+from aipray.models.bpr import BPRConfig
+from aipray.models.extractor import ExtractorConfig
+from aipray.params import param
+from aipray.store import config_key
+
+
+class ConfigError(ValueError):
+    """A bad sweep config; the message is one line: ``where: key: value ... allowed``."""
+
+
+@dataclass(frozen=True)
+class FirstStageConfig:
+    """BPR candidate generation: each user's top ``candidates`` items (AIP: 1000)."""
+
+    candidates: int = param(1000, min=1)
+    bpr: BPRConfig = field(default_factory=BPRConfig)
+
+
+@dataclass(frozen=True)
+class ResourcesConfig:
+    """How trials use the cluster.
+
+    Each trial is a light Tune function (``trial_cpus``) that drives a Ray Data pipeline whose
+    ``actors`` each hold one trained ranker (``actor_cpus`` / ``actor_gpus`` each) and process
+    ``batch_size`` cold items at a time. Training stages run as Ray tasks with ``train_cpus`` /
+    ``train_gpus``. GPUs are used only where requested and present.
+    """
+
+    max_concurrent_trials: int = param(2, min=1)
+    trial_cpus: float = param(0.01, min=0)
+    actors: int = param(1, min=1)
+    actor_cpus: float = param(0.5, min=0)
+    actor_gpus: float = param(0.0, min=0)
+    batch_size: int = param(64, min=1)
+    read_cpus: float = param(0.25, min=0)
+    train_cpus: float = param(1.0, min=0)
+    train_gpus: float = param(0.0, min=0)
+    max_failures: int = param(2, min=0)
+
+
+@dataclass(frozen=True)
+class MLflowConfig:
+    """Tracking store; ``None`` = SQLite at ``mlflow/mlflow.db`` with artifacts in
+    ``mlflow/artifacts`` under the working directory. ``experiment`` defaults to the sweep name."""
+
+    tracking_uri: str | None = None
+    artifact_location: str | None = None
+    experiment: str | None = None
+
+
+@dataclass(frozen=True)
+class Component:
+    """One named, fully configured value of a grid axis (a dataset, a model, ...)."""
+
+    kind: str
+    name: str
+    config: Any
+    axis_values: tuple[tuple[str, Any], ...] = ()
+
+    @property
+    def label(self) -> str:
+        if not self.axis_values:
+            return self.name
+        inner = ",".join(f"{k}={_fmt(v)}" for k, v in self.axis_values)
+        return f"{self.name}({inner})"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "config": dataclasses.asdict(self.config)}
+
+    def key(self) -> str:
+        return config_key(self.as_dict())
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+@dataclass(frozen=True)
+class TrialSpec:
+    """One grid point: (dataset, model, attack, ε, defence)."""
+
+    dataset: Component
+    model: Component
+    attack: Component
+    defense: Component
+
+    @property
+    def eps(self) -> float | None:
+        return getattr(self.attack.config, "eps", None)
+
+    @property
+    def name(self) -> str:
+        eps = "" if self.eps is None else f"/eps={_fmt(self.eps)}"
+        return (
+            f"{self.dataset.label}/{self.model.label}/{self.attack.name}{eps}/{self.defense.label}"
+        )
+
+
+@dataclass(frozen=True)
+class SweepConfig:
+    name: str
+    source: Path
+    seed: int
+    storage: Path
+    mlflow: MLflowConfig
+    datasets: tuple[Component, ...]
+    first_stage: FirstStageConfig
+    extractor: ExtractorConfig
+    models: tuple[Component, ...]
+    attacks: tuple[Component, ...]
+    defenses: tuple[Component, ...]
+    resources: ResourcesConfig
+    examples: int
+
+    def trials(self) -> list[TrialSpec]:
+        """The grid, defence-major so concurrent trials rarely compute the same attack (a
+        non-adaptive attack's images are shared by every defence)."""
+        return [
+            TrialSpec(d, m, a, f)
+            for f in self.defenses
+            for d in self.datasets
+            for m in self.models
+            for a in self.attacks
+        ]
+
+    def tracking_uri(self) -> str:
+        if self.mlflow.tracking_uri:
+            return self.mlflow.tracking_uri
+        return f"sqlite:///{Path.cwd().resolve() / 'mlflow' / 'mlflow.db'}"
+
+    def artifact_location(self) -> str:
+        if self.mlflow.artifact_location:
+            return self.mlflow.artifact_location
+        return (Path.cwd().resolve() / "mlflow" / "artifacts").as_uri()
+
+    def experiment(self) -> str:
+        return self.mlflow.experiment or self.name
+
+
+# --- generic dataclass construction -------------------------------------------------------------
+def _allowed(f: dataclasses.Field, hint: Any) -> str:
+    meta = f.metadata
+    if meta.get("choices"):
+        return "one of " + ", ".join(map(str, meta["choices"]))
+    kinds = _type_names(hint)
+    lo, hi = meta.get("min"), meta.get("max")
+    rng = ""
+    if lo is not None and hi is not None:
+        rng = f" in {_fmt(lo)}..{_fmt(hi)}"
+    elif lo is not None:
+        rng = f" >= {_fmt(lo)}"
+    elif hi is not None:
+        rng = f" <= {_fmt(hi)}"
+    suffix = " (or a list of them)" if meta.get("axis") else ""
+    return f"{kinds}{rng}{suffix}"
+
+
+def _type_names(hint: Any) -> str:
+    args = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
+    names = {int: "an integer", float: "a number", str: "a string", bool: "true/false"}
+    parts = [names.get(a, "null" if a is type(None) else getattr(a, "__name__", str(a))) for a in args]
+    return " or ".join(parts)
+
+
+def _coerce(value: Any, hint: Any) -> tuple[bool, Any]:
+    args = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
+    if value is None:
+        return (type(None) in args, None)
+    if isinstance(value, bool):
+        return (bool in args, value)
+    if int in args and isinstance(value, int):
+        return True, value
+    if float in args and isinstance(value, int | float):
+        return math.isfinite(float(value)), float(value)
+    if str in args and isinstance(value, str):
+        return True, value
+    return False, value
+
+
+def _check_value(where: str, f: dataclasses.Field, hint: Any, value: Any) -> Any:
+    ok, coerced = _coerce(value, hint)
+    meta = f.metadata
+    if ok and coerced is not None:
+        if meta.get("choices") and coerced not in meta["choices"]:
+            ok = False
+        if isinstance(coerced, int | float) and not isinstance(coerced, bool):
+            if meta.get("min") is not None and coerced < meta["min"]:
+                ok = False
+            if meta.get("max") is not None and coerced > meta["max"]:
+                ok = False
+    if not ok:
+        raise ConfigError(f"{where}: {value!r} is not allowed; expected {_allowed(f, hint)}")
+    return coerced
+
+
+def build_dataclass(cls: type, raw: Any, where: str, *, allow_axes: bool = False):
+    """Build ``cls`` from a YAML mapping. Returns ``(instances, axis_values_per_instance)``: one
+    instance unless ``allow_axes`` and axis fields were given lists."""
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: {raw!r} is not allowed; expected a mapping of settings")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(map(str, raw)) - set(fields))
+    if unknown:
+        raise ConfigError(
+            f"{where}: unknown key {unknown[0]!r}; allowed: {', '.join(sorted(fields)) or '(none)'}"
+        )
+    scalar: dict[str, Any] = {}
+    axes: list[tuple[str, list[Any]]] = []
+    for key, value in raw.items():
+        f, hint = fields[key], hints[key]
+        if dataclasses.is_dataclass(hint):
+            scalar[key] = build_dataclass(hint, value, f"{where}.{key}")[0][0]
+            continue
+        if isinstance(value, list):
+            if not (allow_axes and f.metadata.get("axis")):
+                raise ConfigError(
+                    f"{where}.{key}: a list {value!r} is not allowed; expected {_allowed(f, hint)}"
+                )
+            if not value:
+                raise ConfigError(f"{where}.{key}: an empty list is not allowed; give >= 1 value")
+            checked = [_check_value(f"{where}.{key}", f, hint, v) for v in value]
+            if len(set(checked)) != len(checked):
+                raise ConfigError(f"{where}.{key}: {value!r} repeats a value; give each once")
+            axes.append((key, checked))
+        else:
+            scalar[key] = _check_value(f"{where}.{key}", f, hint, value)
+    combos: list[tuple[tuple[str, Any], ...]] = [()]
+    for key, values in axes:
+        combos = [c + ((key, v),) for c in combos for v in values]
+    out = []
+    for combo in combos:
+        inst = cls(**scalar, **dict(combo))
+        for key, value, allowed in getattr(inst, "cross_checks", lambda: [])():
+            raise ConfigError(f"{where}.{key}: {value!r} is not allowed; expected {allowed}")
+        out.append(inst)
+    return out, combos
+
+
+def _components(kind: str, registry, raw: Any, where: str, allowed=None) -> tuple[Component, ...]:
+    if not isinstance(raw, dict) or not raw:
+        raise ConfigError(f"{where}: {raw!r} is not allowed; expected a mapping of {kind} names")
+    names = allowed if allowed is not None else registry.names()
+    out: list[Component] = []
+    for name, settings in raw.items():
+        if name not in names:
+            raise ConfigError(f"{where}: unknown {kind} {name!r}; allowed: {', '.join(names)}")
+        cls = registry.get(name)
+        configs, combos = build_dataclass(cls.Config, settings, f"{where}.{name}", allow_axes=True)
+        out.extend(Component(kind, name, c, combo) for c, combo in zip(configs, combos, strict=True))
+    return tuple(out)
+
+
+TOP_KEYS = {
+    "name": "the sweep's name (experiment name in MLflow)",
+    "description": "free text",
+    "seed": "integer seed of every training stage",
+    "storage": "folder for datasets, models and trial results",
+    "mlflow": "tracking settings",
+    "datasets": "datasets and their settings",
+    "first_stage": "BPR candidate generation",
+    "extractor": "the pretrained feature extractor",
+    "models": "visually-aware rankers",
+    "attacks": "attacks with their eps lists",
+    "defenses": "input defences",
+    "resources": "cluster resources",
+    "examples": "number of items in each trial's example image grid",
+}
+
+
+def load_sweep(path: str | os.PathLike) -> SweepConfig:
+    """Read and validate a sweep YAML; raises :class:`ConfigError` on the first problem."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"sweep file: {str(path)!r} does not exist; give the path of a YAML file")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        line = getattr(getattr(exc, "problem_mark", None), "line", None)
+        at = f" at line {line + 1}" if line is not None else ""
+        raise ConfigError(f"{path}: not valid YAML{at}") from None
+    return parse_sweep(raw, source=path)
+
+
+def parse_sweep(raw: Any, source: Path | str = "<sweep>") -> SweepConfig:
+    where = str(source)
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: expected a mapping at the top level, got {type(raw).__name__}")
+    unknown = sorted(set(map(str, raw)) - set(TOP_KEYS))
+    if unknown:
+        raise ConfigError(f"{where}: unknown key {unknown[0]!r}; allowed: {', '.join(TOP_KEYS)}")
+    for key in ("name", "datasets", "models", "attacks"):
+        if key not in raw:
+            raise ConfigError(f"{where}: {key}: missing; expected {TOP_KEYS[key]}")
+    name = raw["name"]
+    if not isinstance(name, str) or not name or not all(c.isalnum() or c in "-_." for c in name):
+        raise ConfigError(f"{where}: name: {name!r} is not allowed; expected letters, digits, - _ .")
+    seed = raw.get("seed", 0)
+    if not isinstance(seed, int) or isinstance(seed, bool):
+        raise ConfigError(f"{where}: seed: {seed!r} is not allowed; expected an integer")
+    examples = raw.get("examples", 6)
+    if not isinstance(examples, int) or isinstance(examples, bool) or not 0 <= examples <= 64:
+        raise ConfigError(f"{where}: examples: {examples!r} is not allowed; expected 0..64")
+    storage = raw.get("storage", ".aipray")
+    if not isinstance(storage, str) or not storage:
+        raise ConfigError(f"{where}: storage: {storage!r} is not allowed; expected a folder path")
+
+    datasets = _components("dataset", DATASETS, raw["datasets"], f"{where}: datasets")
+    visual_models = [n for n in MODELS.names() if MODELS.get(n).visual]
+    models = _components("model", MODELS, raw["models"], f"{where}: models", visual_models)
+    attacks = _components("attack", ATTACKS, raw["attacks"], f"{where}: attacks")
+    defenses = _components(
+        "defense", DEFENSES, raw.get("defenses", {"none": {}}), f"{where}: defenses"
+    )
+    for attack in attacks:
+        unsupported = [m.name for m in models if m.name not in ATTACKS.get(attack.name).models]
+        if unsupported:
+            raise ConfigError(
+                f"{where}: attacks.{attack.name}: not available for model {unsupported[0]!r}; "
+                f"allowed models: {', '.join(ATTACKS.get(attack.name).models)}"
+            )
+    (first_stage,), _ = build_dataclass(FirstStageConfig, raw.get("first_stage"), f"{where}: first_stage")
+    (extractor,), _ = build_dataclass(ExtractorConfig, raw.get("extractor"), f"{where}: extractor")
+    (resources,), _ = build_dataclass(ResourcesConfig, raw.get("resources"), f"{where}: resources")
+    (mlflow_cfg,), _ = build_dataclass(MLflowConfig, raw.get("mlflow"), f"{where}: mlflow")
+    return SweepConfig(
+        name=name,
+        source=Path(source),
+        seed=seed,
+        storage=Path(storage).expanduser().resolve(),
+        mlflow=mlflow_cfg,
+        datasets=datasets,
+        first_stage=first_stage,
+        extractor=extractor,
+        models=models,
+        attacks=attacks,
+        defenses=defenses,
+        resources=resources,
+        examples=examples,
+    )

@@ -1,0 +1,112 @@
+"""The catalog every stage works from: users, items, the leave-one-out split, cold items, images."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Catalog:
+    """Interactions and images of one dataset, split for the AIP cold-start protocol.
+
+    Attributes:
+        name: dataset name as in the sweep YAML.
+        train_users, train_items: the training interactions as parallel int64 arrays.
+        val_items, test_items: ``[n_users]`` one held-out item per user (leave-one-out).
+        cold_items: items whose every interaction was removed; only ever injected as cold items.
+        categories: ``[n_items]`` product category per item, ``-1`` where unknown.
+        images: ``[n_items, 3, H, W]`` uint8 RGB (may be a read-only memmap).
+        category_names: name of each category id.
+    """
+
+    name: str
+    train_users: np.ndarray
+    train_items: np.ndarray
+    val_items: np.ndarray
+    test_items: np.ndarray
+    cold_items: np.ndarray
+    categories: np.ndarray
+    images: np.ndarray
+    category_names: tuple[str, ...] = ()
+
+    @property
+    def n_users(self) -> int:
+        return int(self.val_items.shape[0])
+
+    @property
+    def n_items(self) -> int:
+        return int(self.images.shape[0])
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return tuple(self.images.shape[1:])  # type: ignore[return-value]
+
+    def warm_mask(self) -> np.ndarray:
+        """``[n_items]`` bool: True for items that may appear as candidates (not cold)."""
+        mask = np.ones(self.n_items, dtype=bool)
+        mask[self.cold_items] = False
+        return mask
+
+    def item_popularity(self) -> np.ndarray:
+        """Number of training interactions per item."""
+        return np.bincount(self.train_items, minlength=self.n_items)
+
+    def most_popular_item(self) -> int:
+        """The most-interacted training item (EXPA's default hook); ties go to the lower id."""
+        return int(np.argmax(self.item_popularity()))
+
+    def train_csr(self) -> tuple[np.ndarray, np.ndarray]:
+        """Training items grouped by user: ``(indptr [n_users + 1], items)``."""
+        order = np.argsort(self.train_users, kind="stable")
+        counts = np.bincount(self.train_users, minlength=self.n_users)
+        indptr = np.concatenate([[0], np.cumsum(counts)])
+        return indptr, self.train_items[order]
+
+    # --- storage -------------------------------------------------------------------------------
+    def save(self, directory: Path) -> None:
+        """Write into ``directory`` (which the caller renames into place when complete)."""
+        directory.mkdir(parents=True, exist_ok=True)
+        np.savez(
+            directory / "interactions.npz",
+            train_users=self.train_users,
+            train_items=self.train_items,
+            val_items=self.val_items,
+            test_items=self.test_items,
+            cold_items=self.cold_items,
+            categories=self.categories,
+        )
+        np.save(directory / "images.npy", np.ascontiguousarray(self.images))
+        meta = {"name": self.name, "category_names": list(self.category_names)}
+        (directory / "catalog.json").write_text(json.dumps(meta, indent=2))
+
+    @classmethod
+    def load(cls, directory: Path | str) -> Catalog:
+        directory = Path(directory)
+        meta = json.loads((directory / "catalog.json").read_text())
+        with np.load(directory / "interactions.npz") as arrays:
+            parts = {k: arrays[k] for k in arrays.files}
+        images = np.load(directory / "images.npy", mmap_mode="r")
+        return cls(
+            name=meta["name"],
+            images=images,
+            category_names=tuple(meta["category_names"]),
+            **parts,
+        )
+
+
+def summary(catalog: Catalog) -> dict[str, float]:
+    """A few numbers worth logging about a catalog."""
+    pop = catalog.item_popularity()
+    return {
+        "n_users": catalog.n_users,
+        "n_items": catalog.n_items,
+        "n_cold": int(catalog.cold_items.size),
+        "n_train": int(catalog.train_items.size),
+        "top_item_interactions": int(pop.max()),
+        "median_item_interactions": float(np.median(pop[catalog.warm_mask()])),
+    }
+

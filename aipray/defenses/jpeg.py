@@ -1,0 +1,35 @@
+"""JPEG compression (Dziugaite et al. 2016; AIP Table 8: quality 90, 70, 50, 30, 10)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torchvision.io import decode_jpeg, encode_jpeg
+
+from aipray.defenses.base import DEFENSES, Defense
+from aipray.params import param
+
+
+@dataclass(frozen=True)
+class JPEGConfig:
+    """quality: libjpeg quality factor, 1 (strongest) .. 100."""
+
+    quality: int = param(75, axis=True, min=1, max=100)
+
+
+@DEFENSES.register("jpeg")
+class JPEG(Defense):
+    """Encode each image as 8-bit JPEG at ``quality`` and decode it again (torchvision's libjpeg,
+    batched). Not differentiable."""
+
+    Config = JPEGConfig
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        if images.shape[0] == 0:
+            return images
+        as_uint8 = torch.round(images.detach().clamp(0, 1) * 255).to(torch.uint8).cpu()
+        encoded = encode_jpeg(list(as_uint8), quality=int(self.config.quality))
+        decoded = decode_jpeg(encoded)
+        out = torch.stack(decoded).to(images.device, images.dtype) / 255.0
+        return out

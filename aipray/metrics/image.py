@@ -1,0 +1,47 @@
+"""Image-space distances between a clean and a perturbed image batch (``[B, 3, H, W]`` in [0, 1])."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def linf_255(clean: torch.Tensor, perturbed: torch.Tensor) -> torch.Tensor:
+    """Largest absolute pixel change per image in 0..255 units, exact on 8-bit images: ``[B]``."""
+    a = torch.round(clean * 255.0)
+    b = torch.round(perturbed * 255.0)
+    return (a - b).abs().flatten(1).amax(1)
+
+
+def psnr(clean: torch.Tensor, perturbed: torch.Tensor) -> torch.Tensor:
+    """Peak signal-to-noise ratio in dB (data range 1); ``inf`` for identical images: ``[B]``."""
+    mse = (clean - perturbed).pow(2).flatten(1).mean(1)
+    return 10.0 * torch.log10(1.0 / mse)
+
+
+def _gaussian_window(size: int, sigma: float, device, dtype) -> torch.Tensor:
+    coords = torch.arange(size, device=device, dtype=dtype) - (size - 1) / 2
+    g = torch.exp(-(coords**2) / (2 * sigma**2))
+    g = g / g.sum()
+    return (g[:, None] * g[None, :]).expand(3, 1, size, size).contiguous()
+
+
+def ssim(
+    clean: torch.Tensor, perturbed: torch.Tensor, window: int = 11, sigma: float = 1.5
+) -> torch.Tensor:
+    """Structural similarity (Wang et al. 2004), Gaussian window, mean over channels and the
+    valid (unpadded) region: ``[B]``. Matches scikit-image's ``structural_similarity`` with
+    ``gaussian_weights=True, sigma=1.5, use_sample_covariance=False, data_range=1``."""
+    c1, c2 = 0.01**2, 0.03**2
+    x, y = clean.double(), perturbed.double()
+    w = _gaussian_window(window, sigma, x.device, x.dtype)
+
+    def blur(t: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(t, w, groups=3)
+
+    mx, my = blur(x), blur(y)
+    vx = blur(x * x) - mx**2
+    vy = blur(y * y) - my**2
+    cxy = blur(x * y) - mx * my
+    s = ((2 * mx * my + c1) * (2 * cxy + c2)) / ((mx**2 + my**2 + c1) * (vx + vy + c2))
+    return s.flatten(1).mean(1).to(clean.dtype)

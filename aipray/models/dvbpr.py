@@ -1,0 +1,77 @@
+"""DVBPR (Kang et al. 2017): end-to-end visual BPR, ``p(u, i) = θ_u·Φ_e(X_i)``."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from aipray.models.base import MODELS, Recommender
+from aipray.models.nets import CNNF
+from aipray.params import param
+
+
+@dataclass(frozen=True)
+class DVBPRConfig:
+    """DVBPR training. AIP/DVBPR: K=100, λ1=1e-3 on the CNN, λ2=1 on θ_u, Adam 1e-4, batch 128."""
+
+    dim: int = param(100, axis=True, min=1)
+    width: float = param(1.0, min=0.01)
+    dropout: float = param(0.5, min=0, max=0.99)
+    lr: float = param(1e-4, min=0)
+    lambda_cnn: float = param(1e-3, min=0)
+    lambda_user: float = param(1.0, min=0)
+    epochs: int = param(20, min=1)
+    batch_size: int = param(128, min=1)
+
+
+@MODELS.register("dvbpr")
+class DVBPR(Recommender):
+    """User embeddings θ ``[n_users, dim]`` and the CNN-F item network Φ_e.
+
+    Dropout is active only in training mode; every scoring path puts the model in eval mode (the
+    AIP code left dropout on at evaluation, so its item embeddings were random).
+    """
+
+    Config = DVBPRConfig
+
+    def __init__(
+        self, n_users: int, dim: int, image_size: int, width: float = 1.0, dropout: float = 0.5
+    ) -> None:
+        super().__init__()
+        self.init_args = {
+            "n_users": n_users,
+            "dim": dim,
+            "image_size": image_size,
+            "width": width,
+            "dropout": dropout,
+        }
+        self.theta = nn.Embedding(n_users, dim)
+        nn.init.normal_(self.theta.weight, std=0.01)
+        self.cnn = CNNF(dim, image_size, width=width, dropout=dropout)
+
+    @property
+    def n_users(self) -> int:
+        return self.theta.num_embeddings
+
+    def user_vectors(self, users: torch.Tensor) -> torch.Tensor:
+        return self.theta(users)
+
+    def encode_items(
+        self, images: torch.Tensor | None, items: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        if images is None:
+            raise ValueError("DVBPR scores items by their images; images is None")
+        return self.cnn(images)
+
+    def feature_network(self, images: torch.Tensor) -> torch.Tensor:
+        return self.cnn(images)
+
+    def training_encoder(self, images: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+        def encode(items: torch.Tensor) -> torch.Tensor:
+            batch = images[items.to(images.device)].to(items.device, torch.float32) / 255.0
+            return self.cnn(batch)
+
+        return encode

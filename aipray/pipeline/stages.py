@@ -1,0 +1,325 @@
+"""The stages before the attack grid, each a pure function of its config slice.
+
+prepare (dataset → catalog + cold-item shard) → extractor pretraining → BPR → candidates →
+second-stage rankers → candidate scores per (ranker, defence). Each stage's output is stored under a
+hash of everything it depends on (:class:`~aipray.store.Store`), so it is computed once and reused
+by every trial and every later sweep.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+
+from aipray.config import Component, SweepConfig, TrialSpec
+from aipray.data import DATASETS, Catalog
+from aipray.data.catalog import summary
+from aipray.defenses import DEFENSES
+from aipray.metrics.ranking import CandidateScores
+from aipray.models import load_recommender
+from aipray.models.bpr import BPR
+from aipray.models.dvbpr import DVBPR
+from aipray.models.nets import AlexNetClassifier
+from aipray.models.train import fit_bpr, fit_classifier
+from aipray.models.vbpr import VBPR
+from aipray.store import Store, atomic_dir, config_key, done
+
+log = logging.getLogger(__name__)
+
+
+def pick_device(gpus: float) -> torch.device:
+    """CUDA when GPUs were requested and one is visible, else CPU."""
+    return torch.device("cuda" if gpus > 0 and torch.cuda.is_available() else "cpu")
+
+
+@dataclass(frozen=True)
+class StagePaths:
+    """Where every stage output of one trial lives, derived from the config alone."""
+
+    dataset: Path
+    extractor: Path
+    bpr: Path
+    candidates: Path
+    model: Path
+    context: Path
+    attack: Path
+    result: Path
+
+    def as_dict(self) -> dict[str, str]:
+        return {k: str(v) for k, v in dataclasses.asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, str]) -> StagePaths:
+        return cls(**{k: Path(v) for k, v in d.items()})
+
+
+def stage_paths(sweep: SweepConfig, trial: TrialSpec) -> StagePaths:
+    store = Store(sweep.storage)
+    ds_key = config_key(trial.dataset.as_dict())
+    ext_key = config_key([ds_key, dataclasses.asdict(sweep.extractor), sweep.seed])
+    bpr_key = config_key([ds_key, dataclasses.asdict(sweep.first_stage.bpr), sweep.seed])
+    cand_key = config_key([bpr_key, sweep.first_stage.candidates])
+    uses_extractor = trial.model.name == "vbpr"
+    model_key = config_key(
+        [ds_key, trial.model.as_dict(), ext_key if uses_extractor else None, sweep.seed]
+    )
+    ctx_key = config_key([model_key, cand_key, trial.defense.as_dict()])
+    attack_key = config_key([model_key, trial.attack.as_dict()])
+    result_key = config_key([ctx_key, attack_key, sweep.examples])
+    return StagePaths(
+        dataset=store.path("datasets", trial.dataset.name, ds_key),
+        extractor=store.path("extractors", sweep.extractor.arch, ext_key),
+        bpr=store.path("models", "bpr", bpr_key),
+        candidates=store.path("candidates", "bpr", cand_key),
+        model=store.path("models", trial.model.name, model_key),
+        context=store.path("contexts", trial.model.name, ctx_key),
+        attack=store.path("attacks", trial.attack.name, attack_key),
+        result=store.path("trials", trial.model.name, result_key),
+    )
+
+
+def trial_key(paths: StagePaths) -> str:
+    """The trial's identity: its result folder's key (config of everything that feeds it)."""
+    return paths.result.name.rsplit("-", 1)[1]
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    path.write_text(json.dumps(obj, indent=2, default=str))
+
+
+# --- 1 prepare ----------------------------------------------------------------------------------
+def prepare_dataset(component: Component, out: Path) -> Path:
+    """Build the catalog and the cold-item shard that Ray Data reads in each trial."""
+    if done(out):
+        return out
+    catalog = DATASETS.get(component.name).build(component.config, component.name)
+    with atomic_dir(out) as tmp:
+        catalog.save(tmp)
+        write_cold_items(catalog, tmp / "cold")
+        _write_json(tmp / "summary.json", summary(catalog))
+    log.info("prepared %s: %s", component.label, summary(catalog))
+    return out
+
+
+def write_cold_items(catalog: Catalog, folder: Path, shard_size: int = 256) -> None:
+    """Cold items as parquet shards: ``item_id`` and ``image`` (raw uint8 ``[3, H, W]`` bytes)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    ids = catalog.cold_items
+    for n, start in enumerate(range(0, ids.size, shard_size)):
+        chunk = ids[start : start + shard_size]
+        table = pa.table(
+            {
+                "item_id": pa.array(chunk, pa.int64()),
+                "image": pa.array([catalog.images[i].tobytes() for i in chunk], pa.binary()),
+            }
+        )
+        pq.write_table(table, folder / f"part-{n:05d}.parquet")
+
+
+# --- 2 train ------------------------------------------------------------------------------------
+def train_extractor(sweep: SweepConfig, paths: StagePaths, device: torch.device) -> Path:
+    out = paths.extractor
+    if done(out):
+        return out
+    catalog = Catalog.load(paths.dataset)
+    cfg = sweep.extractor
+    warm = np.flatnonzero(catalog.warm_mask())
+    args = {
+        "num_classes": int(catalog.categories.max()) + 1,
+        "image_size": catalog.image_shape[1],
+        "width": cfg.width,
+    }
+    model = AlexNetClassifier(**args).to(device)
+    result = fit_classifier(
+        model,
+        catalog.images[warm],
+        catalog.categories[warm],
+        epochs=cfg.epochs,
+        batch_size=cfg.batch_size,
+        lr=cfg.lr,
+        device=device,
+        seed=sweep.seed,
+    )
+    with atomic_dir(out) as tmp:
+        torch.save(model.state_dict(), tmp / "model.pt")
+        _write_json(tmp / "model.json", {"init_args": args, **dataclasses.asdict(result)})
+    log.info("extractor held-out accuracy %.3f (%.0fs)", result.best_score, result.seconds)
+    return out
+
+
+def train_bpr(sweep: SweepConfig, paths: StagePaths, device: torch.device) -> Path:
+    out = paths.bpr
+    if done(out):
+        return out
+    catalog = Catalog.load(paths.dataset)
+    cfg = sweep.first_stage.bpr
+    model = BPR(catalog.n_users, catalog.n_items, cfg.factors).to(device)
+    result = fit_bpr(
+        model,
+        catalog,
+        [{"params": model.parameters(), "weight_decay": cfg.weight_decay}],
+        epochs=cfg.epochs,
+        batch_size=cfg.batch_size,
+        lr=cfg.lr,
+        optimizer=cfg.optimizer,
+        device=device,
+        seed=sweep.seed,
+    )
+    with atomic_dir(out) as tmp:
+        model.cpu().save(tmp, {"training": dataclasses.asdict(result)})
+    log.info("BPR validation HR@10 %.3f (%.0fs)", result.best_score, result.seconds)
+    return out
+
+
+def build_candidates(sweep: SweepConfig, paths: StagePaths, device: torch.device) -> Path:
+    """Each user's BPR top-C among warm items outside the user's training and validation items."""
+    out = paths.candidates
+    if done(out):
+        return out
+    catalog = Catalog.load(paths.dataset)
+    bpr = load_recommender(paths.bpr, device)
+    c = min(sweep.first_stage.candidates, int(catalog.warm_mask().sum()) - 1)
+    indptr, train_items = catalog.train_csr()
+    blocked = ~torch.as_tensor(catalog.warm_mask(), device=device)
+    all_items = torch.arange(catalog.n_items, device=device)
+    with torch.no_grad():
+        codes = bpr.encode_items(None, all_items)
+        top = []
+        for start in range(0, catalog.n_users, 1024):
+            users = torch.arange(start, min(start + 1024, catalog.n_users), device=device)
+            scores = bpr.score_codes(users, codes)
+            scores[:, blocked] = -torch.inf
+            lo, hi = int(indptr[start]), int(indptr[start + len(users)])
+            rows = np.repeat(np.arange(len(users)), np.diff(indptr[start : start + len(users) + 1]))
+            scores[torch.as_tensor(rows), torch.as_tensor(train_items[lo:hi])] = -torch.inf
+            val = torch.as_tensor(catalog.val_items[start : start + len(users)])
+            scores[torch.arange(len(users)), val] = -torch.inf
+            top.append(scores.topk(c, dim=1).indices.cpu())
+    candidates = torch.cat(top).numpy()
+    in_top = (candidates == catalog.test_items[:, None]).any(1)
+    with atomic_dir(out) as tmp:
+        np.savez(tmp / "candidates.npz", candidates=candidates)
+        _write_json(tmp / "summary.json", {"C": c, "test_item_in_top_c": float(in_top.mean())})
+    log.info("BPR top-%d holds the test item for %.1f%% of users", c, 100 * in_top.mean())
+    return out
+
+
+def train_ranker(
+    sweep: SweepConfig, trial: TrialSpec, paths: StagePaths, device: torch.device
+) -> Path:
+    out = paths.model
+    if done(out):
+        return out
+    catalog = Catalog.load(paths.dataset)
+    cfg = trial.model.config
+    size = catalog.image_shape[1]
+    user_reg = 0.0
+    if trial.model.name == "dvbpr":
+        model = DVBPR(catalog.n_users, cfg.dim, size, width=cfg.width, dropout=cfg.dropout)
+        groups = [
+            {"params": model.cnn.parameters(), "weight_decay": cfg.lambda_cnn},
+            {"params": model.theta.parameters(), "weight_decay": 0.0},
+        ]
+        user_reg = cfg.lambda_user
+    elif trial.model.name == "vbpr":
+        ext_meta = json.loads((paths.extractor / "model.json").read_text())
+        model = VBPR(catalog.n_users, catalog.n_items, cfg.dim, ext_meta["init_args"])
+        model.extractor.load_state_dict(
+            torch.load(paths.extractor / "model.pt", map_location="cpu", weights_only=True)
+        )
+        trainable = [p for n, p in model.named_parameters() if not n.startswith("extractor.")]
+        groups = [{"params": trainable, "weight_decay": cfg.weight_decay}]
+    else:  # pragma: no cover - the config parser only admits registered visual models
+        raise ValueError(f"no training recipe for model {trial.model.name!r}")
+    model.to(device)
+    result = fit_bpr(
+        model,
+        catalog,
+        groups,
+        epochs=cfg.epochs,
+        batch_size=cfg.batch_size,
+        lr=cfg.lr,
+        device=device,
+        seed=sweep.seed,
+        user_reg=user_reg,
+    )
+    with atomic_dir(out) as tmp:
+        model.cpu().save(tmp, {"training": dataclasses.asdict(result)})
+    log.info(
+        "%s validation HR@10 %.3f at epoch %d (%.0fs)",
+        trial.model.label,
+        result.best_score,
+        result.best_epoch,
+        result.seconds,
+    )
+    return out
+
+
+# --- 3 candidate scores -------------------------------------------------------------------------
+def build_context(trial: TrialSpec, paths: StagePaths, device: torch.device) -> Path:
+    """Score every user's fixed candidates (BPR top-C ∪ test item) with the ranker, on images that
+    went through the trial's defence, and store them sorted for counting ranks."""
+    out = paths.context
+    if done(out):
+        return out
+    catalog = Catalog.load(paths.dataset)
+    model = load_recommender(paths.model, device)
+    defense = DEFENSES.get(trial.defense.name)(trial.defense.config)
+    with np.load(paths.candidates / "candidates.npz") as f:
+        candidates = f["candidates"]
+    fixed = np.concatenate([candidates, catalog.test_items[:, None]], axis=1)
+    valid = np.ones(fixed.shape, dtype=bool)
+    valid[:, -1] = ~(candidates == catalog.test_items[:, None]).any(1)
+    needed = np.unique(fixed)
+    lookup = np.full(catalog.n_items, -1)
+    lookup[needed] = np.arange(needed.size)
+    with torch.no_grad():
+        codes = []
+        for start in range(0, needed.size, 256):
+            ids = needed[start : start + 256]
+            images = torch.as_tensor(np.asarray(catalog.images[ids])).to(device).float() / 255
+            codes.append(model.encode_items(defense(images), torch.as_tensor(ids, device=device)))
+        codes_t = torch.cat(codes)
+        scores = np.empty(fixed.shape, dtype=np.float32)
+        for start in range(0, catalog.n_users, 512):
+            rows = slice(start, min(start + 512, catalog.n_users))
+            users = torch.arange(rows.start, rows.stop, device=device)
+            chunk = lookup[fixed[rows]]
+            uniq, inv = np.unique(chunk, return_inverse=True)
+            s = model.score_codes(users, codes_t[torch.as_tensor(uniq, device=device)])
+            gathered = s.gather(1, torch.as_tensor(inv.reshape(chunk.shape), device=device))
+            scores[rows] = gathered.cpu().numpy()
+    ctx = CandidateScores.build(
+        torch.as_tensor(scores), torch.as_tensor(valid), torch.as_tensor(scores[:, -1])
+    )
+    with atomic_dir(out) as tmp:
+        torch.save(dataclasses.asdict(ctx), tmp / "context.pt")
+    return out
+
+
+def load_context(path: Path, device: torch.device | str = "cpu") -> CandidateScores:
+    return CandidateScores(**torch.load(path / "context.pt", map_location=device, weights_only=True))
+
+
+# --- the whole pre-trial plan -------------------------------------------------------------------
+def run_stages_for(
+    sweep: SweepConfig, trial: TrialSpec, paths: StagePaths, device: torch.device
+) -> None:
+    """Compute every missing stage output a trial needs, in dependency order (single process)."""
+    prepare_dataset(trial.dataset, paths.dataset)
+    train_bpr(sweep, paths, device)
+    build_candidates(sweep, paths, device)
+    if trial.model.name == "vbpr":
+        train_extractor(sweep, paths, device)
+    train_ranker(sweep, trial, paths, device)
+    build_context(trial, paths, device)
+

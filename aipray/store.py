@@ -1,0 +1,65 @@
+"""Content-addressed storage for stage outputs.
+
+Every stage output lives in a folder named after a hash of the config slice that produced it, so a
+re-run finds it and a trial that changes only the attack never retrains a model. Folders are written
+under a temporary name and renamed into place when complete: a stage killed halfway leaves nothing
+that looks finished.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+
+def canonical_json(obj: Any) -> str:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
+
+
+def config_key(obj: Any, length: int = 16) -> str:
+    """A short stable hash of a JSON-able config slice."""
+    return hashlib.sha256(canonical_json(obj).encode()).hexdigest()[:length]
+
+
+class Store:
+    """The folder tree under ``root``: ``<kind>/<name>-<key>/`` per stage output."""
+
+    def __init__(self, root: Path | str) -> None:
+        self.root = Path(root).resolve()
+
+    def path(self, kind: str, name: str, key: str) -> Path:
+        return self.root / kind / f"{name}-{key}"
+
+
+def done(path: Path) -> bool:
+    """Whether a stage output exists (folders appear only complete, see :func:`atomic_dir`)."""
+    return path.is_dir()
+
+
+@contextlib.contextmanager
+def atomic_dir(final: Path) -> Iterator[Path]:
+    """Yield a temporary folder; rename it to ``final`` only if the block succeeds.
+
+    If another process finished ``final`` first, the temporary result is discarded: both
+    computed the same content-addressed output.
+    """
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.parent / f".tmp-{final.name}-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    try:
+        yield tmp
+        try:
+            os.rename(tmp, final)
+        except OSError:
+            if not final.is_dir():
+                raise
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
