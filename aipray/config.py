@@ -55,7 +55,6 @@ class ResourcesConfig:
     actor_cpus: float = param(0.5, min=0)
     actor_gpus: float = param(0.0, min=0)
     batch_size: int = param(64, min=1)
-    read_cpus: float = param(0.25, min=0)
     train_cpus: float = param(1.0, min=0)
     train_gpus: float = param(0.0, min=0)
     max_failures: int = param(2, min=0)

@@ -1,0 +1,155 @@
+"""One Tune trial: Ray Data over the cold items → TrialActor → numpy reduction → stored result.
+
+The trial stores everything it computed under its content-addressed result folder
+(``metrics.json``, per-item ``items.parquet``, ``examples.png``) before reporting to Tune, and the
+adversarial images under the attack's folder, so a retried or re-run trial recomputes nothing that
+already exists.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+from PIL import Image, ImageDraw
+
+from aipray.metrics.ranking import CUTOFFS, random_hit_rate
+from aipray.metrics.stats import paired_t_test
+from aipray.pipeline.actor import TrialActor, _component, decode_images
+from aipray.pipeline.stages import StagePaths, load_context
+from aipray.store import atomic_dir, done
+
+log = logging.getLogger(__name__)
+
+GROUPS = ("cooperative", "adversarial", "ordinary", "ordinary_attacked")
+PER_ITEM = [f"{g}/hr_at_{k}" for g in GROUPS for k in CUTOFFS] + [
+    "prediction_shift",
+    "coop_score",
+    "adv_score",
+    "linf_255",
+    "ssim",
+    "psnr",
+    "attack_seconds",
+]
+
+
+def reduce_items(items: pd.DataFrame, set_sizes: torch.Tensor) -> dict[str, float]:
+    """Trial metrics from the per-item rows (one row per cold item)."""
+    metrics: dict[str, float] = {}
+    for group in GROUPS:
+        for k in CUTOFFS:
+            metrics[f"{group}/hr_at_{k}"] = float(items[f"{group}/hr_at_{k}"].mean())
+    for k, value in random_hit_rate(set_sizes).items():
+        metrics[f"random/hr_at_{k}"] = value
+    metrics["prediction_shift"] = float(items["prediction_shift"].mean())
+    metrics["p_value_hr_at_5"] = paired_t_test(
+        items["adversarial/hr_at_5"].to_numpy(), items["cooperative/hr_at_5"].to_numpy()
+    )
+    metrics["linf_255_max"] = float(items["linf_255"].max())
+    metrics["ssim_mean"] = float(items["ssim"].mean())
+    metrics["psnr_mean"] = float(items["psnr"].mean())
+    seconds = items["attack_seconds"].dropna()
+    if len(seconds):
+        metrics["attack_seconds_per_item"] = float(seconds.mean())
+    metrics["n_items"] = float(len(items))
+    return metrics
+
+
+def example_grid(
+    clean: torch.Tensor, adv: torch.Tensor, defended: torch.Tensor, scale: int = 4
+) -> Image.Image:
+    """Rows of original | adversarial | defended (adversarial) images, upscaled for viewing."""
+    n, _, h, w = clean.shape
+    cell_h, cell_w, pad, head = h * scale, w * scale, 4, 16
+    grid = Image.new("RGB", (3 * (cell_w + pad) + pad, head + n * (cell_h + pad) + pad), "white")
+    draw = ImageDraw.Draw(grid)
+    for col, title in enumerate(("original", "adversarial", "defended")):
+        draw.text((pad + col * (cell_w + pad), 2), title, fill="black")
+    for row in range(n):
+        for col, batch in enumerate((clean, adv, defended)):
+            arr = torch.round(batch[row].clamp(0, 1) * 255).to(torch.uint8).permute(1, 2, 0)
+            tile = Image.fromarray(arr.cpu().numpy()).resize((cell_w, cell_h), Image.NEAREST)
+            grid.paste(tile, (pad + col * (cell_w + pad), head + pad + row * (cell_h + pad)))
+    return grid
+
+
+def run_trial(config: dict[str, Any]) -> None:
+    """The Tune trainable. ``config["trial"]`` is the payload built by :mod:`aipray.sweep`."""
+    from ray import tune
+
+    tune.report(evaluate(config["trial"]))
+
+
+def evaluate(payload: dict[str, Any]) -> dict[str, float]:
+    """Compute (or load) one trial's metrics; usable without Tune (but with Ray running)."""
+    import ray
+
+    paths = StagePaths.from_dict(payload["paths"])
+    if done(paths.result):
+        return json.loads((paths.result / "metrics.json").read_text())
+    res = payload["resources"]
+    cached_attack = done(paths.attack)
+    source = paths.attack if cached_attack else paths.dataset / "cold"
+    # The shard is read here and handed to Ray Data as blocks of one batch each: a file-listing
+    # read task would need a whole CPU per trial, which concurrent trials on a small machine
+    # cannot get while their actors hold theirs (measured: deadlock on 2 cores).
+    table = pq.read_table(source)
+    step = res["batch_size"]
+    blocks = [table.slice(i, step) for i in range(0, table.num_rows, step)]
+    ds = ray.data.from_arrow(blocks).map_batches(
+        TrialActor,
+        fn_constructor_kwargs={
+            "paths": payload["paths"],
+            "model": payload["model"],
+            "attack": payload["attack"],
+            "defense": payload["defense"],
+            "gpus": res["actor_gpus"],
+            "threads": max(1, round(res["actor_cpus"])),
+        },
+        compute=ray.data.ActorPoolStrategy(size=res["actors"]),
+        batch_size=res["batch_size"],
+        batch_format="numpy",
+        num_cpus=res["actor_cpus"],
+        num_gpus=res["actor_gpus"],
+    )
+    parts = [pd.DataFrame(dict(b)) for b in ds.iter_batches(batch_size=None, batch_format="numpy")]
+    items = pd.concat(parts, ignore_index=True).sort_values("item_id", ignore_index=True)
+
+    if not cached_attack:
+        images = pq.read_table(paths.dataset / "cold").to_pandas()
+        table = images.merge(items[["item_id", "adv"]], on="item_id").sort_values("item_id")
+        with atomic_dir(paths.attack) as tmp:
+            pq.write_table(pa.Table.from_pandas(table, preserve_index=False), tmp / "adv.parquet")
+
+    context = load_context(paths.context)
+    metrics = reduce_items(items, context.set_sizes)
+    with atomic_dir(paths.result) as tmp:
+        pq.write_table(
+            pa.Table.from_pandas(items.drop(columns=["adv"]), preserve_index=False),
+            tmp / "items.parquet",
+        )
+        n = int(payload["examples"])
+        if n:
+            shape = tuple(payload["image_shape"])
+            cold = pq.read_table(paths.dataset / "cold").to_pandas().sort_values("item_id")
+            clean = decode_images(cold["image"].to_numpy()[:n], shape)
+            adv = decode_images(items["adv"].to_numpy()[:n], shape)
+            defense = _component("defense", payload["defense"])
+            from aipray.defenses import DEFENSES
+
+            defended = DEFENSES.get(defense.name)(defense.config)(adv)
+            example_grid(clean, adv, defended).save(tmp / "examples.png")
+        (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    log.info("%s: %s", payload["name"], {k: round(v, 4) for k, v in metrics.items()})
+    return metrics
+
+
+def result_files(paths: StagePaths) -> list[Path]:
+    return [p for p in sorted(paths.result.iterdir()) if p.is_file()]

@@ -1,0 +1,253 @@
+"""Run a sweep: ``python -m aipray.sweep sweeps/quick.yaml``.
+
+1. parse and validate the YAML (every error before Ray starts);
+2. ask MLflow which trials already finished (a re-run skips them and adds no runs);
+3. compute missing stage outputs (datasets, BPR candidates, extractor, rankers, candidate scores)
+   as Ray tasks, in dependency order;
+4. run the remaining grid as Ray Tune trials, each driving a Ray Data pipeline of ranker actors,
+   mirrored into MLflow child runs;
+5. print the main metrics per trial and the command that opens the MLflow UI.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from aipray.config import ConfigError, SweepConfig, TrialSpec, load_sweep
+from aipray.pipeline.stages import StagePaths, stage_paths, trial_key
+
+log = logging.getLogger("aipray")
+
+TABLE_COLUMNS = {
+    "cooperative/hr_at_5": "coop@5",
+    "adversarial/hr_at_5": "adv@5",
+    "ordinary/hr_at_5": "ord@5",
+    "ordinary_attacked/hr_at_5": "ord_att@5",
+    "random/hr_at_5": "rand@5",
+    "prediction_shift": "shift",
+    "p_value_hr_at_5": "p",
+    "linf_255_max": "linf",
+    "ssim_mean": "ssim",
+}
+
+
+def flatten(prefix: str, obj: Any) -> dict[str, Any]:
+    if dataclasses.is_dataclass(obj):
+        obj = dataclasses.asdict(obj)
+    if isinstance(obj, dict):
+        out: dict[str, Any] = {}
+        for k, v in obj.items():
+            out.update(flatten(f"{prefix}.{k}" if prefix else str(k), v))
+        return out
+    return {prefix: obj}
+
+
+def trial_payload(sweep: SweepConfig, trial: TrialSpec) -> dict[str, Any]:
+    """Everything a trial needs, as plain data (it travels to Tune and into MLflow params)."""
+    paths = stage_paths(sweep, trial)
+    params: dict[str, Any] = {
+        "dataset": trial.dataset.label,
+        "model": trial.model.label,
+        "attack": trial.attack.name,
+        "eps": trial.eps if trial.eps is not None else "none",
+        "defense": trial.defense.label,
+        "seed": sweep.seed,
+        "sweep": sweep.name,
+    }
+    params.update(flatten("dataset", trial.dataset.config))
+    params.update(flatten("model", trial.model.config))
+    params.update(flatten("attack", trial.attack.config))
+    params.update(flatten("defense", trial.defense.config))
+    params.update(flatten("first_stage", sweep.first_stage))
+    if trial.model.name == "vbpr":
+        params.update(flatten("extractor", sweep.extractor))
+    return {
+        "name": trial.name,
+        "key": trial_key(paths),
+        "paths": paths.as_dict(),
+        "model": trial.model.as_dict(),
+        "attack": trial.attack.as_dict(),
+        "defense": trial.defense.as_dict(),
+        "resources": dataclasses.asdict(sweep.resources),
+        "examples": sweep.examples,
+        "image_shape": None,
+        "params": params,
+    }
+
+
+# --- stages as Ray tasks -------------------------------------------------------------------------
+def _stage(kind: str, sweep: SweepConfig, trial: TrialSpec, paths: StagePaths, threads: int):
+    import torch
+
+    from aipray.pipeline import stages
+
+    torch.set_num_threads(max(1, threads))
+    logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
+    device = stages.pick_device(sweep.resources.train_gpus)
+    if kind == "dataset":
+        stages.prepare_dataset(trial.dataset, paths.dataset)
+    elif kind == "first_stage":
+        stages.train_bpr(sweep, paths, device)
+        stages.build_candidates(sweep, paths, device)
+    elif kind == "extractor":
+        stages.train_extractor(sweep, paths, device)
+    elif kind == "ranker":
+        stages.train_ranker(sweep, trial, paths, device)
+    elif kind == "context":
+        stages.build_context(trial, paths, device)
+    return kind
+
+
+def run_stages(sweep: SweepConfig, trials: list[TrialSpec]) -> None:
+    """Compute every missing stage output, wave by wave; independent work runs in parallel."""
+    import ray
+
+    from aipray.store import done
+
+    res = sweep.resources
+    task = ray.remote(_stage).options(num_cpus=res.train_cpus, num_gpus=res.train_gpus)
+    threads = max(1, round(res.train_cpus))
+    waves: list[list[tuple[str, Path]]] = [
+        [("dataset", "dataset")],
+        [("first_stage", "candidates"), ("extractor", "extractor")],
+        [("ranker", "model")],
+        [("context", "context")],
+    ]
+    for wave in waves:
+        refs, seen = [], set()
+        for trial in trials:
+            paths = stage_paths(sweep, trial)
+            for kind, field in wave:
+                target = getattr(paths, field)
+                if kind == "extractor" and trial.model.name != "vbpr":
+                    continue
+                if done(target) or target in seen:
+                    continue
+                seen.add(target)
+                log.info("stage %s → %s", kind, target.name)
+                refs.append(task.remote(kind, sweep, trial, paths, threads))
+        ray.get(refs)
+
+
+# --- the attack grid ----------------------------------------------------------------------------
+def run_grid(sweep: SweepConfig, payloads: list[dict[str, Any]], tracker) -> list[str]:
+    """Run pending trials with Tune; returns the names of trials that failed."""
+    from ray import tune
+
+    from aipray.pipeline.tracking import TrackingCallback
+    from aipray.pipeline.trial import run_trial
+
+    res = sweep.resources
+    tuner = tune.Tuner(
+        tune.with_resources(run_trial, {"cpu": res.trial_cpus}),
+        param_space={"trial": tune.grid_search(payloads)},
+        tune_config=tune.TuneConfig(max_concurrent_trials=res.max_concurrent_trials),
+        run_config=tune.RunConfig(
+            name=f"{sweep.name}-{time.strftime('%Y%m%d-%H%M%S')}",
+            storage_path=str(sweep.storage / "tune"),
+            callbacks=[TrackingCallback(tracker)],
+            failure_config=tune.FailureConfig(max_failures=res.max_failures),
+            verbose=1,
+        ),
+    )
+    results = tuner.fit()
+    return [r.config["trial"]["name"] for r in results if r.error is not None]
+
+
+def summary_table(tracker) -> pd.DataFrame:
+    rows = []
+    for run in tracker.child_runs().values():
+        row = {"trial": run.info.run_name, "status": run.info.status}
+        row.update({short: run.data.metrics.get(key) for key, short in TABLE_COLUMNS.items()})
+        rows.append(row)
+    if not rows:
+        return pd.DataFrame(columns=["trial", "status", *TABLE_COLUMNS.values()])
+    return pd.DataFrame(rows).sort_values("trial", ignore_index=True)
+
+
+def ui_command(sweep: SweepConfig) -> str:
+    if sweep.mlflow.tracking_uri is None and sweep.mlflow.artifact_location is None:
+        return "scripts/mlflow_ui.sh"
+    return f"mlflow ui --backend-store-uri {sweep.tracking_uri()} --host 127.0.0.1"
+
+
+def run_sweep(sweep: SweepConfig, *, ray_address: str | None = None, num_cpus: int | None = None):
+    """Run (or resume) a sweep; returns ``(table, failed trial names)``."""
+    from aipray.pipeline.tracking import Tracker
+
+    trials = sweep.trials()
+    payloads = [trial_payload(sweep, t) for t in trials]
+    tracker = Tracker(
+        sweep.tracking_uri(), sweep.experiment(), sweep.artifact_location(), sweep.name
+    )
+    finished = tracker.finished_keys()
+    pending = [(t, p) for t, p in zip(trials, payloads, strict=True) if p["key"] not in finished]
+    log.info(
+        "%s: %d trials, %d already finished, %d to run",
+        sweep.name,
+        len(trials),
+        len(trials) - len(pending),
+        len(pending),
+    )
+    failed: list[str] = []
+    if pending:
+        import ray
+
+        started_here = not ray.is_initialized()
+        if started_here:
+            ray.init(
+                address=ray_address,
+                num_cpus=num_cpus,
+                include_dashboard=False,
+                logging_level=logging.WARNING,
+                log_to_driver=True,
+            )
+        try:
+            run_stages(sweep, [t for t, _ in pending])
+            from aipray.data import Catalog
+
+            for _, p in pending:
+                p["image_shape"] = list(Catalog.load(p["paths"]["dataset"]).image_shape)
+            failed = run_grid(sweep, [p for _, p in pending], tracker)
+        finally:
+            if started_here:
+                ray.shutdown()
+    return summary_table(tracker), failed
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m aipray.sweep", description=__doc__.split("\n")[0])
+    parser.add_argument("sweep", help="sweep YAML, e.g. sweeps/quick.yaml")
+    parser.add_argument("--address", default=None, help="Ray cluster address (default: local)")
+    parser.add_argument("--num-cpus", type=int, default=None, help="CPUs of a local Ray")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    try:
+        sweep = load_sweep(args.sweep)
+    except ConfigError as err:
+        sys.stderr.write(f"error: {err}\n")
+        return 2
+    start = time.perf_counter()
+    table, failed = run_sweep(sweep, ray_address=args.address, num_cpus=args.num_cpus)
+    with pd.option_context("display.width", 200, "display.max_columns", 20):
+        sys.stdout.write("\n" + table.to_string(index=False, float_format=lambda v: f"{v:.4g}") + "\n")
+    sys.stdout.write(
+        f"\n{len(table)} trials in MLflow experiment {sweep.experiment()!r} "
+        f"({time.perf_counter() - start:.0f}s). Open the UI with: {ui_command(sweep)}\n"
+    )
+    if failed:
+        sys.stderr.write(f"error: {len(failed)} trials failed: {', '.join(failed)}\n")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
