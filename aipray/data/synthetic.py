@@ -3,7 +3,8 @@
 Each item has a category (its shape), a hue and a texture, drawn on a light background with a
 little jitter. Each user has one or two favourite styles (category, hue, texture); the probability
 that a user interacts with an item grows with how well the item matches a favourite style and with
-the item's popularity (log-normal, plus one clearly most-popular item). So a model that looks at the
+the item's popularity (log-normal with a long tail, as in real marketplaces, plus one clearly
+most-popular item). So a model that looks at the
 pictures beats a random ranker, and a hook item for EXPA exists.
 
 Cold items are picked by a seeded uniform draw and all their interactions are removed; users left
@@ -48,6 +49,7 @@ class SyntheticConfig:
     mean_interactions: float = param(10.0, min=4)
     taste_sharpness: float = param(4.0, min=0)
     popularity_weight: float = param(1.0, min=0)
+    popularity_spread: float = param(2.0, min=0)
     hook_boost: float = param(40.0, min=1)
     seed: int = 0
 
@@ -136,7 +138,7 @@ def make_synthetic(config: SyntheticConfig, name: str = "synthetic") -> Catalog:
     categories = rng.choice(n_cat, size=n_items, p=category_weight)
     hues = rng.uniform(0.0, 1.0, size=n_items)
     textures = rng.integers(0, len(TEXTURES), size=n_items)
-    log_pop = rng.normal(0.0, 0.8, size=n_items)
+    log_pop = rng.normal(0.0, config.popularity_spread, size=n_items)
     hook = int(rng.integers(n_items))
     log_pop[hook] = log_pop.max() + np.log(config.hook_boost)
     images = np.stack(
