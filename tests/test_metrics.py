@@ -1,0 +1,119 @@
+import numpy as np
+import pytest
+import torch
+
+from aipray.metrics.image import linf_255, psnr, ssim
+from aipray.metrics.ranking import (
+    CandidateScores,
+    hit_rates,
+    hit_rates_by_argsort,
+    injected_ranks,
+    ordinary_hit_rates,
+    prediction_shift,
+    random_hit_rate,
+)
+from aipray.metrics.stats import paired_t_test
+
+
+def small_case():
+    # 2 users, 4 fixed candidates each (the last column is the test item); user 1's test item
+    # is already in its BPR top-C, so its last column is padding.
+    scores = torch.tensor([[0.9, 0.5, 0.1, 0.3], [0.2, 0.8, 0.4, 0.0]])
+    valid = torch.tensor([[True, True, True, True], [True, True, True, False]])
+    test = torch.tensor([0.3, 0.4])
+    return CandidateScores.build(scores, valid, test), scores, valid
+
+
+def test_ranks_by_hand():
+    fixed, _, _ = small_case()
+    # user 0 fixed: 0.9 0.5 0.3 0.1 ; user 1 fixed: 0.8 0.4 0.2
+    injected = torch.tensor([[1.0, 0.5, 0.0], [0.3, 0.8, 0.9]])
+    ranks = injected_ranks(fixed, injected)
+    # ties count against the injected item: 0.5 vs {0.9, 0.5} -> rank 2
+    assert ranks.tolist() == [[0, 2, 4], [2, 1, 0]]
+    hr = hit_rates(ranks, cutoffs=(1, 2))
+    assert hr[1].tolist() == [0.5, 0.0, 0.5]
+    assert hr[2].tolist() == [0.5, 0.5, 0.5]
+
+
+def test_test_item_rank_and_availability_by_hand():
+    fixed, _, _ = small_case()
+    # user 0's test item 0.3 is beaten by 0.9 and 0.5; user 1's 0.4 by 0.8
+    assert fixed.test_rank.tolist() == [2, 1]
+    assert fixed.set_sizes.tolist() == [4, 3]
+    injected = torch.tensor([[1.0, 0.0], [0.1, 0.4]])
+    rates = ordinary_hit_rates(fixed, injected, cutoffs=(2, 3))
+    # item 0: user 0 test rank 3, user 1 rank 1 ; item 1: user 0 rank 2, user 1 rank 2 (tie)
+    assert rates[2].tolist() == [0.5, 0.0]
+    assert rates[3].tolist() == [0.5, 1.0]
+
+
+def test_random_hit_rate_by_hand():
+    sizes = torch.tensor([4, 9])  # sets of 5 and 10 with the injected item
+    assert random_hit_rate(sizes, cutoffs=(5,))[5] == pytest.approx((1.0 + 0.5) / 2)
+
+
+def test_prediction_shift():
+    adv = torch.tensor([[2.0, 1.0], [4.0, 1.0]])
+    coop = torch.tensor([[1.0, 1.0], [1.0, 3.0]])
+    assert prediction_shift(adv, coop).tolist() == [2.0, -1.0]
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_counting_matches_slow_argsort(seed):
+    rng = np.random.default_rng(seed)
+    n_users, m, b = 40, 30, 7
+    scores = rng.normal(size=(n_users, m)).astype(np.float32)
+    scores[:, :5] = np.round(scores[:, :5], 1)  # some ties
+    valid = np.ones((n_users, m), dtype=bool)
+    valid[rng.uniform(size=n_users) < 0.3, -1] = False
+    injected = rng.normal(size=(n_users, b)).astype(np.float32)
+    injected[:, 0] = scores[:, 0]  # exact ties with a candidate
+    fixed = CandidateScores.build(
+        torch.tensor(scores), torch.tensor(valid), torch.tensor(scores[:, -1])
+    )
+    ranks = injected_ranks(fixed, torch.tensor(injected))
+    for k in (1, 5, 10):
+        fast = hit_rates(ranks, cutoffs=(k,))[k].numpy()
+        slow = hit_rates_by_argsort(scores, valid, injected, k)
+        np.testing.assert_allclose(fast, slow)
+
+
+def test_paired_t_test():
+    from scipy import stats
+
+    a = np.array([0.1, 0.4, 0.35, 0.8])
+    b = np.array([0.0, 0.1, 0.3, 0.2])
+    assert paired_t_test(a, b) == pytest.approx(stats.ttest_rel(a, b).pvalue)
+    assert paired_t_test(b, b) == 1.0
+    assert paired_t_test(b + 0.5, b) == 0.0
+
+
+def test_image_metrics():
+    x = torch.rand(3, 3, 24, 24, generator=torch.Generator().manual_seed(0))
+    x = torch.round(x * 255) / 255
+    y = (x + 7 / 255).clamp(0, 1)
+    assert linf_255(x, y).tolist() == [7.0, 7.0, 7.0]
+    assert torch.isinf(psnr(x, x)).all()
+    mse = ((x - y) ** 2).flatten(1).mean(1)
+    torch.testing.assert_close(psnr(x, y), 10 * torch.log10(1 / mse))
+    torch.testing.assert_close(ssim(x, x), torch.ones(3))
+
+
+def test_ssim_matches_scikit_image():
+    skimage_metrics = pytest.importorskip("skimage.metrics")
+    g = torch.Generator().manual_seed(1)
+    x = torch.rand(2, 3, 32, 32, generator=g)
+    y = (x + 0.1 * torch.randn(2, 3, 32, 32, generator=g)).clamp(0, 1)
+    ours = ssim(x, y)
+    for i in range(2):
+        ref = skimage_metrics.structural_similarity(
+            x[i].permute(1, 2, 0).double().numpy(),
+            y[i].permute(1, 2, 0).double().numpy(),
+            channel_axis=2,
+            gaussian_weights=True,
+            sigma=1.5,
+            use_sample_covariance=False,
+            data_range=1.0,
+        )
+        assert float(ours[i]) == pytest.approx(ref, abs=1e-5)
