@@ -77,13 +77,19 @@ class Component:
     kind: str
     name: str
     config: Any
-    axis_values: tuple[tuple[str, Any], ...] = ()
 
     @property
     def label(self) -> str:
-        if not self.axis_values:
+        """The name with its axis settings, e.g. ``jpeg(quality=75)``, ``dvbpr(dim=20)``; an
+        attack's ε is its own grid axis and not part of the label."""
+        axes = [
+            (f.name, getattr(self.config, f.name))
+            for f in dataclasses.fields(self.config)
+            if f.metadata.get("axis") and f.name != "eps"
+        ]
+        if not axes:
             return self.name
-        inner = ",".join(f"{k}={_fmt(v)}" for k, v in self.axis_values)
+        inner = ",".join(f"{k}={_fmt(v)}" for k, v in axes)
         return f"{self.name}({inner})"
 
     def as_dict(self) -> dict[str, Any]:
@@ -272,8 +278,8 @@ def _components(kind: str, registry, raw: Any, where: str, allowed=None) -> tupl
         if name not in names:
             raise ConfigError(f"{where}: unknown {kind} {name!r}; allowed: {', '.join(names)}")
         cls = registry.get(name)
-        configs, combos = build_dataclass(cls.Config, settings, f"{where}.{name}", allow_axes=True)
-        out.extend(Component(kind, name, c, combo) for c, combo in zip(configs, combos, strict=True))
+        configs, _ = build_dataclass(cls.Config, settings, f"{where}.{name}", allow_axes=True)
+        out.extend(Component(kind, name, c) for c in configs)
     return tuple(out)
 
 

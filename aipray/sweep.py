@@ -55,7 +55,7 @@ def trial_payload(sweep: SweepConfig, trial: TrialSpec) -> dict[str, Any]:
     paths = stage_paths(sweep, trial)
     params: dict[str, Any] = {
         "dataset": trial.dataset.label,
-        "model": trial.model.label,
+        "model": trial.model.name,
         "attack": trial.attack.name,
         "eps": trial.eps if trial.eps is not None else "none",
         "defense": trial.defense.label,

@@ -28,7 +28,7 @@ def test_grid_skips_missing_combinations():
     # 2 models x (insa x 2 eps + expa x 1 eps) x 3 defences
     assert len(trials) == 2 * 3 * 3
     names = {t.name for t in trials}
-    assert "synthetic/dvbpr/insa/eps=32/jpeg(quality=50)" in names
+    assert "synthetic/dvbpr(dim=100)/insa/eps=32/jpeg(quality=50)" in names
     assert len(names) == len(trials)
 
 

@@ -1,0 +1,122 @@
+"""End-to-end: a tiny real sweep on a local Ray, checked through MLflow."""
+
+
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+
+from aipray.config import load_sweep
+from aipray.sweep import main, run_sweep
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    import ray
+
+    ray.init(
+        num_cpus=2,
+        object_store_memory=200 * 1024**2,
+        include_dashboard=False,
+        log_to_driver=False,
+        configure_logging=False,
+    )
+    yield
+    ray.shutdown()
+
+
+def tiny_sweep(tmp_path):
+    cfg = {
+        "name": "tiny",
+        "storage": str(tmp_path / "store"),
+        "mlflow": {
+            "tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}",
+            "artifact_location": (tmp_path / "artifacts").as_uri(),
+        },
+        "examples": 2,
+        "datasets": {"synthetic": {"n_users": 300, "n_items": 260, "n_cold": 24, "image_size": 16}},
+        "first_stage": {"candidates": 30, "bpr": {"epochs": 5, "batch_size": 512}},
+        "extractor": {"width": 0.1, "epochs": 2},
+        "models": {
+            "dvbpr": {"dim": 10, "width": 0.125, "lr": 0.001, "lambda_cnn": 0.0001, "epochs": 6},
+            "vbpr": {"dim": 10, "lr": 0.003, "epochs": 5, "batch_size": 256},
+        },
+        "attacks": {
+            "insa": {"eps": [32], "epochs": 10, "user_batch": 64, "lr": 0.01},
+            "expa": {"eps": [8], "steps": 10},
+        },
+        "defenses": {"none": {}, "jpeg": {"quality": 75}},
+        "resources": {"max_concurrent_trials": 2, "actor_cpus": 0.5, "batch_size": 16},
+    }
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def child_runs(sweep):
+    client = MlflowClient(sweep.tracking_uri())
+    exp = client.get_experiment_by_name(sweep.experiment())
+    runs = client.search_runs([exp.experiment_id])
+    return [r for r in runs if r.data.tags.get("aipray.role") == "trial"], runs
+
+
+def test_tiny_sweep_end_to_end(tmp_path, ray_local):
+    path = tiny_sweep(tmp_path)
+    sweep = load_sweep(path)
+    n_grid = len(sweep.trials())
+    assert n_grid == 2 * 2 * 2
+
+    table, failed = run_sweep(sweep)
+    assert failed == []
+    assert len(table) == n_grid
+    children, all_runs = child_runs(sweep)
+    assert len(children) == n_grid
+    assert len(all_runs) == n_grid + 1  # plus the sweep's parent run
+    assert all(r.info.status == "FINISHED" for r in children)
+
+    by_name = {r.info.run_name: r for r in children}
+    run = by_name["synthetic/dvbpr(dim=10)/insa/eps=32/none"]
+    params = run.data.params
+    assert (params["dataset"], params["model"], params["attack"]) == ("synthetic", "dvbpr", "insa")
+    assert (float(params["eps"]), params["defense"]) == (32.0, "none")
+    assert params["dataset.n_users"] == "300" and params["model.dim"] == "10"
+    m = run.data.metrics
+    assert m["adversarial/hr_at_5"] > 3 * m["cooperative/hr_at_5"]
+    assert m["p_value_hr_at_5"] < 0.01
+    assert m["prediction_shift"] != 0
+    for r in children:
+        eps = float(r.data.params["eps"])
+        assert r.data.metrics["linf_255_max"] <= eps
+        for k in (5, 10, 20):
+            assert 0 <= r.data.metrics[f"adversarial/hr_at_{k}"] <= 1
+    artifacts = {a.path for a in MlflowClient(sweep.tracking_uri()).list_artifacts(run.info.run_id)}
+    assert {"examples.png", "items.parquet", "metrics.json"} <= artifacts
+
+    # A JPEG trial reuses the undefended trial's adversarial images: same L-inf, same SSIM.
+    jpeg = by_name["synthetic/dvbpr(dim=10)/insa/eps=32/jpeg(quality=75)"].data.metrics
+    assert jpeg["ssim_mean"] == pytest.approx(m["ssim_mean"])
+
+    # Running the sweep again adds no runs and recomputes nothing.
+    mtimes = {p: p.stat().st_mtime for p in (tmp_path / "store").rglob("*.pt")}
+    assert main([str(path)]) == 0
+    children_again, all_again = child_runs(sweep)
+    assert len(children_again) == n_grid and len(all_again) == n_grid + 1
+    assert {p: p.stat().st_mtime for p in (tmp_path / "store").rglob("*.pt")} == mtimes
+
+
+def test_rerun_after_lost_tracking_reuses_results(tmp_path, ray_local):
+    """If MLflow lost a trial's run (a crash between compute and logging), a re-run logs it again
+    from the stored result without recomputing it, and still one run per trial."""
+    path = tiny_sweep(tmp_path)
+    sweep = load_sweep(path)
+    run_sweep(sweep)
+    children, _ = child_runs(sweep)
+    client = MlflowClient(sweep.tracking_uri())
+    victim = children[0]
+    client.delete_run(victim.info.run_id)
+    table, failed = run_sweep(sweep)
+    assert failed == []
+    children, _ = child_runs(sweep)
+    assert len(children) == len(sweep.trials())
+    assert victim.info.run_name in {r.info.run_name for r in children}
