@@ -2,19 +2,27 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, ClassVar
 
 from aipray.data.catalog import Catalog
+from aipray.data.dvbpr import AmazonMenConfig, TradesyConfig, load_dvbpr
+from aipray.data.folder import FolderConfig, load_folder
 from aipray.data.synthetic import SyntheticConfig, make_synthetic
 from aipray.registry import Registry
 
 
 class Dataset:
+    """A dataset a sweep can name: a ``Config`` dataclass and how to build the catalog."""
+
     name: ClassVar[str]
     Config: ClassVar[type]
 
     @staticmethod
-    def build(config: Any, name: str) -> Catalog:
+    def build(config: Any, name: str, workdir: Path) -> Catalog:
+        """Build the catalog. ``workdir`` is the (temporary) output folder the catalog is saved
+        into; a loader may write ``workdir / "images.npy"`` itself and return a memmap of it, which
+        :meth:`Catalog.save` then leaves in place."""
         raise NotImplementedError
 
 
@@ -28,8 +36,45 @@ class Synthetic(Dataset):
     Config = SyntheticConfig
 
     @staticmethod
-    def build(config: SyntheticConfig, name: str) -> Catalog:
+    def build(config: SyntheticConfig, name: str, workdir: Path) -> Catalog:
+        """Generate the marketplace in memory (``workdir`` is not used)."""
         return make_synthetic(config, name=name)
+
+
+@DATASETS.register("amazon_men")
+class AmazonMen(Dataset):
+    """Amazon Men from the DVBPR release (``AmazonMenWithImgPartitioned.npy``)."""
+
+    Config = AmazonMenConfig
+
+    @staticmethod
+    def build(config: AmazonMenConfig, name: str, workdir: Path) -> Catalog:
+        """Decode the release into ``workdir`` (see :mod:`aipray.data.dvbpr`)."""
+        return load_dvbpr(config, name, workdir)
+
+
+@DATASETS.register("tradesy")
+class Tradesy(Dataset):
+    """Tradesy.com from the DVBPR release (``TradesyImgPartitioned.npy``)."""
+
+    Config = TradesyConfig
+
+    @staticmethod
+    def build(config: TradesyConfig, name: str, workdir: Path) -> Catalog:
+        """Decode the release into ``workdir`` (see :mod:`aipray.data.dvbpr`)."""
+        return load_dvbpr(config, name, workdir)
+
+
+@DATASETS.register("folder")
+class Folder(Dataset):
+    """A folder: interactions TSV and ``images/<item>.jpg`` (see :mod:`aipray.data.folder`)."""
+
+    Config = FolderConfig
+
+    @staticmethod
+    def build(config: FolderConfig, name: str, workdir: Path) -> Catalog:
+        """Filter, split and decode the folder into ``workdir``."""
+        return load_folder(config, name, workdir)
 
 
 __all__ = ["DATASETS", "Catalog", "Dataset"]

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -19,8 +20,11 @@ class Catalog:
         val_items, test_items: ``[n_users]`` one held-out item per user (leave-one-out).
         cold_items: items whose every interaction was removed; only ever injected as cold items.
         categories: ``[n_items]`` product category per item, ``-1`` where unknown.
-        images: ``[n_items, 3, H, W]`` uint8 RGB (may be a read-only memmap).
+        images: ``[n_items, 3, H, W]`` uint8 RGB (may be a read-only memmap; a real dataset's
+            is a memmap of ``images.npy`` in the folder it is being prepared in).
         category_names: name of each category id.
+        info: how the catalog was made (source counts, excluded images, the cold-item rule and
+            seed); JSON-able, saved in ``catalog.json`` and merged into :func:`summary`.
     """
 
     name: str
@@ -32,6 +36,7 @@ class Catalog:
     categories: np.ndarray
     images: np.ndarray
     category_names: tuple[str, ...] = ()
+    info: dict[str, Any] = field(default_factory=dict)
 
     @property
     def n_users(self) -> int:
@@ -79,8 +84,14 @@ class Catalog:
             cold_items=self.cold_items,
             categories=self.categories,
         )
-        np.save(directory / "images.npy", np.ascontiguousarray(self.images))
-        meta = {"name": self.name, "category_names": list(self.category_names)}
+        target = directory / "images.npy"
+        if not _is_file(self.images, target):
+            np.save(target, np.ascontiguousarray(self.images))
+        meta = {
+            "name": self.name,
+            "category_names": list(self.category_names),
+            "info": self.info,
+        }
         (directory / "catalog.json").write_text(json.dumps(meta, indent=2))
 
     @classmethod
@@ -94,12 +105,24 @@ class Catalog:
             name=meta["name"],
             images=images,
             category_names=tuple(meta["category_names"]),
+            info=meta.get("info", {}),
             **parts,
         )
 
 
-def summary(catalog: Catalog) -> dict[str, float]:
-    """A few numbers worth logging about a catalog."""
+def _is_file(images: np.ndarray, path: Path) -> bool:
+    """Whether ``images`` is already a memmap of the whole file ``path`` (nothing to write)."""
+    filename = getattr(images, "filename", None)
+    if not isinstance(images, np.memmap) or not filename or not path.is_file():
+        return False
+    if Path(filename).resolve() != path.resolve():
+        return False
+    on_disk = np.load(path, mmap_mode="r")
+    return on_disk.shape == images.shape and on_disk.dtype == images.dtype
+
+
+def summary(catalog: Catalog) -> dict[str, Any]:
+    """A few numbers worth logging about a catalog, plus how it was made (``catalog.info``)."""
     pop = catalog.item_popularity()
     return {
         "n_users": catalog.n_users,
@@ -108,5 +131,5 @@ def summary(catalog: Catalog) -> dict[str, float]:
         "n_train": int(catalog.train_items.size),
         "top_item_interactions": int(pop.max()),
         "median_item_interactions": float(np.median(pop[catalog.warm_mask()])),
+        **catalog.info,
     }
-
