@@ -1,6 +1,6 @@
 """Defences; importing this package registers them."""
 
-from aipray.defenses import jpeg
+from aipray.defenses import bitdepth, jpeg
 from aipray.defenses.base import DEFENSES, Defense
 
-__all__ = ["DEFENSES", "Defense", "jpeg"]
+__all__ = ["DEFENSES", "Defense", "bitdepth", "jpeg"]
