@@ -1,20 +1,50 @@
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from aipray.attacks import ATTACKS, AttackInputs, linf_ascent, quantize_within
 from aipray.attacks.insa import insa_objective
+from aipray.attacks.sema import compose
+from aipray.models.alexrank import AlexRank
+from aipray.models.amr import AMR
 from aipray.models.dvbpr import DVBPR
+from aipray.models.extractor import build_extractor, make_spec
 from aipray.models.vbpr import VBPR
+
+SPEC = make_spec("alexnet", 4, layout="aipray", input_size=None, image_size=16, width=0.05)
+
+
+def tiny_extractor():
+    torch.manual_seed(1)
+    return build_extractor(SPEC).eval().requires_grad_(False)
+
+
+def tiny_profiles():
+    """Users' training items as CSR: 30 users with 1–4 of 50 items each."""
+    rng = np.random.default_rng(0)
+    counts = rng.integers(1, 5, size=30)
+    items = np.concatenate([rng.choice(50, size=c, replace=False) for c in counts])
+    return np.concatenate([[0], np.cumsum(counts)]), items
 
 
 def tiny_models():
     torch.manual_seed(0)
     dvbpr = DVBPR(n_users=30, dim=8, image_size=16, width=0.1).eval().requires_grad_(False)
-    ext = {"num_classes": 4, "image_size": 16, "width": 0.05}
-    vbpr = VBPR(n_users=30, n_items=50, dim=8, extractor_args=ext).eval().requires_grad_(False)
-    torch.nn.init.normal_(vbpr.E.weight, std=0.5)
-    torch.nn.init.normal_(vbpr.theta_user.weight, std=0.5)
-    return {"dvbpr": dvbpr, "vbpr": vbpr}
+    ext = tiny_extractor()
+    out = {"dvbpr": dvbpr}
+    for name, cls in (("vbpr", VBPR), ("amr", AMR)):
+        m = cls.on(ext, n_users=30, n_items=50, dim=8).eval().requires_grad_(False)
+        torch.nn.init.normal_(m.E.weight, std=0.5)
+        torch.nn.init.normal_(m.theta_user.weight, std=0.5)
+        out[name] = m
+    indptr, items = tiny_profiles()
+    catalog_images = (images(50, seed=5) * 255).to(torch.uint8).numpy()
+    out["alexrank"] = AlexRank.from_profiles(indptr, items, 50, ext, catalog_images).eval()
+    return out
+
+
+MODELS = ["dvbpr", "vbpr", "amr", "alexrank"]
 
 
 def images(n=5, size=16, seed=0):
@@ -28,17 +58,32 @@ def make(name, model, eps, **kw):
     return cls(cls.Config(eps=eps, **kw), model, inputs)
 
 
-SETTINGS = {"insa": {"epochs": 2, "user_batch": 16, "lr": 0.05}, "expa": {"steps": 15, "lr": 0.05}}
+SETTINGS = {
+    "insa": {"epochs": 2, "user_batch": 16, "lr": 0.05},
+    "expa": {"steps": 15, "lr": 0.05},
+    "fgsm": {},
+    "pgd": {"steps": 5},
+}
 
 
-@pytest.mark.parametrize("attack", ["insa", "expa"])
-@pytest.mark.parametrize("model", ["dvbpr", "vbpr"])
+def make_classifier_attack(name, eps, **kw):
+    cls = ATTACKS.get(name)
+    inputs = AttackInputs(classifier=tiny_extractor(), target_class=2)
+    return cls(cls.Config(eps=eps, **kw), None, inputs)
+
+
+@pytest.mark.parametrize(
+    ("attack", "model"),
+    [(a, m) for a in ("insa", "expa") for m in MODELS] + [("fgsm", None), ("pgd", None)],
+)
 @pytest.mark.parametrize("eps", [1, 4, 32])
 def test_bound_after_rounding_and_inputs_unchanged(attack, model, eps):
-    m = tiny_models()[model]
     x = images()
     before = x.clone()
-    adv = make(attack, m, eps, **SETTINGS[attack])(x)
+    if model is None:
+        adv = make_classifier_attack(attack, eps, **SETTINGS[attack])(x)
+    else:
+        adv = make(attack, tiny_models()[model], eps, **SETTINGS[attack])(x)
     assert torch.equal(x, before)
     assert adv.shape == x.shape
     q = adv * 255
@@ -57,7 +102,7 @@ def test_quantize_keeps_bound_for_off_grid_inputs():
     assert torch.equal(q * 255, torch.round(q * 255))
 
 
-@pytest.mark.parametrize("model", ["dvbpr", "vbpr"])
+@pytest.mark.parametrize("model", MODELS)
 def test_insa_objective_improves(model):
     m = tiny_models()[model]
     x = images()
@@ -84,7 +129,7 @@ def test_insa_dvbpr_objective_is_log_of_eq6():
     torch.testing.assert_close(insa_objective(m, users, x), torch.log(direct))
 
 
-@pytest.mark.parametrize("model", ["dvbpr", "vbpr"])
+@pytest.mark.parametrize("model", MODELS)
 def test_expa_moves_towards_hook(model):
     m = tiny_models()[model]
     x = images()
@@ -116,3 +161,104 @@ def test_sign_method_is_pgd_and_zero_eps_is_identity():
     expected = torch.clamp(torch.round(x * 255) - 4, min=0) / 255
     torch.testing.assert_close(adv, expected)
     assert torch.equal(linf_ascent(x, objective, eps=0, steps=5, lr=0.1), x)
+
+
+def test_insa_alexrank_objective_is_the_per_user_formula():
+    # Σ_u mean_{j∈I_u} −‖Φ(X) − Φ(X_j)‖ computed user by user, against the weighted form
+    m = tiny_models()["alexrank"]
+    x = images(3)
+    indptr, items = tiny_profiles()
+    catalog_images = images(50, seed=5)
+    feats = m.extractor.features(torch.round(catalog_images * 255) / 255)
+    fx = m.extractor.features(x)
+    users = torch.tensor([0, 3, 4, 17, 29])
+    expected = torch.zeros(3)
+    for u in users.tolist():
+        mine = torch.as_tensor(items[indptr[u] : indptr[u + 1]])
+        expected += -(fx[:, None, :] - feats[mine][None]).norm(dim=2).mean(1)
+    torch.testing.assert_close(insa_objective(m, users, x), expected, rtol=1e-4, atol=1e-3)
+    # and the ranker's own scores agree: the objective is the sum of the users' scores
+    torch.testing.assert_close(m.score_images(users, x).sum(0), expected, rtol=1e-4, atol=1e-3)
+
+
+def test_insa_alexrank_one_forward_backward_per_step():
+    m = tiny_models()["alexrank"]
+    calls = {"n": 0}
+    features = m.extractor.features
+
+    def counting(x):
+        calls["n"] += 1
+        return features(x)
+
+    m.extractor.features = counting
+    make("insa", m, 8, epochs=2, user_batch=10, lr=0.01)(images(4))
+    assert calls["n"] == 2 * 3  # 30 users in batches of 10, two epochs: one forward per step
+
+
+def test_alexrank_candidate_scores_match_score_codes():
+    m = tiny_models()["alexrank"]
+    codes = m.extractor.features(images(7, seed=3))
+    users = torch.tensor([1, 2, 5])
+    index = torch.tensor([[0, 3, 6], [2, 2, 1], [5, 4, 0]])
+    full = m.score_codes(users, codes)
+    torch.testing.assert_close(m.score_candidates(users, codes, index), full.gather(1, index))
+
+
+@pytest.mark.parametrize("name", ["fgsm", "pgd"])
+def test_classifier_attacks_raise_target_probability(name):
+    x = images(6)
+    attack = make_classifier_attack(name, 16, **SETTINGS[name])
+    clf = attack.inputs.classifier
+    adv = attack(x)
+    p_before = clf(x).softmax(1)[:, 2]
+    p_after = clf(adv).softmax(1)[:, 2]
+    assert p_after.mean() > p_before.mean()
+    assert attack.success(adv).dtype == torch.bool
+
+
+def test_fgsm_is_one_signed_step():
+    x = images(3)
+    attack = make_classifier_attack("fgsm", 4)
+    clf = attack.inputs.classifier
+    xr = x.clone().requires_grad_(True)
+    loss = torch.nn.functional.cross_entropy(clf(xr), torch.full((3,), 2), reduction="sum")
+    (grad,) = torch.autograd.grad(loss, xr)
+    expected = quantize_within((x - 4 / 255 * grad.sign()).clamp(0, 1), x, 4)
+    torch.testing.assert_close(attack(x), expected)
+
+
+def test_csema_pastes_hook_on_the_right_and_keeps_the_left():
+    x = images(2, size=32)
+    before = x.clone()
+    hook = torch.zeros(3, 32, 32)
+    hook[0] = 1.0  # a red hook item
+    cls = ATTACKS.get("csema")
+    adv = cls(cls.Config(scale=0.4, caption=""), None, AttackInputs(hook_image=hook))(x)
+    assert torch.equal(x, before) and adv.shape == x.shape
+    assert torch.equal(adv * 255, torch.round(adv * 255))
+    assert torch.equal(adv[..., :16], torch.round(x[..., :16] * 255) / 255)  # left half intact
+    inset = adv[:, :, 12:20, 20:30]
+    assert (inset[:, 0] > 0.9).all() and (inset[:, 1:] < 0.1).all()  # the red hook, right side
+
+
+def test_csema_caption_is_drawn():
+    item = Image.new("RGB", (64, 64), "white")
+    hook = Image.new("RGB", (64, 64), "blue")
+    plain = np.asarray(compose(item, hook, 0.4, ""))
+    captioned = np.asarray(compose(item, hook, 0.4, "match"))
+    assert (plain != captioned).any()
+    assert (plain[:, :30] == 255).all()  # nothing drawn on the left part
+
+
+def test_provided_reads_images_for_some_items(tmp_path):
+    x = images(3, size=8)
+    mine = (torch.rand(3, 8, 8) * 255).to(torch.uint8)
+    Image.fromarray(mine.permute(1, 2, 0).numpy()).save(tmp_path / "7.png")
+    cls = ATTACKS.get("provided")
+    config = cls.Config(path=str(tmp_path))
+    assert cls.restrict(config, [3, 7, 9]) == [7]
+    out = cls(config, None, AttackInputs())(x[:1], torch.tensor([7]))
+    assert torch.equal(out[0], mine.float() / 255)
+    Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(tmp_path / "9.png")
+    with pytest.raises(ValueError, match=r"9\.png is 4x4"):
+        cls(config, None, AttackInputs())(x[:1], torch.tensor([9]))

@@ -1,6 +1,16 @@
 """Attacks on item images; importing this package registers them."""
 
-from aipray.attacks import expa, insa
+from aipray.attacks import expa, insa, sema, taamr
 from aipray.attacks.base import ATTACKS, Attack, AttackInputs, linf_ascent, quantize_within
 
-__all__ = ["ATTACKS", "Attack", "AttackInputs", "expa", "insa", "linf_ascent", "quantize_within"]
+__all__ = [
+    "ATTACKS",
+    "Attack",
+    "AttackInputs",
+    "expa",
+    "insa",
+    "linf_ascent",
+    "quantize_within",
+    "sema",
+    "taamr",
+]

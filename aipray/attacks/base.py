@@ -67,7 +67,8 @@ def linf_ascent(
         return quantize_within(x, x, eps)
     delta = torch.zeros_like(x)
     if random_start:
-        delta.uniform_(-bound, bound, generator=generator)
+        noise = torch.rand(x.shape, generator=generator, dtype=x.dtype)  # CPU: reproducible
+        delta = (2 * noise - 1).to(x.device) * bound
         delta = (x + delta).clamp(0, 1) - x
     delta.requires_grad_(True)
     opt = torch.optim.Adam([delta], lr=lr) if method == "adam" else None
@@ -87,22 +88,47 @@ def linf_ascent(
 
 @dataclass(frozen=True)
 class AttackInputs:
-    """What an attacker may know besides the model: the hook item's image (EXPA, c-SEMA)."""
+    """What an attacker may know besides the ranker.
+
+    Attributes:
+        hook_image: ``[3, H, W]`` in [0, 1], the popular item EXPA and c-SEMA lean on.
+        classifier: the pretrained extractor's classifier (images → logits), for the
+            classifier-targeted TAaMR attacks.
+        target_class: the class those attacks push towards (most popular among training items).
+    """
 
     hook_image: torch.Tensor | None = None
+    classifier: torch.nn.Module | None = None
+    target_class: int | None = None
+
+
+ALL_MODELS = ("alexrank", "vbpr", "amr", "dvbpr")
 
 
 class Attack:
-    """Base class: ``attack(images [B,3,H,W] in [0,1]) → adversarial images on the 8-bit grid``."""
+    """Base class: ``attack(images [B,3,H,W] in [0,1], item_ids [B]) → adversarial images on the
+    8-bit grid``.
+
+    ``knowledge`` says what the attack depends on, which decides what its stored images are keyed
+    by and shared across: ``"ranker"`` (INSA, EXPA: one set per trained ranker), ``"classifier"``
+    (FGSM/PGD: one set per extractor, shared by every ranker) or ``"none"`` (c-SEMA, provided: one
+    set per dataset).
+    """
 
     name: ClassVar[str]
     Config: ClassVar[type]
-    models: ClassVar[tuple[str, ...]]
+    models: ClassVar[tuple[str, ...]] = ALL_MODELS
+    knowledge: ClassVar[str] = "ranker"
 
-    def __init__(self, config: Any, model: torch.nn.Module, inputs: AttackInputs) -> None:
+    def __init__(self, config: Any, model: torch.nn.Module | None, inputs: AttackInputs) -> None:
         self.config = config
         self.model = model
         self.inputs = inputs
 
-    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+    def __call__(self, images: torch.Tensor, item_ids: torch.Tensor | None = None) -> torch.Tensor:
         raise NotImplementedError
+
+    @classmethod
+    def restrict(cls, config: Any, item_ids: Any) -> Any:
+        """The cold items this attack evaluates (all of them, unless it only has some)."""
+        return item_ids

@@ -1,7 +1,7 @@
 """EXPA, the expert attack of AIP (eq. 7): pull the item's features onto a popular hook item's.
 
-The attacker knows the feature network Φ (VBPR: the pretrained extractor; DVBPR: the embedding
-CNN) and a hook item, by default the most-interacted training item. It minimises
+The attacker knows the feature network Φ (VBPR, AMR, AlexRank: the pretrained extractor; DVBPR:
+the embedding CNN) and a hook item, by default the most-interacted training item. It minimises
 ``‖Φ(X + δ) − Φ(X_hook)‖₂`` with Adam from δ = 0.
 """
 
@@ -31,14 +31,13 @@ class EXPA(Attack):
     """Expert attack: move the item's features onto the hook item's (eq. 7)."""
 
     Config = EXPAConfig
-    models = ("dvbpr", "vbpr")
 
     def __init__(self, config: EXPAConfig, model: Recommender, inputs: AttackInputs) -> None:
         super().__init__(config, model, inputs)
         if inputs.hook_image is None:
             raise ValueError("EXPA needs the hook item's image")
 
-    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+    def __call__(self, images: torch.Tensor, item_ids: torch.Tensor | None = None) -> torch.Tensor:
         hook = self.inputs.hook_image.to(images.device).unsqueeze(0)
         with torch.no_grad():
             target = self.model.feature_network(hook)  # [1, F]

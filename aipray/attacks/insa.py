@@ -3,9 +3,11 @@
 The attacker knows the trained user embeddings and maximises, over an L∞-bounded δ, how much all
 users prefer the item:
 
-- VBPR:  Σ_u θ_u·(E Φ_f(X + δ)) = (Σ_u θ_u)·(E Φ_f(X + δ)): linear, one forward per step;
+- VBPR and AMR: Σ_u θ_u·(E Φ_f(X + δ)) = (Σ_u θ_u)·(E Φ_f(X + δ)): linear, one forward per step;
 - DVBPR: Σ_u exp(θ_u·Φ_e(X + δ)), optimised as its logarithm (logsumexp), which has the same
-  maximiser and does not overflow.
+  maximiser and does not overflow;
+- AlexRank: Σ_u mean_{j∈I_u} −‖Φ_f(X + δ) − Φ_f(X_j)‖₂ = −Σ_j w_j ‖Φ_f(X + δ) − Φ_f(X_j)‖₂ with
+  w_j = Σ_{u∋j} 1/|I_u| over the batch's users: one distance per profile item, no user loop.
 
 Like the paper, each Adam step uses one batch of users; ``epochs`` passes over all users.
 """
@@ -16,16 +18,20 @@ from dataclasses import dataclass
 
 import torch
 
-from aipray.attacks.base import ATTACKS, Attack, AttackInputs, linf_ascent
+from aipray.attacks.base import ALL_MODELS, ATTACKS, Attack, AttackInputs, linf_ascent
+from aipray.models.alexrank import AlexRank
 from aipray.models.base import Recommender
+from aipray.models.dvbpr import DVBPR
+from aipray.models.vbpr import VBPR
 from aipray.params import param
 
-DEFAULT_LR = {"dvbpr": 1e-3, "vbpr": 1e-4}
+DEFAULT_LR = {"dvbpr": 1e-3, "vbpr": 1e-4, "amr": 1e-4, "alexrank": 1e-4}
 
 
 @dataclass(frozen=True)
 class INSAConfig:
-    """eps in 0..255 pixel units; lr ``None`` takes AIP's per-model value (DVBPR 1e-3, VBPR 1e-4)."""
+    """eps in 0..255 pixel units; lr ``None`` takes AIP's per-model value (DVBPR 1e-3, others
+    1e-4)."""
 
     eps: float = param(32.0, axis=True, min=0, max=255)
     epochs: int = param(10, min=1)
@@ -36,13 +42,18 @@ class INSAConfig:
 
 def insa_objective(model: Recommender, users: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
     """Eq. 6 for ``users`` (one batch), per image: ``[B]``."""
-    if model.name == "dvbpr":
+    if isinstance(model, DVBPR):
         scores = model.score_codes(users, model.feature_network(images))  # [U, B]
         return torch.logsumexp(scores, dim=0)
-    if model.name == "vbpr":
+    if isinstance(model, VBPR):  # and AMR, its subclass
         theta_sum = model.theta_user(users).sum(0)  # [K]
         return model.visual_embedding(images) @ theta_sum
-    raise ValueError(f"INSA has no objective for model {model.name!r}; allowed: dvbpr, vbpr")
+    if isinstance(model, AlexRank):
+        weights = model.profile_weights(users)  # [P]
+        active = weights > 0
+        dist = torch.cdist(model.feature_network(images), model.profile_features[active])
+        return -(dist @ weights[active])
+    raise ValueError(f"INSA has no objective for model {model.name!r}; allowed: {ALL_MODELS}")
 
 
 @ATTACKS.register("insa")
@@ -50,12 +61,11 @@ class INSA(Attack):
     """Insider attack: maximise every user's preference for the item (eq. 6)."""
 
     Config = INSAConfig
-    models = ("dvbpr", "vbpr")
 
     def __init__(self, config: INSAConfig, model: Recommender, inputs: AttackInputs) -> None:
         super().__init__(config, model, inputs)
 
-    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+    def __call__(self, images: torch.Tensor, item_ids: torch.Tensor | None = None) -> torch.Tensor:
         cfg = self.config
         device = images.device
         n_users = self.model.n_users

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -30,6 +31,8 @@ class Recommender(nn.Module):
 
     name: ClassVar[str]
     visual: ClassVar[bool] = True
+    #: users per chunk when scoring every user's candidate list (bounds peak memory)
+    candidate_chunk: ClassVar[int] = 512
     init_args: dict[str, Any]
 
     @property
@@ -49,10 +52,15 @@ class Recommender(nn.Module):
         """Φ of the paper: the image → feature/embedding map EXPA pulls towards the hook."""
         raise NotImplementedError
 
-    def training_encoder(self, images: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
-        """A function item ids → codes for training, given all item images (uint8 ``[N,3,H,W]``)."""
-        raise NotImplementedError
+    def item_embedding(self, images: torch.Tensor) -> torch.Tensor:
+        """The visual item representation the ranker scores with (for maps of the item space):
+        DVBPR Φ_e(X), VBPR/AMR E·Φ_f(X), AlexRank Φ_f(X)."""
+        return self.feature_network(images)
 
+    def training_encoder(self, images: np.ndarray) -> Callable[[torch.Tensor], torch.Tensor]:
+        """A function item ids → codes for training, given all item images (uint8 ``[N,3,H,W]``,
+        possibly a memmap: index it, do not copy it whole)."""
+        raise NotImplementedError
 
     def score_codes(self, users: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
         """``[U, B]`` scores of every code for every user."""
@@ -61,6 +69,13 @@ class Recommender(nn.Module):
     def score_pairs(self, users: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
         """``[N]`` scores of ``codes[n]`` for ``users[n]``."""
         return (self.user_vectors(users) * codes).sum(-1)
+
+    def score_candidates(
+        self, users: torch.Tensor, codes: torch.Tensor, index: torch.Tensor
+    ) -> torch.Tensor:
+        """``[U, C]`` scores of ``codes[index[u, c]]`` for ``users[u]``: each user's own candidate
+        list, drawn from a shared table of ``Q`` codes ``[Q, D]``."""
+        return self.score_codes(users, codes).gather(1, index)
 
     def score_images(self, users: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
         """``[U, B]`` differentiable scores of cold items shown by ``images``."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -69,9 +70,9 @@ class DVBPR(Recommender):
     def feature_network(self, images: torch.Tensor) -> torch.Tensor:
         return self.cnn(images)
 
-    def training_encoder(self, images: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+    def training_encoder(self, images: np.ndarray) -> Callable[[torch.Tensor], torch.Tensor]:
         def encode(items: torch.Tensor) -> torch.Tensor:
-            batch = images[items.to(images.device)].to(items.device, torch.float32) / 255.0
-            return self.cnn(batch)
+            batch = torch.from_numpy(np.asarray(images[items.cpu().numpy()]))
+            return self.cnn(batch.to(items.device, torch.float32) / 255.0)
 
         return encode

@@ -30,6 +30,17 @@ class TrainResult:
     seconds: float = 0.0
 
 
+@dataclass(frozen=True)
+class FeatureAdversary:
+    """AMR's training-time adversary (He et al. SIGIR 2018; Tang et al. TKDE 2019): after
+    ``clean_epochs`` plain epochs, each batch also pays ``weight · L_BPR`` on visual features moved
+    by ``Δ = eps · g/‖g‖`` (``g`` = the BPR loss gradient w.r.t. each item's features)."""
+
+    eps: float
+    weight: float
+    clean_epochs: int = 0
+
+
 def sample_negatives(
     users: np.ndarray,
     warm_items: np.ndarray,
@@ -84,13 +95,13 @@ def validation_hr(
     lookup = np.full(catalog.n_items, -1)
     lookup[needed] = np.arange(needed.size)
     hits = 0
-    for start in range(0, catalog.n_users, 2048):
-        users = torch.arange(start, min(start + 2048, catalog.n_users), device=device)
-        uvec = model.user_vectors(users)
-        val_codes = codes[torch.as_tensor(lookup[catalog.val_items[users.cpu().numpy()]])]
-        neg_codes = codes[torch.as_tensor(lookup[negatives[users.cpu().numpy()]])]
-        pos = (uvec * val_codes).sum(-1, keepdim=True)
-        neg = torch.einsum("ud,und->un", uvec, neg_codes)
+    step = model.candidate_chunk
+    for start in range(0, catalog.n_users, step):
+        rows = slice(start, min(start + step, catalog.n_users))
+        users = torch.arange(rows.start, rows.stop, device=device)
+        sets = np.concatenate([catalog.val_items[rows, None], negatives[rows]], axis=1)
+        scores = model.score_candidates(users, codes, torch.as_tensor(lookup[sets], device=device))
+        pos, neg = scores[:, :1], scores[:, 1:]
         hits += int(((neg >= pos).sum(1) < k).sum())  # ties count against
     return hits / catalog.n_users
 
@@ -108,22 +119,26 @@ def fit_bpr(
     seed: int = 0,
     val_negatives: int = 100,
     user_reg: float = 0.0,
+    adversary: FeatureAdversary | None = None,
 ) -> TrainResult:
     """Train ``model`` with the BPR loss ``−ln σ(p_ui − p_uj)`` on (user, positive, negative)
     triplets, one pass over the training interactions per epoch, negatives drawn uniformly
     from warm items the user never interacted with. ``user_reg`` adds ``λ/2‖u‖²`` on the batch's
-    user vectors; weight decay on other parameters comes with ``param_groups``."""
+    user vectors; weight decay on other parameters comes with ``param_groups``. ``adversary``
+    adds AMR's adversarial term (needs an encoder with ``features``/``encode``, as VBPR's)."""
     start = time.perf_counter()
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
-    images = torch.from_numpy(np.array(catalog.images))
-    encoder = model.training_encoder(images)
+    encoder = model.training_encoder(catalog.images)  # uint8 [N, 3, H, W], may be a memmap
     warm = np.flatnonzero(catalog.warm_mask())
     seen = _seen_keys(catalog)
     val_rng = np.random.default_rng(seed + 1)
     users_all = np.arange(catalog.n_users)
     negatives = np.stack(
-        [sample_negatives(users_all, warm, seen, catalog.n_items, val_rng) for _ in range(val_negatives)],
+        [
+            sample_negatives(users_all, warm, seen, catalog.n_items, val_rng)
+            for _ in range(val_negatives)
+        ],
         axis=1,
     )
     opt_cls = {"adam": torch.optim.Adam, "sgd": torch.optim.SGD}[optimizer]
@@ -142,13 +157,26 @@ def fit_bpr(
             neg = sample_negatives(u, warm, seen, catalog.n_items, rng)
             items = np.concatenate([pos, neg])
             uniq, inv = np.unique(items, return_inverse=True)
-            codes = encoder(torch.as_tensor(uniq, device=device))
+            uniq_t = torch.as_tensor(uniq, device=device)
             inv_t = torch.as_tensor(inv, device=device)
             ut = torch.as_tensor(u, device=device)
             uvec = model.user_vectors(ut)
-            p_pos = (uvec * codes[inv_t[: idx.size]]).sum(-1)
-            p_neg = (uvec * codes[inv_t[idx.size :]]).sum(-1)
-            loss = -F.logsigmoid(p_pos - p_neg).mean()
+
+            def bpr_loss(codes: torch.Tensor) -> torch.Tensor:
+                p_pos = (uvec * codes[inv_t[: idx.size]]).sum(-1)  # noqa: B023
+                p_neg = (uvec * codes[inv_t[idx.size :]]).sum(-1)  # noqa: B023
+                return -F.logsigmoid(p_pos - p_neg).mean()
+
+            if adversary is not None and epoch > adversary.clean_epochs:
+                # AMR: the worst-case feature perturbation of size eps for this batch
+                feats = encoder.features(uniq_t).detach().requires_grad_(True)
+                loss = bpr_loss(encoder.encode(feats, uniq_t))
+                (grad,) = torch.autograd.grad(loss, feats, retain_graph=True)
+                delta = adversary.eps * F.normalize(grad, dim=1)
+                adv_codes = encoder.encode(feats.detach() + delta, uniq_t)
+                loss = loss + adversary.weight * bpr_loss(adv_codes)
+            else:
+                loss = bpr_loss(encoder(uniq_t))
             if user_reg:
                 loss = loss + user_reg * 0.5 * uvec.pow(2).sum(1).mean()
             opt.zero_grad(set_to_none=True)
@@ -158,7 +186,9 @@ def fit_bpr(
         hr = validation_hr(model, encoder, catalog, negatives, device)
         result.history.append({"epoch": epoch, "loss": total / n, "val_hr_at_10": hr})
         log.info("%s epoch %d loss %.4f val HR@10 %.4f", model.name, epoch, total / n, hr)
-        if hr > best:
+        # AMR keeps the best adversarially trained epoch, never a plain-BPR one
+        eligible = adversary is None or epoch > min(adversary.clean_epochs, epochs - 1)
+        if eligible and hr > best:
             best, best_state = hr, copy.deepcopy(model.state_dict())
             result.best_epoch, result.best_score = epoch, hr
     model.load_state_dict(best_state)

@@ -11,11 +11,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
 from aipray.models.base import MODELS, Recommender
-from aipray.models.nets import AlexNetClassifier
+from aipray.models.extractor import Extractor, build_extractor, extract_features
 from aipray.params import param
 
 
@@ -32,21 +33,21 @@ class VBPRConfig:
 
 @MODELS.register("vbpr")
 class VBPR(Recommender):
-    """Latent and visual factors on top of ``extractor`` (an AlexNet-layout classifier, frozen)."""
+    """Latent and visual factors on top of a frozen pretrained ``extractor``."""
 
     Config = VBPRConfig
 
     def __init__(
-        self, n_users: int, n_items: int, dim: int, extractor_args: dict[str, Any]
+        self, n_users: int, n_items: int, dim: int, extractor_spec: dict[str, Any]
     ) -> None:
         super().__init__()
         self.init_args = {
             "n_users": n_users,
             "n_items": n_items,
             "dim": dim,
-            "extractor_args": extractor_args,
+            "extractor_spec": extractor_spec,
         }
-        self.extractor = AlexNetClassifier(**extractor_args)
+        self.extractor = build_extractor(extractor_spec)
         self.extractor.eval().requires_grad_(False)
         feature_dim = self.extractor.feature_dim
         self.beta_user = nn.Embedding(n_users, 1)
@@ -62,6 +63,13 @@ class VBPR(Recommender):
             nn.init.zeros_(emb.weight)
         nn.init.normal_(self.E.weight, std=0.01)
         nn.init.zeros_(self.beta_visual.weight)
+
+    @classmethod
+    def on(cls, extractor: Extractor, n_users: int, n_items: int, dim: int) -> VBPR:
+        """A fresh model on top of the trained ``extractor`` (its weights copied in)."""
+        model = cls(n_users, n_items, dim, extractor.spec)
+        model.extractor.load_state_dict(extractor.state_dict())
+        return model
 
     def train(self, mode: bool = True) -> VBPR:
         super().train(mode)
@@ -105,13 +113,32 @@ class VBPR(Recommender):
     def feature_network(self, images: torch.Tensor) -> torch.Tensor:
         return self.extractor.features(images)
 
-    def training_encoder(self, images: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+    def item_embedding(self, images: torch.Tensor) -> torch.Tensor:
+        return self.visual_embedding(images)
+
+    def training_encoder(self, images: np.ndarray) -> FeatureEncoder:
         device = self.E.weight.device
-        with torch.no_grad():
-            feats = torch.cat(
-                [
-                    self.extractor.features(images[i : i + 256].to(device, torch.float32) / 255.0)
-                    for i in range(0, images.shape[0], 256)
-                ]
-            )
-        return lambda items: self.encode_features(feats[items], items)
+        feats = torch.cat(
+            [
+                extract_features(self.extractor, np.asarray(images[i : i + 4096]), device=device)
+                for i in range(0, images.shape[0], 4096)
+            ]
+        )
+        return FeatureEncoder(feats, self.encode_features)
+
+
+@dataclass(frozen=True)
+class FeatureEncoder:
+    """Training-time item encoder over precomputed extractor features ``[n_items, F]``.
+
+    ``features(items)`` and ``encode(features, items)`` are exposed separately so that AMR can
+    perturb the features between the two."""
+
+    table: torch.Tensor
+    encode: Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor]
+
+    def features(self, items: torch.Tensor) -> torch.Tensor:
+        return self.table[items]
+
+    def __call__(self, items: torch.Tensor) -> torch.Tensor:
+        return self.encode(self.table[items], items)

@@ -1,0 +1,157 @@
+"""SEMA, AIP's semantic attacks: images changed the way a seller could change them, without any
+knowledge of the models.
+
+- c-SEMA (composition): a resized copy of the popular hook item is pasted as an inset on the right
+  of the item's image, with a short caption (AIP Figure 3: a shirt with the hook jeans and "match
+  your jeans").
+- ``provided``: adversarial images someone made elsewhere (n-SEMA photographs of both items taken
+  by hand, or another tool's output) evaluated exactly like computed ones.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw, ImageFont
+
+from aipray.attacks.base import ATTACKS, Attack, AttackInputs
+from aipray.params import param
+
+
+@dataclass(frozen=True)
+class CSEMAConfig:
+    """scale: inset width as a fraction of the image width; caption: text under the inset (empty
+    for none); hook: item id of the pasted item, ``None`` = the most-interacted training item."""
+
+    scale: float = param(0.4, min=0.05, max=0.9)
+    caption: str = "match it with"
+    hook: int | None = param(None, min=0)
+
+
+@cache
+def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
+    try:
+        return ImageFont.load_default(size=size)
+    except (TypeError, OSError, ImportError):  # Pillow without FreeType: the fixed bitmap font
+        return ImageFont.load_default()
+
+
+def compose(item: Image.Image, hook: Image.Image, scale: float, caption: str) -> Image.Image:
+    """``item`` with ``hook`` as a framed inset on the right, vertically centred, and ``caption``
+    above it, clipped to the picture. Both are RGB; the result has ``item``'s size."""
+    w, h = item.size
+    inset_w = max(2, round(scale * w))
+    inset_h = max(2, round(inset_w * hook.height / hook.width))
+    if inset_h > h - 2:
+        inset_h = h - 2
+        inset_w = max(2, round(inset_h * hook.width / hook.height))
+    margin = max(1, w // 32)
+    x0, y0 = w - inset_w - margin, (h - inset_h) // 2
+    out = item.copy()
+    draw = ImageDraw.Draw(out)
+    draw.rectangle((x0 - 1, y0 - 1, x0 + inset_w, y0 + inset_h), outline=(40, 40, 40))
+    out.paste(hook.resize((inset_w, inset_h), Image.BILINEAR), (x0, y0))
+    if caption:
+        font = _font(max(6, h // 14))
+        left, top, right, bottom = draw.textbbox((0, 0), caption, font=font)
+        tx = max(0, min(x0 + (inset_w - (right - left)) // 2, w - (right - left)))
+        ty = max(0, y0 - (bottom - top) - 2 * margin)
+        draw.text((tx - left, ty - top), caption, fill=(20, 20, 20), font=font)
+    return out
+
+
+def _to_pil(image: torch.Tensor) -> Image.Image:
+    arr = torch.round(image.detach().clamp(0, 1) * 255).to(torch.uint8).permute(1, 2, 0)
+    return Image.fromarray(arr.cpu().numpy())
+
+
+@ATTACKS.register("csema")
+class CSEMA(Attack):
+    """c-SEMA: paste the hook item next to the product, with a caption (AIP §3.3)."""
+
+    Config = CSEMAConfig
+    knowledge = "none"
+
+    def __init__(self, config: CSEMAConfig, model, inputs: AttackInputs) -> None:
+        super().__init__(config, model, inputs)
+        if inputs.hook_image is None:
+            raise ValueError("c-SEMA needs the hook item's image")
+        self.hook = _to_pil(inputs.hook_image)
+
+    def __call__(self, images: torch.Tensor, item_ids: torch.Tensor | None = None) -> torch.Tensor:
+        cfg = self.config
+        out = [
+            np.asarray(compose(_to_pil(img), self.hook, cfg.scale, cfg.caption)) for img in images
+        ]
+        if not out:
+            return images.detach().clone()
+        arr = torch.from_numpy(np.stack(out)).permute(0, 3, 1, 2)
+        return arr.to(images.device, images.dtype) / 255.0
+
+
+@dataclass(frozen=True)
+class ProvidedConfig:
+    """path: a folder of ``<item id>.png`` images (lossless formats keep perturbations intact;
+    JPEG is read too), item ids as in the prepared catalog. Only the cold items with a file there
+    are evaluated; each file must have the catalog's image size."""
+
+    path: str = ""
+
+    def cross_checks(self) -> list[tuple[str, object, str]]:
+        folder = Path(self.path)
+        if not self.path or not folder.is_dir():
+            return [("path", self.path, "an existing folder of <item id>.png images")]
+        return []
+
+
+IMAGE_SUFFIXES = (".png", ".bmp", ".tif", ".tiff", ".jpg", ".jpeg")
+
+
+def provided_files(folder: str | Path) -> dict[int, Path]:
+    """Item id → image file in ``folder`` (files whose stem is not an integer are ignored)."""
+    files: dict[int, Path] = {}
+    for f in sorted(Path(folder).iterdir()):
+        if f.suffix.lower() in IMAGE_SUFFIXES and f.stem.isdigit():
+            files[int(f.stem)] = f
+    return files
+
+
+@ATTACKS.register("provided")
+class Provided(Attack):
+    """Evaluate images supplied by the user (n-SEMA photographs, other tools' output)."""
+
+    Config = ProvidedConfig
+    knowledge = "none"
+
+    def __init__(self, config: ProvidedConfig, model, inputs: AttackInputs) -> None:
+        super().__init__(config, model, inputs)
+        self.files = provided_files(config.path)
+
+    @classmethod
+    def restrict(cls, config: ProvidedConfig, item_ids):
+        have = provided_files(config.path)
+        return [i for i in item_ids if int(i) in have]
+
+    def __call__(self, images: torch.Tensor, item_ids: torch.Tensor | None = None) -> torch.Tensor:
+        if item_ids is None:
+            raise ValueError("the provided attack needs the item ids of the batch")
+        out = []
+        for img, item in zip(images, item_ids.tolist(), strict=True):
+            path = self.files.get(int(item))
+            if path is None:
+                raise ValueError(f"attacks.provided.path: no image for cold item {item}")
+            arr = np.asarray(Image.open(path).convert("RGB"))
+            if arr.shape[:2] != tuple(img.shape[1:]):
+                raise ValueError(
+                    f"attacks.provided.path: {path.name} is {arr.shape[1]}x{arr.shape[0]}, "
+                    f"the catalog's images are {img.shape[2]}x{img.shape[1]}"
+                )
+            out.append(arr)
+        if not out:
+            return images.detach().clone()
+        arr = torch.from_numpy(np.stack(out)).permute(0, 3, 1, 2)
+        return arr.to(images.device, images.dtype) / 255.0

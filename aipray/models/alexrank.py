@@ -1,0 +1,151 @@
+"""AlexRank (AIP, Liu & Larson 2021, after He & McAuley's visual nearest-neighbour ranker).
+
+``p(u, i) = −mean_{j ∈ I_u} ‖f_i − f_j‖₂`` with ``f = Φ_f(X)`` the extractor's features (AlexNet
+fc7 after ReLU in AIP). Nothing is trained: the model is the frozen extractor plus each user's
+training items and their features. Cold items are scored from their images only.
+
+Storage: users' training items as CSR (``indptr [n_users + 1]``, ``slots [nnz]`` into the
+``profile_features [P, F]`` of the ``P`` distinct items that occur in some profile).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from aipray.models.base import MODELS, Recommender
+from aipray.models.extractor import build_extractor, extract_features
+from aipray.params import param
+
+
+@dataclass(frozen=True)
+class AlexRankConfig:
+    """AlexRank has no trainable parameters; ``batch_size`` only sets feature-extraction batches."""
+
+    batch_size: int = param(256, min=1)
+
+
+@MODELS.register("alexrank")
+class AlexRank(Recommender):
+    """Mean L2 distance to the user's training items in the extractor's feature space."""
+
+    Config = AlexRankConfig
+    candidate_chunk = 64
+
+    def __init__(
+        self, n_users: int, n_items: int, nnz: int, n_profile: int, extractor_spec: dict[str, Any]
+    ) -> None:
+        super().__init__()
+        self.init_args = {
+            "n_users": n_users,
+            "n_items": n_items,
+            "nnz": nnz,
+            "n_profile": n_profile,
+            "extractor_spec": extractor_spec,
+        }
+        self.extractor = build_extractor(extractor_spec)
+        self.extractor.eval().requires_grad_(False)
+        self.register_buffer("indptr", torch.zeros(n_users + 1, dtype=torch.long))
+        self.register_buffer("slots", torch.zeros(nnz, dtype=torch.long))
+        self.register_buffer("profile_items", torch.zeros(n_profile, dtype=torch.long))
+        self.register_buffer("profile_features", torch.zeros(n_profile, self.extractor.feature_dim))
+
+    @classmethod
+    def from_profiles(
+        cls,
+        indptr: np.ndarray,
+        items: np.ndarray,
+        n_items: int,
+        extractor: torch.nn.Module,
+        images: np.ndarray,
+        batch_size: int = 256,
+    ) -> AlexRank:
+        """Build from users' training items (CSR) and the item images (uint8 ``[N, 3, H, W]``)."""
+        profile_items, slots = np.unique(items, return_inverse=True)
+        model = cls(indptr.size - 1, n_items, items.size, profile_items.size, extractor.spec)
+        model.extractor.load_state_dict(extractor.state_dict())
+        device = next(extractor.parameters()).device
+        model.to(device)
+        feats = [
+            extract_features(model.extractor, np.asarray(images[chunk]), batch_size=batch_size)
+            for chunk in np.array_split(profile_items, max(1, profile_items.size // 4096))
+        ]
+        model.indptr.copy_(torch.as_tensor(indptr))
+        model.slots.copy_(torch.as_tensor(slots))
+        model.profile_items.copy_(torch.as_tensor(profile_items))
+        model.profile_features.copy_(torch.cat(feats))
+        return model
+
+    def train(self, mode: bool = True) -> AlexRank:
+        super().train(mode)
+        self.extractor.eval()
+        return self
+
+    @property
+    def n_users(self) -> int:
+        return int(self.indptr.numel() - 1)
+
+    # --- per-user profile weights -------------------------------------------------------------
+    def _entries(self, users: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """For ``users [U]``: (row in ``users`` [E], profile slot [E], weight 1/|I_u| [E])."""
+        start, stop = self.indptr[users], self.indptr[users + 1]
+        counts = stop - start
+        rows = torch.repeat_interleave(torch.arange(users.numel(), device=users.device), counts)
+        offsets = torch.arange(int(counts.sum()), device=users.device) - torch.repeat_interleave(
+            torch.cumsum(counts, 0) - counts, counts
+        )
+        slots = self.slots[start[rows] + offsets]
+        weights = 1.0 / counts.clamp(min=1).to(self.profile_features.dtype)[rows]
+        return rows, slots, weights
+
+    def profile_weights(self, users: torch.Tensor) -> torch.Tensor:
+        """``[P]`` weight of each profile item: ``w_j = Σ_{u ∈ users, j ∈ I_u} 1/|I_u|``.
+
+        With it, ``Σ_u p(u, i) = −Σ_j w_j ‖f_i − f_j‖``: INSA's objective needs one distance per
+        profile item instead of one per (user, item) pair.
+        """
+        _, slots, weights = self._entries(users)
+        out = self.profile_features.new_zeros(self.profile_features.shape[0])
+        return out.index_add_(0, slots, weights)
+
+    # --- the Recommender interface ----------------------------------------------------------------
+    def encode_items(
+        self, images: torch.Tensor | None, items: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        if images is None:
+            raise ValueError("AlexRank scores items by their images; images is None")
+        return self.extractor.features(images)
+
+    def feature_network(self, images: torch.Tensor) -> torch.Tensor:
+        return self.extractor.features(images)
+
+    def score_codes(self, users: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
+        """``[U, B]``: ``−mean_{j∈I_u} ‖codes_b − f_j‖`` (one distance per profile item)."""
+        rows, slots, weights = self._entries(users)
+        dist = torch.cdist(self.profile_features, codes)  # [P, B]
+        out = codes.new_zeros(users.numel(), codes.shape[0])
+        return -out.index_add_(0, rows, dist[slots] * weights[:, None])
+
+    def score_candidates(
+        self, users: torch.Tensor, codes: torch.Tensor, index: torch.Tensor
+    ) -> torch.Tensor:
+        """``[U, C]``: user ``u``'s score of ``codes[index[u, c]]``; one distance per (code,
+        profile item of the chunk) instead of per (user, candidate, profile item)."""
+        rows, slots, weights = self._entries(users)
+        used, slot_col = torch.unique(slots, return_inverse=True)
+        dist = torch.cdist(codes, self.profile_features[used])  # [Q, S]
+        # entry e adds w_e · dist[index[row_e, :], slot_e] to its user's row
+        contrib = dist[index[rows], slot_col[:, None]] * weights[:, None]  # [E, C]
+        out = codes.new_zeros(index.shape)
+        return -out.index_add_(0, rows, contrib)
+
+    def score_pairs(self, users: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
+        index = torch.arange(users.numel(), device=users.device).unsqueeze(1)
+        return self.score_candidates(users, codes, index).squeeze(1)
+
+    def training_encoder(self, images: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+        raise NotImplementedError("AlexRank has nothing to train")
