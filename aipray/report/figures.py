@@ -1,0 +1,347 @@
+"""The report's figures (matplotlib, Agg canvas, no pyplot state): example grids (AIP Figure 3),
+HR@5 vs ε, HR@5 vs embedding length (Figure 5), 2-D embedding maps (Figure 4, PCA instead of
+t-SNE) and defence curves."""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from matplotlib import colormaps
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from tqdm import tqdm
+
+from aipray.report.runs import LEVELS
+from aipray.report.tables import (
+    attack_name,
+    attack_order,
+    datasets_of,
+    eps_mask,
+    eps_text,
+    fmt_num,
+    mean,
+    rows_of,
+    select,
+)
+
+log = logging.getLogger(__name__)
+
+SECTIONS = (
+    "Example images",
+    "HR@5 vs ε",
+    "HR@5 vs embedding length",
+    "Embedding maps",
+    "Defence curves",
+)
+MAX_ARROWS = 32  # cold items drawn per attack in an embedding map
+Artifacts = Callable[[str, str], dict[str, np.ndarray] | None]
+
+
+@dataclass(frozen=True)
+class FigureRef:
+    """A written figure: its section in the report, caption and path relative to the report."""
+
+    section: str
+    title: str
+    path: str
+
+
+def slug(*parts: str) -> str:
+    """A file-name-safe name from labels such as ``jpeg(quality=75)`` or ``DVBPR (dim=20)``."""
+    text = "_".join(parts)
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-").lower()
+
+
+def _figure(nrows: int, ncols: int, width: float, height: float) -> tuple[Figure, np.ndarray]:
+    fig = Figure(figsize=(width * ncols, height * nrows), dpi=100)
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(nrows, ncols, squeeze=False)
+    return fig, axes
+
+
+def _save(fig: Figure, out: Path, name: str) -> str:
+    fig.tight_layout()
+    (out / "figures").mkdir(parents=True, exist_ok=True)
+    fig.savefig(out / "figures" / name)
+    return f"figures/{name}"
+
+
+def _first_run(rows: pd.DataFrame) -> str | None:
+    return None if rows.empty else str(rows["run_id"].iloc[0])
+
+
+def _hwc(image: np.ndarray) -> np.ndarray:
+    hwc = np.transpose(np.asarray(image), (1, 2, 0))
+    return hwc[..., 0] if hwc.shape[-1] == 1 else hwc
+
+
+def example_grid(d: pd.DataFrame, row: str, fetch: Artifacts, out: Path) -> FigureRef | None:
+    """The first cold item: original, then its adversarial image per attack (rows) × ε (cols)."""
+    sub = d[d["row"] == row]
+    attacks = attack_order(sub["attack"])
+    eps_values = sorted(sub["eps"].dropna().unique())
+    cells: dict[tuple[int, int], tuple[dict[str, np.ndarray], float]] = {}
+    for i, attack in enumerate(attacks):
+        for e in [*eps_values, math.nan]:
+            run_id = _first_run(select(sub, attack=attack, eps=e))
+            npz = fetch(run_id, "examples.npz") if run_id else None
+            if npz is not None and len(npz.get("item_ids", [])):
+                cells[(i, 1 + eps_values.index(e) if not math.isnan(e) else 1)] = (npz, e)
+    if not cells:
+        return None
+    item = min(int(npz["item_ids"][0]) for npz, _ in cells.values())
+    ncols = 1 + max(1, len(eps_values))
+    fig, axes = _figure(len(attacks), ncols, 1.7, 1.8)
+    for ax in axes.flat:
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.axis("off")
+    clean = None
+    for (i, j), (npz, e) in cells.items():
+        where = np.nonzero(np.asarray(npz["item_ids"]) == item)[0]
+        if not len(where):
+            continue
+        k = int(where[0])
+        clean = npz["clean"][k] if clean is None else clean
+        ax = axes[i, j]
+        ax.imshow(_hwc(npz["adversarial"][k]), interpolation="nearest", cmap="gray")
+        ax.set_title(eps_text(e) or "no ε")
+    for i, attack in enumerate(attacks):
+        ax = axes[i, 0]
+        if clean is not None:
+            ax.imshow(_hwc(clean), interpolation="nearest", cmap="gray")
+        ax.set_title("original" if i == 0 else "")
+        ax.text(-0.1, 0.5, attack_name(attack), transform=ax.transAxes, ha="right", va="center")
+    fig.suptitle(f"{d['dataset'].iloc[0]} · {row} · cold item {item}")
+    name = _save(fig, out, f"examples_{slug(d['dataset'].iloc[0], row)}.png")
+    return FigureRef(SECTIONS[0], f"{d['dataset'].iloc[0]} · {row}: cold item {item}", name)
+
+
+def hr_vs_eps(d: pd.DataFrame, row: str, out: Path) -> FigureRef | None:
+    """Adversarial HR@5 vs ε per attack; cooperative HR@5 dashed, attacks without ε dotted."""
+    sub = d[d["row"] == row]
+    if sub["eps"].dropna().empty:
+        return None
+    fig, axes = _figure(1, 1, 5.0, 3.6)
+    ax = axes[0, 0]
+    for attack in attack_order(sub["attack"]):
+        rows = sub[sub["attack"] == attack]
+        with_eps = rows.dropna(subset=["eps"])
+        if len(with_eps):
+            g = with_eps.groupby("eps")["adversarial/hr_at_5"].mean()
+            ax.plot(g.index, g.to_numpy(), marker="o", label=attack_name(attack))
+        else:
+            ax.axhline(mean(rows, "adversarial/hr_at_5"), ls=":", label=attack_name(attack))
+    ax.axhline(mean(sub, "cooperative/hr_at_5"), color="k", ls="--", label="cooperative")
+    ticks = sorted(sub["eps"].dropna().unique())
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(ticks, labels=[fmt_num(t) for t in ticks])
+    ax.minorticks_off()
+    ax.set_xlabel("ε (0..255)")
+    ax.set_ylabel("HR@5")
+    ax.set_title(f"{d['dataset'].iloc[0]} · {row}")
+    ax.legend(fontsize="small")
+    name = _save(fig, out, f"hr_vs_eps_{slug(d['dataset'].iloc[0], row)}.png")
+    return FigureRef(SECTIONS[1], f"{d['dataset'].iloc[0]} · {row}", name)
+
+
+def hr_vs_dim(d: pd.DataFrame, out: Path) -> FigureRef | None:
+    """INSA's HR@5 vs embedding length per model (one line per ε), where a model has several."""
+    insa = d[(d["attack"] == "insa") & d["dim"].notna() & d["eps"].notna()]
+    models = [m for m, g in insa.groupby("model") if g["dim"].nunique() > 1]
+    if not models:
+        return None
+    fig, axes = _figure(1, len(models), 4.2, 3.4)
+    for ax, model in zip(axes[0], models, strict=True):
+        rows = insa[insa["model"] == model]
+        for e in sorted(rows["eps"].unique()):
+            g = select(rows, eps=e).groupby("dim")["adversarial/hr_at_5"].mean()
+            ax.plot(g.index, g.to_numpy(), marker="o", label=f"INSA {eps_text(e)}")
+        coop = rows.groupby("dim")["cooperative/hr_at_5"].mean()
+        ax.plot(coop.index, coop.to_numpy(), color="k", ls="--", label="cooperative")
+        ax.set_xticks(list(coop.index), labels=[fmt_num(v) for v in coop.index])
+        ax.set_xlabel("embedding length")
+        ax.set_ylabel("HR@5")
+        ax.set_title(rows["row"].iloc[0].split(" (")[0])
+        ax.legend(fontsize="small")
+    dataset = d["dataset"].iloc[0]
+    name = _save(fig, out, f"hr_vs_dim_{slug(dataset)}.png")
+    return FigureRef(SECTIONS[2], dataset, name)
+
+
+def _pca(reference: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
+    ref = np.asarray(reference, dtype=np.float64)
+    centre = ref.mean(axis=0)
+    _, _, vt = np.linalg.svd(ref - centre, full_matrices=False)
+    basis = np.zeros((ref.shape[1], 2))
+    basis[:, : min(2, len(vt))] = vt[:2].T
+
+    def project(x: np.ndarray) -> np.ndarray:
+        return (np.asarray(x, dtype=np.float64).reshape(-1, ref.shape[1]) - centre) @ basis
+
+    return project
+
+
+def embedding_map(
+    d: pd.DataFrame, row: str, eps: dict[str, float], fetch: Artifacts, out: Path
+) -> FigureRef | None:
+    """Warm items in the ranker's space (PCA fit on them) coloured by category, and arrows from
+    each cold item's clean to its adversarial position per attack at the chosen ε."""
+    sub = d[d["row"] == row]
+    embs: dict[str, dict[str, np.ndarray]] = {}
+    for attack in attack_order(sub["attack"]):
+        run_id = _first_run(select(sub, attack=attack, eps=eps.get(attack, math.nan)))
+        emb = fetch(run_id, "embeddings.npz") if run_id else None
+        if emb is None or not {"reference", "clean", "adversarial"} <= set(emb):
+            continue
+        dims = {emb[k].shape[-1] for k in ("reference", "clean", "adversarial")}
+        if embs:
+            dims.add(next(iter(embs.values()))["reference"].shape[-1])
+        if len(dims) > 1:
+            log.warning("%s %s: embedding lengths differ; left out of the map", row, attack)
+            continue
+        embs[attack] = emb
+    if not embs:
+        return None
+    first = next(iter(embs.values()))
+    reference = first["reference"]
+    if reference.ndim != 2 or len(reference) < 2:
+        return None
+    project = _pca(reference)
+    categories = np.asarray(first.get("reference_category", np.full(len(reference), -1)))
+    if categories.shape != (len(reference),):
+        categories = np.full(len(reference), -1)
+    palette = colormaps["tab20"]
+    colours = [palette(int(c) % 20) if c >= 0 else (0.8, 0.8, 0.8, 1.0) for c in categories]
+    fig, axes = _figure(1, 1, 6.0, 5.0)
+    ax = axes[0, 0]
+    warm = project(reference)
+    ax.scatter(warm[:, 0], warm[:, 1], c=colours, s=12, alpha=0.6, linewidths=0)
+    handles: list[Any] = [
+        Line2D([], [], ls="", marker="o", color="grey", alpha=0.5, label="warm items (category)"),
+        Line2D([], [], ls="", marker="o", mfc="none", mec="k", label="cold items, clean"),
+    ]
+    clean = project(first["clean"][:MAX_ARROWS])
+    ax.scatter(clean[:, 0], clean[:, 1], facecolors="none", edgecolors="k", s=24)
+    attack_colours = colormaps["Set1"]
+    for i, (attack, emb) in enumerate(embs.items()):
+        colour = attack_colours(i % 9)
+        src = project(emb["clean"][:MAX_ARROWS])
+        dst = project(emb["adversarial"][: len(src)])
+        delta = dst - src
+        ax.quiver(
+            src[:, 0],
+            src[:, 1],
+            delta[:, 0],
+            delta[:, 1],
+            color=colour,
+            angles="xy",
+            scale_units="xy",
+            scale=1,
+            width=0.004,
+        )
+        ax.scatter(dst[:, 0], dst[:, 1], color=colour, marker="x", s=20)
+        label = " ".join(x for x in (attack_name(attack), eps_text(eps.get(attack, math.nan))) if x)
+        handles.append(Line2D([], [], color=colour, marker="x", label=label))
+        if "hook" in emb:
+            hook = project(emb["hook"])[0]
+            ax.scatter([hook[0]], [hook[1]], marker="*", s=260, c="gold", edgecolors="k", zorder=5)
+            handles.append(
+                Line2D(
+                    [],
+                    [],
+                    ls="",
+                    marker="*",
+                    ms=14,
+                    mfc="gold",
+                    mec="k",
+                    label=f"{attack_name(attack)} hook",
+                )
+            )
+    ax.set_xlabel("PC 1")
+    ax.set_ylabel("PC 2")
+    ax.set_title(f"{d['dataset'].iloc[0]} · {row}: item representations (PCA)")
+    ax.legend(handles=handles, fontsize="small", loc="best")
+    name = _save(fig, out, f"embedding_map_{slug(d['dataset'].iloc[0], row)}.png")
+    return FigureRef(SECTIONS[3], f"{d['dataset'].iloc[0]} · {row}", name)
+
+
+def defense_curves(d: pd.DataFrame, row: str, family: str, out: Path) -> FigureRef | None:
+    """Adversarial, cooperative and ordinary HR@5 vs defence level (weakest left), per attack."""
+    sub = d[(d["row"] == row) & (d["family"] == family)].dropna(subset=["level"])
+    if sub.empty:
+        return None
+    combos = sub[["attack", "eps"]].drop_duplicates()
+    panels = [
+        (a, e)
+        for a in attack_order(combos["attack"])
+        for e in sorted(combos.loc[combos["attack"] == a, "eps"].unique())
+    ]
+    ncols = min(3, len(panels))
+    nrows = math.ceil(len(panels) / ncols)
+    fig, axes = _figure(nrows, ncols, 3.8, 3.0)
+    metrics = [
+        ("adversarial/hr_at_5", "adversarial", "o-"),
+        ("cooperative/hr_at_5", "cooperative", "s--"),
+        ("ordinary/hr_at_5", "ordinary", "^:"),
+    ]
+    for ax in axes.flat[len(panels) :]:
+        ax.axis("off")
+    for ax, (attack, e) in zip(axes.flat, panels, strict=False):
+        rows = sub[(sub["attack"] == attack) & eps_mask(sub["eps"], e)]
+        g = rows.groupby("level")[[m for m, _, _ in metrics]].mean().sort_index()
+        for metric, label, style in metrics:
+            ax.plot(g.index, g[metric].to_numpy(), style, label=label)
+        ax.set_xticks(list(g.index), labels=[fmt_num(v) for v in g.index])
+        ax.invert_xaxis()
+        ax.set_xlabel(LEVELS[family][1])
+        ax.set_ylabel("HR@5")
+        ax.set_title(" ".join(x for x in (attack_name(attack), eps_text(e)) if x))
+        ax.legend(fontsize="x-small")
+    fig.suptitle(f"{d['dataset'].iloc[0]} · {row} · {LEVELS[family][1]}")
+    name = _save(fig, out, f"defense_{slug(family, d['dataset'].iloc[0], row)}.png")
+    return FigureRef(SECTIONS[4], f"{d['dataset'].iloc[0]} · {row}: {LEVELS[family][1]}", name)
+
+
+def all_figures(
+    frame: pd.DataFrame, eps: dict[str, float], fetch: Artifacts, out: Path
+) -> list[FigureRef]:
+    """Every figure the trials allow, written under ``out/figures``."""
+    base = frame[frame["family"] == "none"]
+    pairs = [(ds, r) for ds in datasets_of(frame) for r in rows_of(frame[frame["dataset"] == ds])]
+    jobs: list[tuple[str, Callable[[], FigureRef | None]]] = []
+    for ds, row in pairs:
+        d_all = frame[frame["dataset"] == ds]
+        d = base[base["dataset"] == ds]
+        if not d.empty:
+            jobs += [
+                (f"{ds} {row} examples", partial(example_grid, d, row, fetch, out)),
+                (f"{ds} {row} HR@5 vs ε", partial(hr_vs_eps, d, row, out)),
+                (f"{ds} {row} map", partial(embedding_map, d, row, eps, fetch, out)),
+            ]
+        for family in LEVELS:
+            jobs.append((f"{ds} {row} {family}", partial(defense_curves, d_all, row, family, out)))
+    for ds in datasets_of(base):
+        jobs.append((f"{ds} HR@5 vs dim", partial(hr_vs_dim, base[base["dataset"] == ds], out)))
+    done: list[FigureRef] = []
+    for what, job in tqdm(jobs, desc="figures", unit="fig", disable=None):
+        try:
+            ref = job()
+        except (ValueError, KeyError, IndexError, TypeError) as err:
+            # A malformed artifact costs its figure, not the report.
+            log.warning("figure %s skipped: %s: %s", what, type(err).__name__, err)
+            continue
+        if ref is not None:
+            done.append(ref)
+    log.info("wrote %d figures", len(done))
+    return sorted(done, key=lambda f: SECTIONS.index(f.section))

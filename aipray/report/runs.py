@@ -1,0 +1,231 @@
+"""A sweep's finished trial runs, read from MLflow into one flat frame (one row per trial)."""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+from aipray.pipeline.tags import PARENT_TAG, TAG_ROLE, TAG_SWEEP
+
+log = logging.getLogger(__name__)
+
+
+CUTOFFS = (5, 10, 20)
+GROUPS = ("cooperative", "adversarial", "ordinary", "ordinary_attacked", "ordinary_undefended")
+METRICS = [f"{g}/hr_at_{k}" for g in (*GROUPS, "random") for k in CUTOFFS] + [
+    "prediction_shift",
+    "p_value_hr_at_5",
+    "linf_255_max",
+    "ssim_mean",
+    "psnr_mean",
+    "n_items",
+]
+# Defence family → (param whose value is the level, display name). A larger value is a weaker
+# defence for both: higher JPEG quality, more bits.
+LEVELS = {"jpeg": ("quality", "JPEG quality"), "bitdepth": ("bits", "bit depth")}
+
+
+class ReportError(Exception):
+    """A report cannot be made; the message is one line saying what is missing."""
+
+
+@dataclass(frozen=True)
+class Source:
+    """Where a sweep's runs are: tracking URI, experiment name and (if known) sweep name."""
+
+    tracking_uri: str
+    experiment: str
+    sweep: str | None = None
+
+
+def default_tracking_uri() -> str:
+    """The project's SQLite store, resolved like :meth:`aipray.config.SweepConfig.tracking_uri`."""
+    return f"sqlite:///{Path.cwd().resolve() / 'mlflow' / 'mlflow.db'}"
+
+
+def resolve_source(target: str, tracking_uri: str | None = None) -> Source:
+    """A sweep YAML path (its name and MLflow settings) or an experiment name."""
+    path = Path(target)
+    if path.suffix in (".yaml", ".yml") or path.is_file():
+        from aipray.config import ConfigError, load_sweep  # imports torch: only when needed
+
+        try:
+            sweep = load_sweep(path)
+        except ConfigError as err:
+            raise ReportError(str(err)) from None
+        return Source(tracking_uri or sweep.tracking_uri(), sweep.experiment(), sweep.name)
+    return Source(tracking_uri or default_tracking_uri(), target)
+
+
+@dataclass
+class SweepRuns:
+    """The finished trial runs of one sweep, as a frame, plus where they came from."""
+
+    source: Source
+    client: MlflowClient
+    experiment_id: str
+    parent_id: str
+    sweep: str
+    frame: pd.DataFrame
+    n_children: int
+    n_ignored: int
+    missing: dict[str, int] = field(default_factory=dict)
+    _cache: dict[tuple[str, str], dict[str, np.ndarray] | None] = field(default_factory=dict)
+    _listing: dict[str, set[str]] = field(default_factory=dict)
+    _tmp: tempfile.TemporaryDirectory | None = None
+
+    def artifact(self, run_id: str, name: str) -> dict[str, np.ndarray] | None:
+        """The arrays of an ``.npz`` artifact at the run's artifact root; None (counted in
+        :attr:`missing`) if the run has none or it cannot be read."""
+        key = (run_id, name)
+        if key in self._cache:
+            return self._cache[key]
+        self._cache[key] = None
+        try:
+            if run_id not in self._listing:
+                self._listing[run_id] = {a.path for a in self.client.list_artifacts(run_id)}
+            if name not in self._listing[run_id]:
+                self.missing[name] = self.missing.get(name, 0) + 1
+                return None
+            if self._tmp is None:
+                self._tmp = tempfile.TemporaryDirectory(prefix="aipray-report-")
+            dst = Path(self._tmp.name) / run_id
+            dst.mkdir(exist_ok=True)
+            local = self.client.download_artifacts(run_id, name, str(dst))
+            with np.load(local) as npz:
+                self._cache[key] = {k: npz[k] for k in npz.files}
+        except (MlflowException, OSError, ValueError) as err:
+            log.warning("run %s: unreadable %s (%s)", run_id, name, str(err).splitlines()[0])
+            self.missing[name] = self.missing.get(name, 0) + 1
+        return self._cache[key]
+
+    def close(self) -> None:
+        """Remove downloaded artifacts."""
+        if self._tmp is not None:
+            self._tmp.cleanup()
+            self._tmp = None
+
+
+def _search(client: MlflowClient, experiment_id: str, filter_string: str) -> list[Any]:
+    runs: list[Any] = []
+    token = None
+    while True:
+        page = client.search_runs(
+            [experiment_id], filter_string=filter_string, max_results=1000, page_token=token
+        )
+        runs.extend(page)
+        token = page.token
+        if not token:
+            return runs
+
+
+def _number(value: str | None) -> float:
+    try:
+        out = float(value) if value is not None else math.nan
+    except ValueError:
+        return math.nan
+    return out if math.isfinite(out) else math.nan
+
+
+def _level(family: str, params: dict[str, str], label: str) -> float:
+    if family not in LEVELS:
+        return math.nan
+    key = LEVELS[family][0]
+    if f"defense.{key}" in params:
+        return _number(params[f"defense.{key}"])
+    found = re.search(rf"{key}=([0-9.]+)", label)
+    return _number(found.group(1)) if found else math.nan
+
+
+def run_row(run: Any) -> dict[str, Any]:
+    """One trial run as a flat record: its grid point and its metrics (NaN where absent)."""
+    params = run.data.params
+    defense = params.get("defense", "none")
+    family = defense.split("(", 1)[0]
+    row: dict[str, Any] = {
+        "run_id": run.info.run_id,
+        "dataset": params.get("dataset", "?"),
+        "model": params.get("model", "?"),
+        "dim": _number(params.get("model.dim")),
+        "attack": params.get("attack", "?"),
+        "eps": _number(params.get("eps")),
+        "defense": defense,
+        "family": family,
+        "level": _level(family, params, defense),
+    }
+    row.update({m: float(run.data.metrics.get(m, math.nan)) for m in METRICS})
+    return row
+
+
+def _parent(client: MlflowClient, experiment_id: str, source: Source) -> Any:
+    query = f"tags.`{TAG_ROLE}` = 'sweep'"
+    if source.sweep is not None:
+        query += f" and tags.`{TAG_SWEEP}` = '{source.sweep}'"
+    parents = _search(client, experiment_id, query)
+    if not parents:
+        what = f"sweep {source.sweep!r}" if source.sweep else "any sweep"
+        raise ReportError(
+            f"experiment {source.experiment!r} has no parent run of {what} "
+            f"(tag {TAG_ROLE}=sweep); run the sweep first"
+        )
+    if len(parents) > 1:
+        same = [p for p in parents if p.data.tags.get(TAG_SWEEP) == source.experiment]
+        parents = same or sorted(parents, key=lambda p: p.info.start_time or 0, reverse=True)
+        log.warning(
+            "experiment %r holds several sweeps; reporting on %r",
+            source.experiment,
+            parents[0].data.tags.get(TAG_SWEEP),
+        )
+    return parents[0]
+
+
+def load_runs(source: Source) -> SweepRuns:
+    """The FINISHED child trial runs of the sweep's parent run; raises :class:`ReportError`."""
+    uri = source.tracking_uri
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
+        raise ReportError(f"no MLflow store at {uri}; run a sweep first or pass --tracking-uri")
+    client = MlflowClient(tracking_uri=uri)
+    exp = client.get_experiment_by_name(source.experiment)
+    if exp is None or exp.lifecycle_stage != "active":
+        known = sorted(e.name for e in client.search_experiments())
+        raise ReportError(
+            f"experiment {source.experiment!r} not found in {uri}; "
+            f"known experiments: {', '.join(known) or '(none)'}"
+        )
+    parent = _parent(client, exp.experiment_id, source)
+    sweep = parent.data.tags.get(TAG_SWEEP) or source.sweep or source.experiment
+    children = _search(client, exp.experiment_id, f"tags.`{PARENT_TAG}` = '{parent.info.run_id}'")
+    trials = [r for r in children if r.data.tags.get(TAG_ROLE, "trial") == "trial"]
+    finished = [r for r in trials if r.info.status == "FINISHED"]
+    if not finished:
+        raise ReportError(
+            f"sweep {sweep!r} (experiment {source.experiment!r}) has no finished trial runs "
+            f"({len(trials)} unfinished or failed)"
+        )
+    frame = pd.DataFrame([run_row(r) for r in finished])
+    log.info(
+        "sweep %s: %d finished trial runs, %d unfinished or failed ignored",
+        sweep,
+        len(finished),
+        len(trials) - len(finished),
+    )
+    return SweepRuns(
+        source=source,
+        client=client,
+        experiment_id=exp.experiment_id,
+        parent_id=parent.info.run_id,
+        sweep=sweep,
+        frame=frame,
+        n_children=len(trials),
+        n_ignored=len(trials) - len(finished),
+    )
