@@ -118,6 +118,11 @@ class TrialSpec:
     def eps(self) -> float | None:
         return getattr(self.attack.config, "eps", None)
 
+    def key(self) -> str:
+        """Identity of the full configuration (two grids may name the same trial)."""
+        parts = (self.dataset, self.model, self.attack, self.defense)
+        return config_key([c.as_dict() for c in parts])
+
     @property
     def name(self) -> str:
         eps = "" if self.eps is None else f"/eps={_fmt(self.eps)}"
@@ -127,7 +132,31 @@ class TrialSpec:
 
 
 @dataclass(frozen=True)
+class Grid:
+    """One full product of datasets × models × attacks (each ε) × defences."""
+
+    name: str
+    datasets: tuple[Component, ...]
+    models: tuple[Component, ...]
+    attacks: tuple[Component, ...]
+    defenses: tuple[Component, ...]
+
+    def trials(self) -> list[TrialSpec]:
+        return [
+            TrialSpec(d, m, a, f)
+            for f in self.defenses
+            for d in self.datasets
+            for m in self.models
+            for a in self.attacks
+        ]
+
+
+@dataclass(frozen=True)
 class SweepConfig:
+    """A whole study. ``datasets``/``models``/``attacks``/``defenses`` are the top-level axes;
+    ``grids`` the products actually run (by default the one top-level product; a YAML ``grids``
+    list replaces axes per sub-grid, e.g. defences only for INSA, as in AIP's tables)."""
+
     name: str
     source: Path
     seed: int
@@ -141,17 +170,23 @@ class SweepConfig:
     defenses: tuple[Component, ...]
     resources: ResourcesConfig
     examples: int
+    grids: tuple[Grid, ...] = ()
 
     def trials(self) -> list[TrialSpec]:
-        """The grid, defence-major so concurrent trials rarely compute the same attack (a
-        non-adaptive attack's images are shared by every defence)."""
-        return [
-            TrialSpec(d, m, a, f)
-            for f in self.defenses
-            for d in self.datasets
-            for m in self.models
-            for a in self.attacks
-        ]
+        """Every grid's trials, each once, defence-major within a grid so concurrent trials
+        rarely compute the same attack (a non-adaptive attack's images serve every defence)."""
+        grids = self.grids or (
+            Grid("main", self.datasets, self.models, self.attacks, self.defenses),
+        )
+        seen: set[str] = set()
+        out: list[TrialSpec] = []
+        for grid in grids:
+            for trial in grid.trials():
+                key = trial.key()
+                if key not in seen:
+                    seen.add(key)
+                    out.append(trial)
+        return out
 
     def tracking_uri(self) -> str:
         if self.mlflow.tracking_uri:
@@ -188,7 +223,9 @@ def _allowed(f: dataclasses.Field, hint: Any) -> str:
 def _type_names(hint: Any) -> str:
     args = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
     names = {int: "an integer", float: "a number", str: "a string", bool: "true/false"}
-    parts = [names.get(a, "null" if a is type(None) else getattr(a, "__name__", str(a))) for a in args]
+    parts = [
+        names.get(a, "null" if a is type(None) else getattr(a, "__name__", str(a))) for a in args
+    ]
     return " or ".join(parts)
 
 
@@ -259,7 +296,7 @@ def build_dataclass(cls: type, raw: Any, where: str, *, allow_axes: bool = False
             scalar[key] = _check_value(f"{where}.{key}", f, hint, value)
     combos: list[tuple[tuple[str, Any], ...]] = [()]
     for key, values in axes:
-        combos = [c + ((key, v),) for c in combos for v in values]
+        combos = [(*c, (key, v)) for c in combos for v in values]
     out = []
     for combo in combos:
         inst = cls(**scalar, **dict(combo))
@@ -297,7 +334,9 @@ TOP_KEYS = {
     "defenses": "input defences",
     "resources": "cluster resources",
     "examples": "number of items in each trial's example image grid",
+    "grids": "sub-grids that replace some of datasets/models/attacks/defenses each",
 }
+GRID_KEYS = ("name", "datasets", "models", "attacks", "defenses")
 
 
 def load_sweep(path: str | os.PathLike) -> SweepConfig:
@@ -326,7 +365,9 @@ def parse_sweep(raw: Any, source: Path | str = "<sweep>") -> SweepConfig:
             raise ConfigError(f"{where}: {key}: missing; expected {TOP_KEYS[key]}")
     name = raw["name"]
     if not isinstance(name, str) or not name or not all(c.isalnum() or c in "-_." for c in name):
-        raise ConfigError(f"{where}: name: {name!r} is not allowed; expected letters, digits, - _ .")
+        raise ConfigError(
+            f"{where}: name: {name!r} is not allowed; expected letters, digits, - _ ."
+        )
     seed = raw.get("seed", 0)
     if not isinstance(seed, int) or isinstance(seed, bool):
         raise ConfigError(f"{where}: seed: {seed!r} is not allowed; expected an integer")
@@ -337,21 +378,23 @@ def parse_sweep(raw: Any, source: Path | str = "<sweep>") -> SweepConfig:
     if not isinstance(storage, str) or not storage:
         raise ConfigError(f"{where}: storage: {storage!r} is not allowed; expected a folder path")
 
-    datasets = _components("dataset", DATASETS, raw["datasets"], f"{where}: datasets")
-    visual_models = [n for n in MODELS.names() if MODELS.get(n).visual]
-    models = _components("model", MODELS, raw["models"], f"{where}: models", visual_models)
-    attacks = _components("attack", ATTACKS, raw["attacks"], f"{where}: attacks")
-    defenses = _components(
-        "defense", DEFENSES, raw.get("defenses", {"none": {}}), f"{where}: defenses"
+    datasets, models, attacks, defenses = _axes(raw, where)
+    grids: list[Grid] = []
+    raw_grids = raw.get("grids", [])
+    if not isinstance(raw_grids, list):
+        raise ConfigError(f"{where}: grids: expected a list of sub-grids, got {raw_grids!r}")
+    for n, g in enumerate(raw_grids):
+        at = f"{where}: grids[{n}]"
+        if not isinstance(g, dict) or not g:
+            raise ConfigError(f"{at}: expected a mapping with some of {', '.join(GRID_KEYS)}")
+        bad = sorted(set(map(str, g)) - set(GRID_KEYS))
+        if bad:
+            raise ConfigError(f"{at}: unknown key {bad[0]!r}; allowed: {', '.join(GRID_KEYS)}")
+        merged = {k: g.get(k, raw.get(k)) for k in ("datasets", "models", "attacks", "defenses")}
+        grids.append(Grid(str(g.get("name", f"grid{n}")), *_axes(merged, at)))
+    (first_stage,), _ = build_dataclass(
+        FirstStageConfig, raw.get("first_stage"), f"{where}: first_stage"
     )
-    for attack in attacks:
-        unsupported = [m.name for m in models if m.name not in ATTACKS.get(attack.name).models]
-        if unsupported:
-            raise ConfigError(
-                f"{where}: attacks.{attack.name}: not available for model {unsupported[0]!r}; "
-                f"allowed models: {', '.join(ATTACKS.get(attack.name).models)}"
-            )
-    (first_stage,), _ = build_dataclass(FirstStageConfig, raw.get("first_stage"), f"{where}: first_stage")
     (extractor,), _ = build_dataclass(ExtractorConfig, raw.get("extractor"), f"{where}: extractor")
     (resources,), _ = build_dataclass(ResourcesConfig, raw.get("resources"), f"{where}: resources")
     (mlflow_cfg,), _ = build_dataclass(MLflowConfig, raw.get("mlflow"), f"{where}: mlflow")
@@ -369,4 +412,23 @@ def parse_sweep(raw: Any, source: Path | str = "<sweep>") -> SweepConfig:
         defenses=defenses,
         resources=resources,
         examples=examples,
+        grids=tuple(grids),
     )
+
+
+def _axes(raw: dict[str, Any], where: str) -> tuple[tuple[Component, ...], ...]:
+    datasets = _components("dataset", DATASETS, raw["datasets"], f"{where}: datasets")
+    visual_models = [n for n in MODELS.names() if MODELS.get(n).visual]
+    models = _components("model", MODELS, raw["models"], f"{where}: models", visual_models)
+    attacks = _components("attack", ATTACKS, raw["attacks"], f"{where}: attacks")
+    defenses = _components(
+        "defense", DEFENSES, raw.get("defenses") or {"none": {}}, f"{where}: defenses"
+    )
+    for attack in attacks:
+        unsupported = [m.name for m in models if m.name not in ATTACKS.get(attack.name).models]
+        if unsupported:
+            raise ConfigError(
+                f"{where}: attacks.{attack.name}: not available for model {unsupported[0]!r}; "
+                f"allowed models: {', '.join(ATTACKS.get(attack.name).models)}"
+            )
+    return datasets, models, attacks, defenses

@@ -10,8 +10,8 @@ def param(
     default: Any,
     *,
     axis: bool = False,
-    min: float | None = None,  # noqa: A002
-    max: float | None = None,  # noqa: A002
+    min: float | None = None,
+    max: float | None = None,
     choices: tuple[Any, ...] | None = None,
     doc: str = "",
 ) -> Any:

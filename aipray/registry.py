@@ -1,7 +1,7 @@
 """A tiny name → class registry for the parts a sweep YAML can name.
 
-Each registered class carries a frozen ``Config`` dataclass; the sweep parser builds it from the YAML
-mapping, so unknown keys and wrong types fail with the list of what is allowed.
+Each registered class carries a frozen ``Config`` dataclass; the sweep parser builds it from the
+YAML mapping, so unknown keys and wrong types fail with the list of what is allowed.
 """
 
 from __future__ import annotations

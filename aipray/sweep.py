@@ -22,7 +22,8 @@ from typing import Any
 import pandas as pd
 
 from aipray.config import ConfigError, SweepConfig, TrialSpec, load_sweep
-from aipray.pipeline.stages import StagePaths, stage_paths, trial_key
+from aipray.pipeline import stages
+from aipray.pipeline.stages import StagePaths, needs_extractor, stage_paths, trial_key
 
 log = logging.getLogger("aipray")
 
@@ -67,7 +68,7 @@ def trial_payload(sweep: SweepConfig, trial: TrialSpec) -> dict[str, Any]:
     params.update(flatten("attack", trial.attack.config))
     params.update(flatten("defense", trial.defense.config))
     params.update(flatten("first_stage", sweep.first_stage))
-    if trial.model.name == "vbpr":
+    if needs_extractor(trial):
         params.update(flatten("extractor", sweep.extractor))
     return {
         "name": trial.name,
@@ -87,8 +88,6 @@ def trial_payload(sweep: SweepConfig, trial: TrialSpec) -> dict[str, Any]:
 def _stage(kind: str, sweep: SweepConfig, trial: TrialSpec, paths: StagePaths, threads: int):
     import torch
 
-    from aipray.pipeline import stages
-
     torch.set_num_threads(max(1, threads))
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
     device = stages.pick_device(sweep.resources.train_gpus)
@@ -103,6 +102,8 @@ def _stage(kind: str, sweep: SweepConfig, trial: TrialSpec, paths: StagePaths, t
         stages.train_ranker(sweep, trial, paths, device)
     elif kind == "context":
         stages.build_context(trial, paths, device)
+    elif kind == "context_undefended":
+        stages.build_context(trial, paths, device, undefended=True)
     return kind
 
 
@@ -119,7 +120,7 @@ def run_stages(sweep: SweepConfig, trials: list[TrialSpec]) -> None:
         [("dataset", "dataset")],
         [("first_stage", "candidates"), ("extractor", "extractor")],
         [("ranker", "model")],
-        [("context", "context")],
+        [("context", "context"), ("context_undefended", "context_undefended")],
     ]
     for wave in waves:
         refs, seen = [], set()
@@ -127,7 +128,7 @@ def run_stages(sweep: SweepConfig, trials: list[TrialSpec]) -> None:
             paths = stage_paths(sweep, trial)
             for kind, field in wave:
                 target = getattr(paths, field)
-                if kind == "extractor" and trial.model.name != "vbpr":
+                if kind == "extractor" and not stages.needs_extractor(trial):
                     continue
                 if done(target) or target in seen:
                     continue
@@ -146,20 +147,26 @@ def run_grid(sweep: SweepConfig, payloads: list[dict[str, Any]], tracker) -> lis
     from aipray.pipeline.trial import run_trial
 
     res = sweep.resources
+    by_key = {p["key"]: p for p in payloads}
+    trainable = tune.with_parameters(run_trial, payloads=by_key)
     tuner = tune.Tuner(
-        tune.with_resources(run_trial, {"cpu": res.trial_cpus}),
-        param_space={"trial": tune.grid_search(payloads)},
-        tune_config=tune.TuneConfig(max_concurrent_trials=res.max_concurrent_trials),
+        tune.with_resources(trainable, {"cpu": res.trial_cpus}),
+        param_space={"trial": tune.grid_search(list(by_key))},
+        tune_config=tune.TuneConfig(
+            max_concurrent_trials=res.max_concurrent_trials,
+            trial_name_creator=lambda t: by_key[t.config["trial"]]["name"],
+            trial_dirname_creator=lambda t: t.config["trial"],
+        ),
         run_config=tune.RunConfig(
             name=f"{sweep.name}-{time.strftime('%Y%m%d-%H%M%S')}",
             storage_path=str(sweep.storage / "tune"),
-            callbacks=[TrackingCallback(tracker)],
+            callbacks=[TrackingCallback(tracker, by_key)],
             failure_config=tune.FailureConfig(max_failures=res.max_failures),
-            verbose=1,
+            verbose=0,  # progress comes from TrackingCallback
         ),
     )
     results = tuner.fit()
-    return [r.config["trial"]["name"] for r in results if r.error is not None]
+    return [by_key[r.config["trial"]]["name"] for r in results if r.error is not None]
 
 
 def summary_table(tracker) -> pd.DataFrame:
@@ -224,7 +231,9 @@ def run_sweep(sweep: SweepConfig, *, ray_address: str | None = None, num_cpus: i
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m aipray.sweep", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m aipray.sweep", description=__doc__.split("\n")[0]
+    )
     parser.add_argument("sweep", help="sweep YAML, e.g. sweeps/quick.yaml")
     parser.add_argument("--address", default=None, help="Ray cluster address (default: local)")
     parser.add_argument("--num-cpus", type=int, default=None, help="CPUs of a local Ray")
@@ -238,7 +247,9 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     table, failed = run_sweep(sweep, ray_address=args.address, num_cpus=args.num_cpus)
     with pd.option_context("display.width", 200, "display.max_columns", 20):
-        sys.stdout.write("\n" + table.to_string(index=False, float_format=lambda v: f"{v:.4g}") + "\n")
+        sys.stdout.write(
+            "\n" + table.to_string(index=False, float_format=lambda v: f"{v:.4g}") + "\n"
+        )
     sys.stdout.write(
         f"\n{len(table)} trials in MLflow experiment {sweep.experiment()!r} "
         f"({time.perf_counter() - start:.0f}s). Open the UI with: {ui_command(sweep)}\n"

@@ -111,14 +111,25 @@ def test_insa_objective_improves(model):
     assert (insa_objective(m, users, adv) > insa_objective(m, users, x)).all()
 
 
-def test_insa_vbpr_objective_is_eq6():
-    m = tiny_models()["vbpr"]
+@pytest.mark.parametrize("model", ["vbpr", "amr"])
+def test_insa_vbpr_objective_is_eq6_with_the_visual_bias(model):
+    m = tiny_models()[model]
+    torch.nn.init.normal_(m.beta_visual.weight, std=0.5)
     x = images(3)
-    users = torch.arange(m.n_users)
+    users = torch.tensor([0, 2, 5, 7, 11])
+    f = m.extractor.features(x)
     per_user = torch.stack(
-        [(m.theta_user.weight[u] * m.E(m.extractor.features(x))).sum(1) for u in range(m.n_users)]
+        [(m.theta_user.weight[u] * m.E(f)).sum(1) + m.beta_visual(f)[:, 0] for u in users]
     ).sum(0)
     torch.testing.assert_close(insa_objective(m, users, x), per_user, rtol=1e-4, atol=1e-4)
+    # = the users' summed scores of the cold item, less what does not depend on the image
+    total = m.score_images(users, x).sum(0) - m.beta_user(users).sum()
+    torch.testing.assert_close(insa_objective(m, users, x), total, rtol=1e-4, atol=1e-4)
+    # AIP's eq. 6 as printed: the latent visual term only
+    paper = torch.stack([(m.theta_user.weight[u] * m.E(f)).sum(1) for u in users]).sum(0)
+    torch.testing.assert_close(
+        insa_objective(m, users, x, visual_bias=False), paper, rtol=1e-4, atol=1e-4
+    )
 
 
 def test_insa_dvbpr_objective_is_log_of_eq6():

@@ -1,3 +1,4 @@
+import numpy as np
 import pytest
 
 from aipray.config import ConfigError, load_sweep, parse_sweep
@@ -35,10 +36,18 @@ def test_grid_skips_missing_combinations():
 @pytest.mark.parametrize(
     "path, value, needle",
     [
-        (("datasets", "mnist"), {}, "unknown dataset 'mnist'; allowed: synthetic"),
-        (("models", "resnet"), {}, "unknown model 'resnet'; allowed: dvbpr, vbpr"),
-        (("attacks", "fgsm2"), {}, "unknown attack 'fgsm2'; allowed: expa, insa"),
-        (("defenses", "blur"), {}, "unknown defense 'blur'; allowed: jpeg, none"),
+        (
+            ("datasets", "mnist"),
+            {},
+            "unknown dataset 'mnist'; allowed: amazon_men, folder, synthetic, tradesy",
+        ),
+        (("models", "resnet"), {}, "unknown model 'resnet'; allowed: alexrank, amr, dvbpr, vbpr"),
+        (
+            ("attacks", "fgsm2"),
+            {},
+            "unknown attack 'fgsm2'; allowed: csema, expa, fgsm, insa, pgd, provided",
+        ),
+        (("defenses", "blur"), {}, "unknown defense 'blur'; allowed: bitdepth, jpeg, none"),
         (("attacks", "insa", "eps"), -4, "attacks.insa.eps: -4 is not allowed"),
         (("attacks", "insa", "eps"), "big", "attacks.insa.eps: 'big' is not allowed"),
         (("attacks", "insa", "eps"), [8, -1], "attacks.insa.eps: -1 is not allowed"),
@@ -60,8 +69,57 @@ def test_missing_file(tmp_path):
         load_sweep(tmp_path / "nope.yaml")
 
 
-def test_shipped_sweeps_parse():
+def test_shipped_sweeps_parse(tmp_path, monkeypatch):
     from pathlib import Path
 
-    for path in sorted(Path("sweeps").glob("*.yaml")):
-        assert load_sweep(path).trials()
+    sweeps = sorted(Path("sweeps").resolve().glob("*.yaml"))
+    assert {p.name for p in sweeps} >= {"quick.yaml", "paper_synthetic.yaml", "full.yaml"}
+    # full.yaml names the DVBPR release files under data/: without them it stops at the path,
+    with pytest.raises(ConfigError, match=r"datasets\.amazon_men\.path"):
+        load_sweep(Path("sweeps/full.yaml"))
+    # and with them in place (stand-ins: parsing only checks they are .npy files) it parses
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data").mkdir()
+    for name in ("AmazonMenWithImgPartitioned.npy", "TradesyImgPartitioned.npy"):
+        np.save(tmp_path / "data" / name, np.zeros(1))
+    counts = {p.name: len(load_sweep(p).trials()) for p in sweeps}
+    assert counts["quick.yaml"] == 16
+    assert counts["paper_synthetic.yaml"] == 172
+    # attacks: 2 datasets x 9 rankers x 17; defences: 2 x 4 x 2 x 12, minus the 16 shared
+    assert counts["full.yaml"] == 2 * 9 * 17 + 2 * 4 * 2 * 12 - 2 * 4 * 2
+
+
+def test_sub_grids_replace_axes_and_trials_are_unique():
+    raw = dict(BASE)
+    raw["grids"] = [
+        {"name": "attacks", "defenses": {"none": {}}},
+        {
+            "name": "defences",
+            "attacks": {"insa": {"eps": 32}},
+            "defenses": {"bitdepth": {"bits": [4, 2]}, "none": {}},
+        },
+    ]
+    trials = parse_sweep(raw).trials()
+    names = [t.name for t in trials]
+    assert len(names) == len(set(names))
+    # grid 1: 2 models x 3 (attack, eps) x none; grid 2 adds 2 models x insa/32 x 2 bit depths
+    # (its insa/32/none trials are already in grid 1)
+    assert len(trials) == 2 * 3 + 2 * 2
+    assert "synthetic/vbpr(dim=100)/insa/eps=32/bitdepth(bits=2)" in names
+    assert not any("jpeg" in n for n in names)  # top-level defences replaced in both grids
+
+
+@pytest.mark.parametrize(
+    "grids, needle",
+    [
+        ({"models": {}}, "grids: expected a list"),
+        ([{"modles": {"vbpr": {}}}], "grids[0]: unknown key 'modles'"),
+        ([{"attacks": {"insa": {"eps": -1}}}], "grids[0]: attacks.insa.eps: -1 is not allowed"),
+    ],
+)
+def test_bad_sub_grid_is_one_clear_line(grids, needle):
+    raw = dict(BASE)
+    raw["grids"] = grids
+    with pytest.raises(ConfigError) as err:
+        parse_sweep(raw, "s.yaml")
+    assert needle in str(err.value) and "\n" not in str(err.value)

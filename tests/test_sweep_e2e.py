@@ -1,6 +1,5 @@
 """End-to-end: a tiny real sweep on a local Ray, checked through MLflow."""
 
-
 import pytest
 import yaml
 from mlflow.tracking import MlflowClient
@@ -115,8 +114,73 @@ def test_rerun_after_lost_tracking_reuses_results(tmp_path, ray_local):
     client = MlflowClient(sweep.tracking_uri())
     victim = children[0]
     client.delete_run(victim.info.run_id)
-    table, failed = run_sweep(sweep)
+    _table, failed = run_sweep(sweep)
     assert failed == []
     children, _ = child_runs(sweep)
     assert len(children) == len(sweep.trials())
     assert victim.info.run_name in {r.info.run_name for r in children}
+
+
+def test_every_ranker_attack_kind_and_defence_with_report(tmp_path, ray_local):
+    """AlexRank and AMR, a ranker attack (INSA), a model-free one (c-SEMA) and a classifier one
+    (FGSM), bit depth in a sub-grid; then the report from MLflow, logged to the parent run."""
+    path = tiny_sweep(tmp_path)
+    cfg = yaml.safe_load(path.read_text())
+    cfg["name"] = "kinds"
+    cfg["models"] = {"alexrank": {}, "amr": {"dim": 10, "lr": 0.003, "epochs": 3}}
+    cfg["attacks"] = {
+        "insa": {"eps": 16, "epochs": 4, "user_batch": 64, "lr": 0.01},
+        "csema": {},
+        "fgsm": {"eps": 8},
+    }
+    cfg["defenses"] = {"none": {}}
+    cfg["grids"] = [
+        {"name": "attacks"},
+        {
+            "name": "defences",
+            "models": {"alexrank": {}},
+            "attacks": {"insa": cfg["attacks"]["insa"]},
+            "defenses": {"bitdepth": {"bits": 3}},
+        },
+    ]
+    path.write_text(yaml.safe_dump(cfg))
+    sweep = load_sweep(path)
+    assert len(sweep.trials()) == 2 * 3 + 1
+    _table, failed = run_sweep(sweep)
+    assert failed == []
+    children, _ = child_runs(sweep)
+    by_name = {r.info.run_name: r.data for r in children}
+    assert len(by_name) == 7
+
+    insa = by_name["synthetic/alexrank/insa/eps=16/none"]
+    assert insa.metrics["adversarial/hr_at_5"] > insa.metrics["cooperative/hr_at_5"]
+    assert insa.metrics["linf_255_max"] <= 16
+    csema = by_name["synthetic/amr(dim=10)/csema/none"]
+    assert csema.params["eps"] == "none" and csema.metrics["linf_255_max"] > 16
+    fgsm = by_name["synthetic/amr(dim=10)/fgsm/eps=8/none"]
+    assert 0 <= fgsm.metrics["success_rate"] <= 1 and fgsm.metrics["linf_255_max"] <= 8
+    # c-SEMA and FGSM know no ranker: their images are computed once and shared by both rankers
+    alex_fgsm = by_name["synthetic/alexrank/fgsm/eps=8/none"]
+    assert alex_fgsm.metrics["ssim_mean"] == pytest.approx(fgsm.metrics["ssim_mean"])
+    # the defence's cost is measured against the same ranker without it
+    bits = by_name["synthetic/alexrank/insa/eps=16/bitdepth(bits=3)"]
+    assert bits.metrics["ordinary_undefended/hr_at_5"] == pytest.approx(
+        insa.metrics["ordinary/hr_at_5"]
+    )
+    assert insa.metrics["ordinary_undefended/hr_at_5"] == insa.metrics["ordinary/hr_at_5"]
+
+    from aipray.report import main as report_main
+
+    out = tmp_path / "report"
+    assert report_main([str(path), "--out", str(out)]) == 0
+    text = (out / "report.md").read_text()
+    assert "AlexRank" in text and "c-SEMA" in text
+    assert any(out.rglob("*.png"))
+    client = MlflowClient(sweep.tracking_uri())
+    parent = next(
+        r
+        for r in client.search_runs([client.get_experiment_by_name("kinds").experiment_id])
+        if r.data.tags.get("aipray.role") == "sweep"
+    )
+    logged = {a.path for a in client.list_artifacts(parent.info.run_id, "report")}
+    assert "report/report.md" in logged

@@ -3,7 +3,9 @@
 The attacker knows the trained user embeddings and maximises, over an L∞-bounded δ, how much all
 users prefer the item:
 
-- VBPR and AMR: Σ_u θ_u·(E Φ_f(X + δ)) = (Σ_u θ_u)·(E Φ_f(X + δ)): linear, one forward per step;
+- VBPR and AMR: Σ_u θ_u·(E Φ_f(X + δ)) + β'·Φ_f(X + δ) = (Σ_u θ_u)·(E Φ_f) + |U|·β'·Φ_f:
+  linear, one forward per step. AIP's eq. 6 omits the visual bias β'·Φ_f, which is part of every
+  user's score of the item; leaving it out lets the attack lower the item's score through it;
 - DVBPR: Σ_u exp(θ_u·Φ_e(X + δ)), optimised as its logarithm (logsumexp), which has the same
   maximiser and does not overflow;
 - AlexRank: Σ_u mean_{j∈I_u} −‖Φ_f(X + δ) − Φ_f(X_j)‖₂ = −Σ_j w_j ‖Φ_f(X + δ) − Φ_f(X_j)‖₂ with
@@ -31,23 +33,30 @@ DEFAULT_LR = {"dvbpr": 1e-3, "vbpr": 1e-4, "amr": 1e-4, "alexrank": 1e-4}
 @dataclass(frozen=True)
 class INSAConfig:
     """eps in 0..255 pixel units; lr ``None`` takes AIP's per-model value (DVBPR 1e-3, others
-    1e-4)."""
+    1e-4); ``visual_bias: false`` drops VBPR/AMR's β'·Φ_f term, as AIP's eq. 6 does."""
 
     eps: float = param(32.0, axis=True, min=0, max=255)
     epochs: int = param(10, min=1)
     user_batch: int = param(512, min=1)
     lr: float | None = param(None, min=0)
+    visual_bias: bool = True
     seed: int = 0
 
 
-def insa_objective(model: Recommender, users: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+def insa_objective(
+    model: Recommender, users: torch.Tensor, images: torch.Tensor, *, visual_bias: bool = True
+) -> torch.Tensor:
     """Eq. 6 for ``users`` (one batch), per image: ``[B]``."""
     if isinstance(model, DVBPR):
         scores = model.score_codes(users, model.feature_network(images))  # [U, B]
         return torch.logsumexp(scores, dim=0)
     if isinstance(model, VBPR):  # and AMR, its subclass
         theta_sum = model.theta_user(users).sum(0)  # [K]
-        return model.visual_embedding(images) @ theta_sum
+        features = model.extractor.features(images)
+        value = model.E(features) @ theta_sum
+        if visual_bias:
+            value = value + model.beta_visual(features)[:, 0] * users.numel()
+        return value
     if isinstance(model, AlexRank):
         weights = model.profile_weights(users)  # [P]
         active = weights > 0
@@ -78,6 +87,6 @@ class INSA(Attack):
         lr = cfg.lr if cfg.lr is not None else DEFAULT_LR[self.model.name]
 
         def objective(x_adv: torch.Tensor, step: int) -> torch.Tensor:
-            return insa_objective(self.model, batches[step], x_adv)
+            return insa_objective(self.model, batches[step], x_adv, visual_bias=cfg.visual_bias)
 
         return linf_ascent(images, objective, eps=cfg.eps, steps=len(batches), lr=lr)

@@ -101,6 +101,11 @@ class ProvidedConfig:
 
     path: str = ""
 
+    def __post_init__(self) -> None:
+        # absolute, so that Ray workers with another working folder find it
+        if self.path:
+            object.__setattr__(self, "path", str(Path(self.path).expanduser().resolve()))
+
     def cross_checks(self) -> list[tuple[str, object, str]]:
         folder = Path(self.path)
         if not self.path or not folder.is_dir():

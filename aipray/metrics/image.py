@@ -1,4 +1,4 @@
-"""Image-space distances between a clean and a perturbed image batch (``[B, 3, H, W]`` in [0, 1])."""
+"""Image-space distances between a clean and a perturbed batch (``[B, 3, H, W]`` in [0, 1])."""
 
 from __future__ import annotations
 

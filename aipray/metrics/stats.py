@@ -16,7 +16,9 @@ def paired_t_test(a: np.ndarray, b: np.ndarray) -> float:
     """
     a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
     if a.shape != b.shape or a.ndim != 1:
-        raise ValueError(f"paired samples must be 1-D and of equal length, got {a.shape}, {b.shape}")
+        raise ValueError(
+            f"paired samples must be 1-D and of equal length, got {a.shape}, {b.shape}"
+        )
     diff = a - b
     if a.size < 2 or np.allclose(diff, diff[0], rtol=0, atol=1e-12):
         return 1.0 if a.size == 0 or abs(diff.mean()) < 1e-12 else 0.0

@@ -26,6 +26,7 @@ from aipray.metrics.ranking import (
     prediction_shift,
 )
 from aipray.models import load_recommender
+from aipray.models.extractor import load_extractor, read_extractor_info
 from aipray.pipeline.stages import StagePaths, load_context, pick_device
 
 log = logging.getLogger(__name__)
@@ -69,14 +70,13 @@ class TrialActor:
         self.context = load_context(self.paths.context, self.device)
         catalog = Catalog.load(self.paths.dataset)
         self.image_shape = catalog.image_shape
+        self.bare_context = load_context(self.paths.context_undefended, self.device)
         attack_c = _component("attack", attack)
-        hook = getattr(attack_c.config, "hook", None)
-        hook = catalog.most_popular_item() if hook is None else hook
-        hook_image = torch.from_numpy(np.array(catalog.images[hook])).float() / 255.0
         self.attack = ATTACKS.get(attack_c.name)(
-            attack_c.config, self.model, AttackInputs(hook_image=hook_image)
+            attack_c.config, self.model, attack_inputs(attack_c, catalog, self.paths, self.device)
         )
         defense_c = _component("defense", defense)
+        self.defended = defense_c.name != "none"
         self.defense = DEFENSES.get(defense_c.name)(defense_c.config)
         self.users = torch.arange(self.model.n_users, device=self.device)
         log.info("actor ready on %s", self.device)
@@ -84,17 +84,19 @@ class TrialActor:
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         clean = decode_images(batch["image"], self.image_shape).to(self.device)
         start = time.perf_counter()
+        ids = np.asarray(batch["item_id"])
         if "adv" in batch:
             adv = decode_images(batch["adv"], self.image_shape).to(self.device)
             attack_seconds = np.full(clean.shape[0], np.nan)
         else:
-            adv = self.attack(clean)
+            adv = self.attack(clean, torch.as_tensor(ids, device=self.device))
             attack_seconds = np.full(clean.shape[0], (time.perf_counter() - start) / len(clean))
         with torch.no_grad():
             coop = self.model.score_images(self.users, self.defense(clean))  # [U, B]
             attacked = self.model.score_images(self.users, self.defense(adv))
+            bare = self.model.score_images(self.users, clean) if self.defended else coop
             out: dict[str, np.ndarray] = {
-                "item_id": np.asarray(batch["item_id"]),
+                "item_id": ids,
                 "adv": encode_images(adv),
                 "prediction_shift": prediction_shift(attacked, coop).cpu().numpy(),
                 "coop_score": coop.mean(0).cpu().numpy(),
@@ -109,11 +111,34 @@ class TrialActor:
                 "adversarial": hit_rates(injected_ranks(self.context, attacked)),
                 "ordinary": ordinary_hit_rates(self.context, coop),
                 "ordinary_attacked": ordinary_hit_rates(self.context, attacked),
+                "ordinary_undefended": ordinary_hit_rates(self.bare_context, bare),
             }
             for group, rates in groups.items():
                 for k in CUTOFFS:
                     out[f"{group}/hr_at_{k}"] = rates[k].cpu().numpy()
+            success = getattr(self.attack, "success", None)
+            if success is not None:
+                out["success"] = success(adv).float().cpu().numpy()
         return out
+
+
+def attack_inputs(
+    attack: Component, catalog: Catalog, paths: StagePaths, device: torch.device
+) -> AttackInputs:
+    """What the attack may know besides the ranker: the hook item's image (the configured one, or
+    the most-interacted training item), and for classifier attacks the extractor's classifier and
+    its most popular class."""
+    hook = getattr(attack.config, "hook", None)
+    hook = catalog.most_popular_item() if hook is None else int(hook)
+    hook_image = torch.from_numpy(np.array(catalog.images[hook])).float() / 255.0
+    if ATTACKS.get(attack.name).knowledge != "classifier":
+        return AttackInputs(hook_image=hook_image)
+    info = read_extractor_info(paths.extractor)
+    return AttackInputs(
+        hook_image=hook_image,
+        classifier=load_extractor(paths.extractor, device),
+        target_class=int(info["target_class"]),
+    )
 
 
 def _component(kind: str, d: dict[str, Any]) -> Component:

@@ -20,20 +20,34 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
+from aipray.attacks import ATTACKS
 from aipray.config import Component, SweepConfig, TrialSpec
 from aipray.data import DATASETS, Catalog
 from aipray.data.catalog import summary
 from aipray.defenses import DEFENSES
 from aipray.metrics.ranking import CandidateScores
 from aipray.models import load_recommender
+from aipray.models.alexrank import AlexRank
+from aipray.models.amr import AMR
 from aipray.models.bpr import BPR
 from aipray.models.dvbpr import DVBPR
-from aipray.models.nets import AlexNetClassifier
-from aipray.models.train import fit_bpr, fit_classifier
+from aipray.models.extractor import (
+    class_names,
+    load_extractor,
+    make_extractor,
+    predict_classes,
+    save_extractor,
+)
+from aipray.models.train import fit_bpr
 from aipray.models.vbpr import VBPR
 from aipray.store import Store, atomic_dir, config_key, done
 
 log = logging.getLogger(__name__)
+
+#: rankers whose item features come from the pretrained extractor
+EXTRACTOR_MODELS = ("alexrank", "vbpr", "amr")
+#: bumped when a trial's stored result changes meaning, so old results are not reused
+RESULT_VERSION = 2
 
 
 def pick_device(gpus: float) -> torch.device:
@@ -51,6 +65,7 @@ class StagePaths:
     candidates: Path
     model: Path
     context: Path
+    context_undefended: Path
     attack: Path
     result: Path
 
@@ -65,16 +80,20 @@ class StagePaths:
 def stage_paths(sweep: SweepConfig, trial: TrialSpec) -> StagePaths:
     store = Store(sweep.storage)
     ds_key = config_key(trial.dataset.as_dict())
-    ext_key = config_key([ds_key, dataclasses.asdict(sweep.extractor), sweep.seed])
+    ext_key = config_key([ds_key, sweep.extractor.fingerprint(), sweep.seed])
     bpr_key = config_key([ds_key, dataclasses.asdict(sweep.first_stage.bpr), sweep.seed])
     cand_key = config_key([bpr_key, sweep.first_stage.candidates])
-    uses_extractor = trial.model.name == "vbpr"
+    uses_extractor = trial.model.name in EXTRACTOR_MODELS
     model_key = config_key(
         [ds_key, trial.model.as_dict(), ext_key if uses_extractor else None, sweep.seed]
     )
     ctx_key = config_key([model_key, cand_key, trial.defense.as_dict()])
-    attack_key = config_key([model_key, trial.attack.as_dict()])
-    result_key = config_key([ctx_key, attack_key, sweep.examples])
+    bare_key = config_key([model_key, cand_key, {"name": "none", "config": {}}])
+    # an attack's images depend on what the attacker knows, and are shared accordingly
+    knowledge = ATTACKS.get(trial.attack.name).knowledge
+    source_key = {"ranker": model_key, "classifier": ext_key, "none": ds_key}[knowledge]
+    attack_key = config_key([source_key, trial.attack.as_dict()])
+    result_key = config_key([ctx_key, bare_key, attack_key, sweep.examples, RESULT_VERSION])
     return StagePaths(
         dataset=store.path("datasets", trial.dataset.name, ds_key),
         extractor=store.path("extractors", sweep.extractor.arch, ext_key),
@@ -82,8 +101,17 @@ def stage_paths(sweep: SweepConfig, trial: TrialSpec) -> StagePaths:
         candidates=store.path("candidates", "bpr", cand_key),
         model=store.path("models", trial.model.name, model_key),
         context=store.path("contexts", trial.model.name, ctx_key),
+        context_undefended=store.path("contexts", trial.model.name, bare_key),
         attack=store.path("attacks", trial.attack.name, attack_key),
         result=store.path("trials", trial.model.name, result_key),
+    )
+
+
+def needs_extractor(trial: TrialSpec) -> bool:
+    """The trial's ranker is built on the extractor, or its attack targets the classifier."""
+    return (
+        trial.model.name in EXTRACTOR_MODELS
+        or ATTACKS.get(trial.attack.name).knowledge == "classifier"
     )
 
 
@@ -101,8 +129,9 @@ def prepare_dataset(component: Component, out: Path) -> Path:
     """Build the catalog and the cold-item shard that Ray Data reads in each trial."""
     if done(out):
         return out
-    catalog = DATASETS.get(component.name).build(component.config, component.name)
     with atomic_dir(out) as tmp:
+        # Real datasets stream their decoded images straight into tmp/images.npy.
+        catalog = DATASETS.get(component.name).build(component.config, component.name, tmp)
         catalog.save(tmp)
         write_cold_items(catalog, tmp / "cold")
         _write_json(tmp / "summary.json", summary(catalog))
@@ -127,32 +156,35 @@ def write_cold_items(catalog: Catalog, folder: Path, shard_size: int = 256) -> N
 
 # --- 2 train ------------------------------------------------------------------------------------
 def train_extractor(sweep: SweepConfig, paths: StagePaths, device: torch.device) -> Path:
+    """The sweep's extractor (pretrained here, ImageNet weights or a checkpoint), with the class
+    TAaMR's attacks target: the one it predicts most often over the training interactions."""
     out = paths.extractor
     if done(out):
         return out
     catalog = Catalog.load(paths.dataset)
     cfg = sweep.extractor
     warm = np.flatnonzero(catalog.warm_mask())
-    args = {
-        "num_classes": int(catalog.categories.max()) + 1,
-        "image_size": catalog.image_shape[1],
-        "width": cfg.width,
-    }
-    model = AlexNetClassifier(**args).to(device)
-    result = fit_classifier(
-        model,
-        catalog.images[warm],
-        catalog.categories[warm],
-        epochs=cfg.epochs,
-        batch_size=cfg.batch_size,
-        lr=cfg.lr,
+    pretrain = cfg.weights == "pretrain"
+    extractor, info = make_extractor(
+        cfg,
+        np.asarray(catalog.images[warm]) if pretrain else None,
+        catalog.categories[warm] if pretrain else None,
         device=device,
         seed=sweep.seed,
+        category_names=catalog.category_names,
     )
+    pop = catalog.item_popularity()
+    votes = np.zeros(extractor.num_classes)
+    for chunk in np.array_split(np.flatnonzero(pop), max(1, np.count_nonzero(pop) // 4096)):
+        pred = predict_classes(extractor, np.asarray(catalog.images[chunk]), device=device)
+        votes += np.bincount(pred, weights=pop[chunk], minlength=extractor.num_classes)
+    target = int(np.argmax(votes))
+    names = class_names(extractor.spec, catalog.category_names)
+    info["target_class"] = target
+    info["target_class_name"] = names[target] if target < len(names) else str(target)
     with atomic_dir(out) as tmp:
-        torch.save(model.state_dict(), tmp / "model.pt")
-        _write_json(tmp / "model.json", {"init_args": args, **dataclasses.asdict(result)})
-    log.info("extractor held-out accuracy %.3f (%.0fs)", result.best_score, result.seconds)
+        save_extractor(extractor, tmp, info)
+    log.info("extractor ready (%s); TAaMR target class %s", cfg.weights, info["target_class_name"])
     return out
 
 
@@ -223,23 +255,35 @@ def train_ranker(
     cfg = trial.model.config
     size = catalog.image_shape[1]
     user_reg = 0.0
-    if trial.model.name == "dvbpr":
+    adversary = None
+    name = trial.model.name
+    if name in EXTRACTOR_MODELS:
+        extractor = load_extractor(paths.extractor, device)
+    if name == "alexrank":
+        indptr, items = catalog.train_csr()
+        model = AlexRank.from_profiles(
+            indptr, items, catalog.n_items, extractor, catalog.images, cfg.batch_size
+        )
+        with atomic_dir(out) as tmp:
+            model.cpu().save(tmp, {"training": None})
+        log.info("%s: %d profile items", trial.model.label, model.profile_items.numel())
+        return out
+    if name == "dvbpr":
         model = DVBPR(catalog.n_users, cfg.dim, size, width=cfg.width, dropout=cfg.dropout)
         groups = [
             {"params": model.cnn.parameters(), "weight_decay": cfg.lambda_cnn},
             {"params": model.theta.parameters(), "weight_decay": 0.0},
         ]
         user_reg = cfg.lambda_user
-    elif trial.model.name == "vbpr":
-        ext_meta = json.loads((paths.extractor / "model.json").read_text())
-        model = VBPR(catalog.n_users, catalog.n_items, cfg.dim, ext_meta["init_args"])
-        model.extractor.load_state_dict(
-            torch.load(paths.extractor / "model.pt", map_location="cpu", weights_only=True)
-        )
+    elif name in ("vbpr", "amr"):
+        cls = AMR if name == "amr" else VBPR
+        model = cls.on(extractor, catalog.n_users, catalog.n_items, cfg.dim)
         trainable = [p for n, p in model.named_parameters() if not n.startswith("extractor.")]
         groups = [{"params": trainable, "weight_decay": cfg.weight_decay}]
+        if name == "amr":
+            adversary = cfg.adversary()
     else:  # pragma: no cover - the config parser only admits registered visual models
-        raise ValueError(f"no training recipe for model {trial.model.name!r}")
+        raise ValueError(f"no training recipe for model {name!r}")
     model.to(device)
     result = fit_bpr(
         model,
@@ -251,6 +295,7 @@ def train_ranker(
         device=device,
         seed=sweep.seed,
         user_reg=user_reg,
+        adversary=adversary,
     )
     with atomic_dir(out) as tmp:
         model.cpu().save(tmp, {"training": dataclasses.asdict(result)})
@@ -265,15 +310,21 @@ def train_ranker(
 
 
 # --- 3 candidate scores -------------------------------------------------------------------------
-def build_context(trial: TrialSpec, paths: StagePaths, device: torch.device) -> Path:
+def build_context(
+    trial: TrialSpec, paths: StagePaths, device: torch.device, *, undefended: bool = False
+) -> Path:
     """Score every user's fixed candidates (BPR top-C ∪ test item) with the ranker, on images that
-    went through the trial's defence, and store them sorted for counting ranks."""
-    out = paths.context
+    went through the trial's defence (or none, ``undefended``: the baseline the defence's cost on
+    ordinary items is measured against), and store them sorted for counting ranks."""
+    out = paths.context_undefended if undefended else paths.context
     if done(out):
         return out
     catalog = Catalog.load(paths.dataset)
     model = load_recommender(paths.model, device)
-    defense = DEFENSES.get(trial.defense.name)(trial.defense.config)
+    name = "none" if undefended else trial.defense.name
+    defense = DEFENSES.get(name)(
+        DEFENSES.get(name).Config() if undefended else trial.defense.config
+    )
     with np.load(paths.candidates / "candidates.npz") as f:
         candidates = f["candidates"]
     fixed = np.concatenate([candidates, catalog.test_items[:, None]], axis=1)
@@ -290,14 +341,18 @@ def build_context(trial: TrialSpec, paths: StagePaths, device: torch.device) -> 
             codes.append(model.encode_items(defense(images), torch.as_tensor(ids, device=device)))
         codes_t = torch.cat(codes)
         scores = np.empty(fixed.shape, dtype=np.float32)
-        for start in range(0, catalog.n_users, 512):
-            rows = slice(start, min(start + 512, catalog.n_users))
+        step = model.candidate_chunk
+        for start in range(0, catalog.n_users, step):
+            rows = slice(start, min(start + step, catalog.n_users))
             users = torch.arange(rows.start, rows.stop, device=device)
             chunk = lookup[fixed[rows]]
             uniq, inv = np.unique(chunk, return_inverse=True)
-            s = model.score_codes(users, codes_t[torch.as_tensor(uniq, device=device)])
-            gathered = s.gather(1, torch.as_tensor(inv.reshape(chunk.shape), device=device))
-            scores[rows] = gathered.cpu().numpy()
+            s = model.score_candidates(
+                users,
+                codes_t[torch.as_tensor(uniq, device=device)],
+                torch.as_tensor(inv.reshape(chunk.shape), device=device),
+            )
+            scores[rows] = s.cpu().numpy()
     ctx = CandidateScores.build(
         torch.as_tensor(scores), torch.as_tensor(valid), torch.as_tensor(scores[:, -1])
     )
@@ -307,7 +362,9 @@ def build_context(trial: TrialSpec, paths: StagePaths, device: torch.device) -> 
 
 
 def load_context(path: Path, device: torch.device | str = "cpu") -> CandidateScores:
-    return CandidateScores(**torch.load(path / "context.pt", map_location=device, weights_only=True))
+    return CandidateScores(
+        **torch.load(path / "context.pt", map_location=device, weights_only=True)
+    )
 
 
 # --- the whole pre-trial plan -------------------------------------------------------------------
@@ -318,8 +375,8 @@ def run_stages_for(
     prepare_dataset(trial.dataset, paths.dataset)
     train_bpr(sweep, paths, device)
     build_candidates(sweep, paths, device)
-    if trial.model.name == "vbpr":
+    if needs_extractor(trial):
         train_extractor(sweep, paths, device)
     train_ranker(sweep, trial, paths, device)
     build_context(trial, paths, device)
-
+    build_context(trial, paths, device, undefended=True)

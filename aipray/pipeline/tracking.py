@@ -17,13 +17,11 @@ from typing import Any
 from mlflow.entities import Metric, Param, RunStatus
 from mlflow.tracking import MlflowClient
 from ray.tune import Callback
+from tqdm.auto import tqdm
+
+from aipray.pipeline.tags import PARENT_TAG, TAG_KEY, TAG_ROLE, TAG_SWEEP
 
 log = logging.getLogger(__name__)
-
-TAG_ROLE = "aipray.role"
-TAG_SWEEP = "aipray.sweep"
-TAG_KEY = "aipray.trial_key"
-PARENT_TAG = "mlflow.parentRunId"
 
 
 class Tracker:
@@ -70,16 +68,15 @@ class Tracker:
 
     def finished_keys(self) -> set[str]:
         return {
-            k for k, r in self.child_runs().items() if r.info.status == RunStatus.to_string(RunStatus.FINISHED)
+            k
+            for k, r in self.child_runs().items()
+            if r.info.status == RunStatus.to_string(RunStatus.FINISHED)
         }
 
     def child_run(self, key: str, name: str, params: dict[str, Any]) -> str:
         """The trial's run: the existing one for ``key``, or a new child of the sweep run."""
-        runs = self.client.search_runs(
-            [self.experiment_id],
-            filter_string=f"tags.`{TAG_KEY}` = '{key}' and tags.`{PARENT_TAG}` = '{self.parent_id}'",
-            max_results=1,
-        )
+        query = f"tags.`{TAG_KEY}` = '{key}' and tags.`{PARENT_TAG}` = '{self.parent_id}'"
+        runs = self.client.search_runs([self.experiment_id], filter_string=query, max_results=1)
         if runs:
             run_id = runs[0].info.run_id
             self.client.update_run(run_id, status="RUNNING")
@@ -87,7 +84,12 @@ class Tracker:
         run = self.client.create_run(
             self.experiment_id,
             run_name=name,
-            tags={PARENT_TAG: self.parent_id, TAG_KEY: key, TAG_ROLE: "trial", TAG_SWEEP: self.sweep},
+            tags={
+                PARENT_TAG: self.parent_id,
+                TAG_KEY: key,
+                TAG_ROLE: "trial",
+                TAG_SWEEP: self.sweep,
+            },
         )
         items = [Param(k, str(v)[:6000]) for k, v in params.items()]
         for i in range(0, len(items), 100):
@@ -110,14 +112,31 @@ class Tracker:
 
 
 class TrackingCallback(Callback):
-    """Mirrors Tune trials into MLflow child runs (driver side)."""
+    """Mirrors Tune trials into MLflow child runs (driver side), with a progress bar that names
+    each finished trial and its headline numbers (Tune's own console output is turned off: its
+    per-trial tables drown everything else on a grid of hundreds of trials)."""
 
-    def __init__(self, tracker: Tracker) -> None:
+    def __init__(self, tracker: Tracker, payloads: dict[str, dict[str, Any]]) -> None:
         self.tracker = tracker
+        self.payloads = payloads
         self.run_ids: dict[str, str] = {}
+        self.bar: tqdm | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Tune pickles its callbacks with the experiment state; a progress bar holds a stream
+        return {k: v for k, v in self.__dict__.items() if k != "bar"} | {"bar": None}
+
+    def setup(self, **info) -> None:
+        self.bar = tqdm(total=len(self.payloads), desc="trials", unit="trial", dynamic_ncols=True)
+
+    def _say(self, line: str) -> None:
+        if self.bar is None:
+            log.info(line)
+        else:
+            self.bar.write(line)
 
     def _payload(self, trial) -> dict[str, Any]:
-        return trial.config["trial"]
+        return self.payloads[trial.config["trial"]]
 
     def on_trial_start(self, iteration, trials, trial, **info) -> None:
         p = self._payload(trial)
@@ -125,13 +144,27 @@ class TrackingCallback(Callback):
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
         p = self._payload(trial)
-        run_id = self.run_ids.get(p["key"]) or self.tracker.child_run(p["key"], p["name"], p["params"])
+        run_id = self.run_ids.get(p["key"]) or self.tracker.child_run(
+            p["key"], p["name"], p["params"]
+        )
         result = Path(p["paths"]["result"])
         metrics = json.loads((result / "metrics.json").read_text())
         files = [f for f in sorted(result.iterdir()) if f.is_file()]
         self.tracker.log_result(run_id, metrics, files)
+        if self.bar is not None:
+            self.bar.update(1)
+        self._say(
+            f"done {p['name']}: HR@5 cooperative {metrics['cooperative/hr_at_5']:.3f} "
+            f"adversarial {metrics['adversarial/hr_at_5']:.3f} "
+            f"(p {metrics['p_value_hr_at_5']:.2g})"
+        )
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
         p = self._payload(trial)
         if p["key"] in self.run_ids:
             self.tracker.fail(self.run_ids[p["key"]])
+        self._say(f"FAILED {p['name']} (Tune retries it up to resources.max_failures times)")
+
+    def on_experiment_end(self, trials, **info) -> None:
+        if self.bar is not None:
+            self.bar.close()

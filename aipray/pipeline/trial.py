@@ -16,19 +16,27 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
 from PIL import Image, ImageDraw
 
+from aipray.attacks import ATTACKS
+from aipray.data import Catalog
+from aipray.defenses import DEFENSES
 from aipray.metrics.ranking import CUTOFFS, random_hit_rate
 from aipray.metrics.stats import paired_t_test
+from aipray.models import load_recommender
 from aipray.pipeline.actor import TrialActor, _component, decode_images
 from aipray.pipeline.stages import StagePaths, load_context
 from aipray.store import atomic_dir, done
 
 log = logging.getLogger(__name__)
 
-GROUPS = ("cooperative", "adversarial", "ordinary", "ordinary_attacked")
+EMBEDDING_SAMPLE = 1000  # warm items in a trial's embedding map
+EMBEDDING_COLD = 50  # cold items shown before/after the attack
+
+GROUPS = ("cooperative", "adversarial", "ordinary", "ordinary_attacked", "ordinary_undefended")
 PER_ITEM = [f"{g}/hr_at_{k}" for g in GROUPS for k in CUTOFFS] + [
     "prediction_shift",
     "coop_score",
@@ -55,6 +63,8 @@ def reduce_items(items: pd.DataFrame, set_sizes: torch.Tensor) -> dict[str, floa
     metrics["linf_255_max"] = float(items["linf_255"].max())
     metrics["ssim_mean"] = float(items["ssim"].mean())
     metrics["psnr_mean"] = float(items["psnr"].mean())
+    if "success" in items:
+        metrics["success_rate"] = float(items["success"].mean())
     seconds = items["attack_seconds"].dropna()
     if len(seconds):
         metrics["attack_seconds_per_item"] = float(seconds.mean())
@@ -80,17 +90,21 @@ def example_grid(
     return grid
 
 
-def run_trial(config: dict[str, Any]) -> None:
-    """The Tune trainable. ``config["trial"]`` is the payload built by :mod:`aipray.sweep`."""
+def run_trial(config: dict[str, Any], payloads: dict[str, dict[str, Any]]) -> None:
+    """The Tune trainable. ``config["trial"]`` is the trial key; ``payloads`` (shared through the
+    object store by ``tune.with_parameters``) maps keys to what :mod:`aipray.sweep` built. Only
+    the key is a Tune parameter, so Tune's console and result files stay small."""
     from ray import tune
 
-    tune.report(evaluate(config["trial"]))
+    tune.report(evaluate(payloads[config["trial"]]))
 
 
 def evaluate(payload: dict[str, Any]) -> dict[str, float]:
     """Compute (or load) one trial's metrics; usable without Tune (but with Ray running)."""
     import ray
 
+    # trials run side by side: per-operator bars would interleave; the driver shows one bar
+    ray.data.DataContext.get_current().enable_progress_bars = False
     paths = StagePaths.from_dict(payload["paths"])
     if done(paths.result):
         return json.loads((paths.result / "metrics.json").read_text())
@@ -101,6 +115,12 @@ def evaluate(payload: dict[str, Any]) -> dict[str, float]:
     # read task would need a whole CPU per trial, which concurrent trials on a small machine
     # cannot get while their actors hold theirs (measured: deadlock on 2 cores).
     table = pq.read_table(source)
+    attack = _component("attack", payload["attack"])
+    keep = ATTACKS.get(attack.name).restrict(attack.config, table.column("item_id").to_pylist())
+    if len(keep) < table.num_rows:
+        table = table.filter(pc.is_in(table.column("item_id"), pa.array(keep, pa.int64())))
+    if table.num_rows == 0:
+        raise ValueError(f"{payload['name']}: the attack left no cold item to evaluate")
     step = res["batch_size"]
     blocks = [table.slice(i, step) for i in range(0, table.num_rows, step)]
     ds = ray.data.from_arrow(blocks).map_batches(
@@ -125,6 +145,7 @@ def evaluate(payload: dict[str, Any]) -> dict[str, float]:
     if not cached_attack:
         images = pq.read_table(paths.dataset / "cold").to_pandas()
         table = images.merge(items[["item_id", "adv"]], on="item_id").sort_values("item_id")
+        # an attack that only covers some items (provided) evaluates only those
         with atomic_dir(paths.attack) as tmp:
             pq.write_table(pa.Table.from_pandas(table, preserve_index=False), tmp / "adv.parquet")
 
@@ -137,18 +158,62 @@ def evaluate(payload: dict[str, Any]) -> dict[str, float]:
         )
         n = int(payload["examples"])
         if n:
-            shape = tuple(payload["image_shape"])
-            cold = pq.read_table(paths.dataset / "cold").to_pandas().sort_values("item_id")
-            clean = decode_images(cold["image"].to_numpy()[:n], shape)
-            adv = decode_images(items["adv"].to_numpy()[:n], shape)
-            defense = _component("defense", payload["defense"])
-            from aipray.defenses import DEFENSES
-
-            defended = DEFENSES.get(defense.name)(defense.config)(adv)
-            example_grid(clean, adv, defended).save(tmp / "examples.png")
+            write_examples(payload, paths, items, n, tmp)
         (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2))
     log.info("%s: %s", payload["name"], {k: round(v, 4) for k, v in metrics.items()})
     return metrics
+
+
+def write_examples(
+    payload: dict[str, Any], paths: StagePaths, items: pd.DataFrame, n: int, folder: Path
+) -> None:
+    """``examples.png`` / ``examples.npz`` (clean | adversarial | defended images of the first
+    ``n`` items) and ``embeddings.npz``: the ranker's item representation of a sample of warm
+    items and of the first cold items before and after the attack (the report's 2-D map)."""
+    shape = tuple(payload["image_shape"])
+    cold = pq.read_table(paths.dataset / "cold").to_pandas()
+    cold = cold[cold["item_id"].isin(items["item_id"])].sort_values("item_id")
+    clean = decode_images(cold["image"].to_numpy()[:n], shape)
+    adv = decode_images(items["adv"].to_numpy()[:n], shape)
+    defense = _component("defense", payload["defense"])
+    defended = DEFENSES.get(defense.name)(defense.config)(adv)
+    example_grid(clean, adv, defended).save(folder / "examples.png")
+    as_uint8 = {
+        k: torch.round(v * 255).to(torch.uint8).numpy()
+        for k, v in (("clean", clean), ("adversarial", adv), ("defended", defended))
+    }
+    np.savez_compressed(
+        folder / "examples.npz", item_ids=items["item_id"].to_numpy()[:n], **as_uint8
+    )
+
+    catalog = Catalog.load(paths.dataset)
+    model = load_recommender(paths.model)
+    rng = np.random.default_rng(0)
+    warm = np.flatnonzero(catalog.warm_mask())
+    sample = np.sort(rng.choice(warm, size=min(EMBEDDING_SAMPLE, warm.size), replace=False))
+    m = min(EMBEDDING_COLD, len(cold))
+    with torch.no_grad():
+        reference = torch.cat(
+            [
+                model.item_embedding(
+                    torch.from_numpy(np.asarray(catalog.images[sample[i : i + 256]])).float() / 255
+                )
+                for i in range(0, sample.size, 256)
+            ]
+        )
+        clean_m = decode_images(cold["image"].to_numpy()[:m], shape)
+        adv_m = decode_images(items["adv"].to_numpy()[:m], shape)
+        hook = catalog.most_popular_item()
+        hook_img = torch.from_numpy(np.array(catalog.images[hook : hook + 1])).float() / 255
+        np.savez_compressed(
+            folder / "embeddings.npz",
+            reference=reference.numpy().astype(np.float32),
+            reference_category=catalog.categories[sample],
+            clean=model.item_embedding(clean_m).numpy().astype(np.float32),
+            adversarial=model.item_embedding(adv_m).numpy().astype(np.float32),
+            hook=model.item_embedding(hook_img)[0].numpy().astype(np.float32),
+            item_ids=items["item_id"].to_numpy()[:m],
+        )
 
 
 def result_files(paths: StagePaths) -> list[Path]:

@@ -253,21 +253,13 @@ def embedding_map(
         ax.scatter(dst[:, 0], dst[:, 1], color=colour, marker="x", s=20)
         label = " ".join(x for x in (attack_name(attack), eps_text(eps.get(attack, math.nan))) if x)
         handles.append(Line2D([], [], color=colour, marker="x", label=label))
-        if "hook" in emb:
-            hook = project(emb["hook"])[0]
-            ax.scatter([hook[0]], [hook[1]], marker="*", s=260, c="gold", edgecolors="k", zorder=5)
-            handles.append(
-                Line2D(
-                    [],
-                    [],
-                    ls="",
-                    marker="*",
-                    ms=14,
-                    mfc="gold",
-                    mec="k",
-                    label=f"{attack_name(attack)} hook",
-                )
-            )
+    # every trial stores the same hook (the most popular item): mark it once
+    hooks = [emb["hook"] for emb in embs.values() if "hook" in emb]
+    if hooks:
+        hook = project(hooks[0])[0]
+        ax.scatter([hook[0]], [hook[1]], marker="*", s=260, c="gold", edgecolors="k", zorder=5)
+        star = Line2D([], [], ls="", marker="*", ms=14, mfc="gold", mec="k", label="hook item")
+        handles.append(star)
     ax.set_xlabel("PC 1")
     ax.set_ylabel("PC 2")
     ax.set_title(f"{d['dataset'].iloc[0]} · {row}: item representations (PCA)")
