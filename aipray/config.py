@@ -239,6 +239,15 @@ def _coerce(value: Any, hint: Any) -> tuple[bool, Any]:
         return True, value
     if float in args and isinstance(value, int | float):
         return math.isfinite(float(value)), float(value)
+    if float in args and isinstance(value, str):
+        # YAML 1.1 reads 1e-4 (no dot) as a string
+        try:
+            number = float(value)
+        except ValueError:
+            pass
+        else:
+            if math.isfinite(number) and value.strip().lower() not in ("nan", "inf", "infinity"):
+                return True, number
     if str in args and isinstance(value, str):
         return True, value
     return False, value

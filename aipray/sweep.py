@@ -169,9 +169,12 @@ def run_grid(sweep: SweepConfig, payloads: list[dict[str, Any]], tracker) -> lis
     return [by_key[r.config["trial"]]["name"] for r in results if r.error is not None]
 
 
-def summary_table(tracker) -> pd.DataFrame:
+def summary_table(tracker, keys: set[str]) -> pd.DataFrame:
+    """Main metrics of the sweep's current trials (runs of older settings are left out)."""
     rows = []
-    for run in tracker.child_runs().values():
+    for key, run in tracker.child_runs().items():
+        if key not in keys:
+            continue
         row = {"trial": run.info.run_name, "status": run.info.status}
         row.update({short: run.data.metrics.get(key) for key, short in TABLE_COLUMNS.items()})
         rows.append(row)
@@ -227,7 +230,7 @@ def run_sweep(sweep: SweepConfig, *, ray_address: str | None = None, num_cpus: i
         finally:
             if started_here:
                 ray.shutdown()
-    return summary_table(tracker), failed
+    return summary_table(tracker, {p["key"] for p in payloads}), failed
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -273,3 +273,12 @@ def test_provided_reads_images_for_some_items(tmp_path):
     Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(tmp_path / "9.png")
     with pytest.raises(ValueError, match=r"9\.png is 4x4"):
         cls(config, None, AttackInputs())(x[:1], torch.tensor([9]))
+
+
+@pytest.mark.parametrize("model", ["vbpr", "alexrank"])
+def test_insa_default_lr_reaches_the_eps_bound(model):
+    # AIP's lr 1e-4 over a handful of batched steps would move pixels by < 1/255; the default
+    # is raised so that the attack can use its whole budget, as AIP's one-step-per-user code did
+    x = images(4)
+    adv = make("insa", tiny_models()[model], 32, epochs=2, user_batch=10)(x)
+    assert (torch.round(adv * 255) - torch.round(x * 255)).abs().max() == 32

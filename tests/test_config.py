@@ -123,3 +123,33 @@ def test_bad_sub_grid_is_one_clear_line(grids, needle):
     with pytest.raises(ConfigError) as err:
         parse_sweep(raw, "s.yaml")
     assert needle in str(err.value) and "\n" not in str(err.value)
+
+
+def test_yaml_exponent_without_dot_is_a_number():
+    # YAML 1.1 reads 1e-4 as a string; a float field accepts it
+    raw = with_(("models", "vbpr"), {"lr": "1e-4"})
+    (vbpr,) = [m for m in parse_sweep(raw).models if m.name == "vbpr"]
+    assert vbpr.config.lr == 1e-4
+    with pytest.raises(ConfigError, match="models.vbpr.lr: 'fast' is not allowed"):
+        parse_sweep(with_(("models", "vbpr"), {"lr": "fast"}))
+
+
+def test_amr_needs_adversarial_epochs():
+    raw = with_(("models",), {"amr": {"epochs": 5, "clean_epochs": 5}})
+    with pytest.raises(ConfigError, match="models.amr.clean_epochs: 5 is not allowed"):
+        parse_sweep(raw)
+
+
+def test_provided_images_are_part_of_the_attack_key(tmp_path):
+    from PIL import Image
+
+    from aipray.pipeline.stages import stage_paths
+
+    folder = tmp_path / "adv"
+    folder.mkdir()
+    Image.new("RGB", (8, 8), "red").save(folder / "3.png")
+    raw = with_(("attacks",), {"provided": {"path": str(folder)}})
+    sweep = parse_sweep(raw)
+    before = stage_paths(sweep, sweep.trials()[0]).attack
+    Image.new("RGB", (8, 8), "blue").save(folder / "3.png")  # the same file name, new content
+    assert stage_paths(sweep, sweep.trials()[0]).attack != before

@@ -205,7 +205,9 @@ def store(tmp_path_factory):
     )
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(root)
-        assert main([str(sweep_yaml)]) == 0
+        # by experiment name: every finished run counts (the YAML would keep only the runs
+        # of its current settings, see test_report_of_a_sweep_file_leaves_out_stale_runs)
+        assert main([SWEEP, "--tracking-uri", uri]) == 0
     out = root / "reports" / SWEEP
     return {
         "root": root,
@@ -420,3 +422,52 @@ def test_unknown_experiment_and_sweep(store, tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: sweep file:") and "does not exist" in err
     assert not (tmp_path / "r").exists()
+
+
+def test_report_of_a_sweep_file_leaves_out_stale_runs(tmp_path, monkeypatch):
+    """Runs made with earlier settings of the same sweep stay in MLflow but not in the report."""
+    from aipray.config import load_sweep
+    from aipray.pipeline.stages import stage_paths, trial_key
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    sweep_yaml = tmp_path / "stale.yaml"
+    sweep_yaml.write_text(
+        yaml.safe_dump(
+            {
+                "name": "stale",
+                "mlflow": {"tracking_uri": uri},
+                "datasets": {"synthetic": {}},
+                "models": {"vbpr": {}},
+                "attacks": {"insa": {"eps": 8}},
+            }
+        )
+    )
+    sweep = load_sweep(sweep_yaml)
+    (current,) = [trial_key(stage_paths(sweep, t)) for t in sweep.trials()]
+    client = MlflowClient(uri)
+    exp_id = client.create_experiment("stale", artifact_location=(tmp_path / "a").as_uri())
+    parent = client.create_run(
+        exp_id, tags={"aipray.role": "sweep", "aipray.sweep": "stale"}
+    ).info.run_id
+    for key, adv in ((current, 0.4), ("an-older-setting", 0.9)):
+        run = client.create_run(
+            exp_id,
+            run_name="synthetic/vbpr(dim=100)/insa/eps=8/none",
+            tags={"mlflow.parentRunId": parent, "aipray.role": "trial", "aipray.trial_key": key},
+        )
+        params = _params("vbpr", 100, "insa", 8)
+        client.log_batch(
+            run.info.run_id,
+            metrics=[
+                Metric(k, float(v), 0, 0)
+                for k, v in _metrics(0.01, adv, 0.2, 0.2, 0.2, 1.0, 0.001).items()
+            ],
+            params=[Param(k, str(v)) for k, v in params.items()],
+        )
+        client.set_terminated(run.info.run_id, "FINISHED")
+    monkeypatch.chdir(tmp_path)
+    assert main([str(sweep_yaml), "--no-log"]) == 0
+    text = (tmp_path / "reports" / "stale" / "report.md").read_text()
+    assert "1 finished trial runs reported" in text
+    assert "1 runs of earlier settings left out" in text
+    assert "0.4000**" in text and "0.9000" not in text

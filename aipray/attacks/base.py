@@ -119,6 +119,8 @@ class Attack:
     Config: ClassVar[type]
     models: ClassVar[tuple[str, ...]] = ALL_MODELS
     knowledge: ClassVar[str] = "ranker"
+    #: bumped when the algorithm changes, so images made by the old one are not reused
+    version: ClassVar[int] = 1
 
     def __init__(self, config: Any, model: torch.nn.Module | None, inputs: AttackInputs) -> None:
         self.config = config
@@ -127,6 +129,12 @@ class Attack:
 
     def __call__(self, images: torch.Tensor, item_ids: torch.Tensor | None = None) -> torch.Tensor:
         raise NotImplementedError
+
+    @classmethod
+    def fingerprint(cls, config: Any) -> Any:
+        """What, besides the config and ``version``, decides the attack's images (e.g. the
+        content of user-provided files)."""
+        return None
 
     @classmethod
     def restrict(cls, config: Any, item_ids: Any) -> Any:

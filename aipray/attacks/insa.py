@@ -30,6 +30,17 @@ from aipray.params import param
 DEFAULT_LR = {"dvbpr": 1e-3, "vbpr": 1e-4, "amr": 1e-4, "alexrank": 1e-4}
 
 
+def default_lr(model: str, eps: float, steps: int) -> float:
+    """AIP's per-model Adam lr, raised where needed so that ``steps · lr ≥ 2ε/255``.
+
+    Adam moves a pixel by at most about ``lr`` per step. AIP's code made one step per user
+    (34k per epoch on Amazon Men), so even lr 1e-4 crossed the ε-ball; with user batches there
+    are ~500× fewer steps, and lr 1e-4 would stop at ≈ 17/255 whatever ε (measured), making
+    ε = 16 and 32 the same attack.
+    """
+    return max(DEFAULT_LR[model], 2.0 * eps / 255.0 / max(1, steps))
+
+
 @dataclass(frozen=True)
 class INSAConfig:
     """eps in 0..255 pixel units; lr ``None`` takes AIP's per-model value (DVBPR 1e-3, others
@@ -70,6 +81,7 @@ class INSA(Attack):
     """Insider attack: maximise every user's preference for the item (eq. 6)."""
 
     Config = INSAConfig
+    version = 2  # 2: visual bias in VBPR/AMR's objective; lr reaches the ε-ball
 
     def __init__(self, config: INSAConfig, model: Recommender, inputs: AttackInputs) -> None:
         super().__init__(config, model, inputs)
@@ -84,7 +96,7 @@ class INSA(Attack):
             perm = torch.randperm(n_users, generator=gen)
             batches.extend(perm.split(cfg.user_batch))
         batches = [b.to(device) for b in batches]
-        lr = cfg.lr if cfg.lr is not None else DEFAULT_LR[self.model.name]
+        lr = cfg.lr if cfg.lr is not None else default_lr(self.model.name, cfg.eps, len(batches))
 
         def objective(x_adv: torch.Tensor, step: int) -> torch.Tensor:
             return insa_objective(self.model, batches[step], x_adv, visual_bias=cfg.visual_bias)

@@ -10,6 +10,7 @@ knowledge of the models.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -135,6 +136,14 @@ class Provided(Attack):
     def __init__(self, config: ProvidedConfig, model, inputs: AttackInputs) -> None:
         super().__init__(config, model, inputs)
         self.files = provided_files(config.path)
+
+    @classmethod
+    def fingerprint(cls, config: ProvidedConfig) -> list[tuple[int, str]]:
+        """Item id and SHA-256 of every provided image: a changed or added file is new work."""
+        return [
+            (item, hashlib.sha256(path.read_bytes()).hexdigest())
+            for item, path in provided_files(config.path).items()
+        ]
 
     @classmethod
     def restrict(cls, config: ProvidedConfig, item_ids):

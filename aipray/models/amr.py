@@ -25,6 +25,12 @@ class AMRConfig(VBPRConfig):
     adv_weight: float = param(1.0, min=0)
     clean_epochs: int | None = param(None, min=0)
 
+    def cross_checks(self) -> list[tuple[str, object, str]]:
+        if self.clean_epochs is not None and self.clean_epochs >= self.epochs:
+            allowed = f"an integer < epochs = {self.epochs} (or null: half the epochs)"
+            return [("clean_epochs", self.clean_epochs, allowed)]
+        return []
+
     def adversary(self) -> FeatureAdversary:
         clean = self.epochs // 2 if self.clean_epochs is None else self.clean_epochs
         return FeatureAdversary(eps=self.adv_eps, weight=self.adv_weight, clean_epochs=clean)

@@ -90,9 +90,16 @@ def stage_paths(sweep: SweepConfig, trial: TrialSpec) -> StagePaths:
     ctx_key = config_key([model_key, cand_key, trial.defense.as_dict()])
     bare_key = config_key([model_key, cand_key, {"name": "none", "config": {}}])
     # an attack's images depend on what the attacker knows, and are shared accordingly
-    knowledge = ATTACKS.get(trial.attack.name).knowledge
-    source_key = {"ranker": model_key, "classifier": ext_key, "none": ds_key}[knowledge]
-    attack_key = config_key([source_key, trial.attack.as_dict()])
+    attack_cls = ATTACKS.get(trial.attack.name)
+    source_key = {"ranker": model_key, "classifier": ext_key, "none": ds_key}[attack_cls.knowledge]
+    attack_key = config_key(
+        [
+            source_key,
+            trial.attack.as_dict(),
+            attack_cls.version,
+            attack_cls.fingerprint(trial.attack.config),
+        ]
+    )
     result_key = config_key([ctx_key, bare_key, attack_key, sweep.examples, RESULT_VERSION])
     return StagePaths(
         dataset=store.path("datasets", trial.dataset.name, ds_key),
@@ -219,8 +226,12 @@ def build_candidates(sweep: SweepConfig, paths: StagePaths, device: torch.device
         return out
     catalog = Catalog.load(paths.dataset)
     bpr = load_recommender(paths.bpr, device)
-    c = min(sweep.first_stage.candidates, int(catalog.warm_mask().sum()) - 1)
     indptr, train_items = catalog.train_csr()
+    # never more than every user has left after masking their training and validation items
+    widest = int(np.diff(indptr).max()) + 1 if catalog.n_users else 0
+    c = min(sweep.first_stage.candidates, int(catalog.warm_mask().sum()) - widest)
+    if c < 1:
+        raise ValueError("first_stage.candidates: the catalog has too few warm items for C >= 1")
     blocked = ~torch.as_tensor(catalog.warm_mask(), device=device)
     all_items = torch.arange(catalog.n_items, device=device)
     with torch.no_grad():

@@ -203,7 +203,8 @@ def write_examples(
         )
         clean_m = decode_images(cold["image"].to_numpy()[:m], shape)
         adv_m = decode_images(items["adv"].to_numpy()[:m], shape)
-        hook = catalog.most_popular_item()
+        hook = getattr(_component("attack", payload["attack"]).config, "hook", None)
+        hook = catalog.most_popular_item() if hook is None else int(hook)
         hook_img = torch.from_numpy(np.array(catalog.images[hook : hook + 1])).float() / 255
         np.savez_compressed(
             folder / "embeddings.npz",

@@ -65,7 +65,8 @@ def render(
         f"- sweep `{runs.sweep}`, MLflow experiment `{runs.source.experiment}`, "
         f"parent run `{runs.parent_id}`",
         f"- {len(frame)} finished trial runs reported; {runs.n_ignored} unfinished or failed "
-        f"ignored (of {runs.n_children} child runs)",
+        f"ignored (of {runs.n_children} child runs)"
+        + (f"; {runs.n_stale} runs of earlier settings left out" if runs.n_stale else ""),
         f"- datasets: {', '.join(sorted(frame['dataset'].unique()))}; "
         f"models: {', '.join(MODEL_NAMES.get(m, m) for m in model_order(frame['model']))}; "
         f"attacks: {', '.join(attack_name(a) for a in eps)}; "

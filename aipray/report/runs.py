@@ -15,7 +15,7 @@ import pandas as pd
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from aipray.pipeline.tags import PARENT_TAG, TAG_ROLE, TAG_SWEEP
+from aipray.pipeline.tags import PARENT_TAG, TAG_KEY, TAG_ROLE, TAG_SWEEP
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +46,8 @@ class Source:
     tracking_uri: str
     experiment: str
     sweep: str | None = None
+    #: trial keys of the sweep file as it is now; runs of older settings are left out
+    keys: frozenset[str] | None = None
 
 
 def default_tracking_uri() -> str:
@@ -63,7 +65,10 @@ def resolve_source(target: str, tracking_uri: str | None = None) -> Source:
             sweep = load_sweep(path)
         except ConfigError as err:
             raise ReportError(str(err)) from None
-        return Source(tracking_uri or sweep.tracking_uri(), sweep.experiment(), sweep.name)
+        from aipray.pipeline.stages import stage_paths, trial_key
+
+        keys = frozenset(trial_key(stage_paths(sweep, t)) for t in sweep.trials())
+        return Source(tracking_uri or sweep.tracking_uri(), sweep.experiment(), sweep.name, keys)
     return Source(tracking_uri or default_tracking_uri(), target)
 
 
@@ -79,6 +84,7 @@ class SweepRuns:
     frame: pd.DataFrame
     n_children: int
     n_ignored: int
+    n_stale: int = 0
     missing: dict[str, int] = field(default_factory=dict)
     _cache: dict[tuple[str, str], dict[str, np.ndarray] | None] = field(default_factory=dict)
     _listing: dict[str, set[str]] = field(default_factory=dict)
@@ -206,6 +212,17 @@ def load_runs(source: Source) -> SweepRuns:
     sweep = parent.data.tags.get(TAG_SWEEP) or source.sweep or source.experiment
     children = _search(client, exp.experiment_id, f"tags.`{PARENT_TAG}` = '{parent.info.run_id}'")
     trials = [r for r in children if r.data.tags.get(TAG_ROLE, "trial") == "trial"]
+    n_stale = 0
+    if source.keys is not None:
+        current = [r for r in trials if r.data.tags.get(TAG_KEY) in source.keys]
+        n_stale = len(trials) - len(current)
+        if n_stale:
+            log.warning(
+                "%d runs of this sweep were made with other settings than the sweep file's "
+                "now; they are left out (report the experiment by name to include them)",
+                n_stale,
+            )
+        trials = current
     finished = [r for r in trials if r.info.status == "FINISHED"]
     if not finished:
         raise ReportError(
@@ -226,6 +243,7 @@ def load_runs(source: Source) -> SweepRuns:
         parent_id=parent.info.run_id,
         sweep=sweep,
         frame=frame,
-        n_children=len(trials),
+        n_children=len(trials) + n_stale,
         n_ignored=len(trials) - len(finished),
+        n_stale=n_stale,
     )

@@ -122,7 +122,11 @@ def mean(rows: pd.DataFrame, metric: str) -> float:
     """Mean of a metric over rows (NaN if none); several rows are logged as averaged."""
     values = rows[metric].dropna()
     if len(values) > 1:
-        log.debug("%s averages %d runs", metric, len(values))
+        log.warning(
+            "%s: a cell averages %d runs that differ in settings other than the table's axes",
+            metric,
+            len(values),
+        )
     return float(values.mean()) if len(values) else math.nan
 
 
@@ -369,6 +373,7 @@ def table8(frame: pd.DataFrame) -> Table:
     """AIP Table 8: per (model, attack, ε) and defence family, the weakest level that brings the
     adversarial HR@5 down to the cooperative one, with its cost on the ordinary test item."""
     defended = frame[frame["family"].isin(list(LEVELS))]
+    undefended = frame[frame["family"] == "none"]
     blocks, data = {}, []
     for ds in datasets_of(defended):
         d = defended[defended["dataset"] == ds]
@@ -382,6 +387,11 @@ def table8(frame: pd.DataFrame) -> Table:
                     e_text = MISSING if math.isnan(e) else fmt_num(e)
                     cells = {"model": r, "attack": attack_name(a), "ε": e_text}
                     nums: dict[str, object] = {"dataset": ds, **cells}
+                    bare = select(undefended, dataset=ds, row=r, attack=a, eps=e)
+                    # an attack that did not lift the item without any defence needs none
+                    needless = not bare.empty and mean(bare, "adversarial/hr_at_5") <= mean(
+                        bare, "cooperative/hr_at_5"
+                    )
                     for fam in families:
                         name = LEVELS[fam][1]
                         sel = select(d, row=r, attack=a, eps=e, family=fam)
@@ -395,6 +405,8 @@ def table8(frame: pd.DataFrame) -> Table:
                             continue
                         found = not math.isnan(level)
                         cells[name] = fmt_num(level) if found else "none"
+                        if needless:
+                            cells[name] = "not needed"
                         cells[f"{name} cost"] = fmt_value(cost, signed=True)
                         cells[f"{name} levels"] = ", ".join(fmt_num(v) for v in tried)
                         nums |= {
@@ -408,7 +420,8 @@ def table8(frame: pd.DataFrame) -> Table:
             blocks[ds] = pd.DataFrame(shown).fillna(MISSING)
     note = (
         "Weakest defence level at which the adversarial cold item's HR@5 ≤ the cooperative "
-        "item's HR@5 in the same trial (`none`: no tested level does), with that level's cost "
+        "item's HR@5 in the same trial (`none`: no tested level does; `not needed`: the attack "
+        "does not lift the item even undefended), with that level's cost "
         "on the ordinary test item (ordinary − undefended ordinary HR@5). Levels are listed "
         "weakest first (JPEG: highest quality; bit depth: most bits)."
     )
