@@ -84,7 +84,7 @@ class TrialActor:
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         clean = decode_images(batch["image"], self.image_shape).to(self.device)
         start = time.perf_counter()
-        ids = np.asarray(batch["item_id"])
+        ids = np.array(batch["item_id"])  # a writable copy (Arrow buffers are read-only)
         if "adv" in batch:
             adv = decode_images(batch["adv"], self.image_shape).to(self.device)
             attack_seconds = np.full(clean.shape[0], np.nan)
