@@ -130,13 +130,13 @@ def test_yaml_exponent_without_dot_is_a_number():
     raw = with_(("models", "vbpr"), {"lr": "1e-4"})
     (vbpr,) = [m for m in parse_sweep(raw).models if m.name == "vbpr"]
     assert vbpr.config.lr == 1e-4
-    with pytest.raises(ConfigError, match="models.vbpr.lr: 'fast' is not allowed"):
+    with pytest.raises(ConfigError, match=r"models\.vbpr\.lr: 'fast' is not allowed"):
         parse_sweep(with_(("models", "vbpr"), {"lr": "fast"}))
 
 
 def test_amr_needs_adversarial_epochs():
     raw = with_(("models",), {"amr": {"epochs": 5, "clean_epochs": 5}})
-    with pytest.raises(ConfigError, match="models.amr.clean_epochs: 5 is not allowed"):
+    with pytest.raises(ConfigError, match=r"models\.amr\.clean_epochs: 5 is not allowed"):
         parse_sweep(raw)
 
 

@@ -164,5 +164,5 @@ def main(argv: list[str] | None = None) -> int:
     except ReportError as err:
         sys.stderr.write(f"error: {err}\n")
         return 2
-    print(f"report: {folder / 'report.md'}")
+    sys.stdout.write(f"report: {folder / 'report.md'}\n")
     return 0
