@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 SWEEP ?= sweeps/quick.yaml
 
-.PHONY: run test lint ui clean
+.PHONY: run test report lint ui clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -19,6 +19,9 @@ run: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q
 
+report: $(STAMP)
+	$(PY) -m aipray.report $(SWEEP)
+
 lint: $(STAMP)
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
 
@@ -26,4 +29,4 @@ ui: $(STAMP)
 	scripts/mlflow_ui.sh
 
 clean:
-	rm -rf .aipray mlflow/mlflow.db mlflow/artifacts
+	rm -rf .aipray mlflow/mlflow.db mlflow/artifacts reports

@@ -401,10 +401,14 @@ def parse_sweep(raw: Any, source: Path | str = "<sweep>") -> SweepConfig:
             raise ConfigError(f"{at}: unknown key {bad[0]!r}; allowed: {', '.join(GRID_KEYS)}")
         merged = {k: g.get(k, raw.get(k)) for k in ("datasets", "models", "attacks", "defenses")}
         grids.append(Grid(str(g.get("name", f"grid{n}")), *_axes(merged, at)))
+    (extractor,), _ = build_dataclass(ExtractorConfig, raw.get("extractor"), f"{where}: extractor")
+    if extractor.weights == "pretrain":
+        _check_pretrain_possible(
+            grids or [Grid("main", datasets, models, attacks, defenses)], where
+        )
     (first_stage,), _ = build_dataclass(
         FirstStageConfig, raw.get("first_stage"), f"{where}: first_stage"
     )
-    (extractor,), _ = build_dataclass(ExtractorConfig, raw.get("extractor"), f"{where}: extractor")
     (resources,), _ = build_dataclass(ResourcesConfig, raw.get("resources"), f"{where}: resources")
     (mlflow_cfg,), _ = build_dataclass(MLflowConfig, raw.get("mlflow"), f"{where}: mlflow")
     return SweepConfig(
@@ -423,6 +427,21 @@ def parse_sweep(raw: Any, source: Path | str = "<sweep>") -> SweepConfig:
         examples=examples,
         grids=tuple(grids),
     )
+
+
+def _check_pretrain_possible(grids: list[Grid], where: str) -> None:
+    """``extractor.weights: pretrain`` trains on item categories: fail early on data without."""
+    for grid in grids:
+        needs = any(MODELS.get(m.name).uses_extractor for m in grid.models) or any(
+            ATTACKS.get(a.name).knowledge == "classifier" for a in grid.attacks
+        )
+        for d in grid.datasets:
+            if needs and not DATASETS.get(d.name).has_categories:
+                raise ConfigError(
+                    f"{where}: extractor.weights: 'pretrain' is not allowed with dataset "
+                    f"{d.name!r} (its items have no categories to pretrain on); allowed: "
+                    "imagenet or the path of a checkpoint"
+                )
 
 
 def _axes(raw: dict[str, Any], where: str) -> tuple[tuple[Component, ...], ...]:

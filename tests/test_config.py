@@ -153,3 +153,14 @@ def test_provided_images_are_part_of_the_attack_key(tmp_path):
     before = stage_paths(sweep, sweep.trials()[0]).attack
     Image.new("RGB", (8, 8), "blue").save(folder / "3.png")  # the same file name, new content
     assert stage_paths(sweep, sweep.trials()[0]).attack != before
+
+
+def test_pretraining_needs_categories(tmp_path):
+    # the real datasets have no item categories: an extractor cannot be pretrained on them
+    np.save(tmp_path / "men.npy", np.zeros(1))
+    raw = with_(("datasets",), {"amazon_men": {"path": str(tmp_path / "men.npy")}})
+    with pytest.raises(ConfigError, match=r"extractor\.weights: 'pretrain' is not allowed"):
+        parse_sweep(raw)
+    raw["models"] = {"dvbpr": {}}  # DVBPR learns its own CNN: no extractor needed
+    raw["attacks"] = {"insa": {"eps": 8}}
+    assert parse_sweep(raw).trials()

@@ -184,3 +184,49 @@ def test_every_ranker_attack_kind_and_defence_with_report(tmp_path, ray_local):
     )
     logged = {a.path for a in client.list_artifacts(parent.info.run_id, "report")}
     assert "report/report.md" in logged
+
+
+def write_folder_dataset(root, n_users=80, n_items=60, seed=0):
+    """A small marketplace in the sisinflab folder layout: users like one of four colours."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    colours = [(200, 40, 40), (40, 160, 40), (40, 40, 200), (220, 200, 40)]
+    item_colour = rng.integers(0, 4, n_items)
+    (root / "images").mkdir(parents=True)
+    for i in range(n_items):
+        img = np.full((20, 20, 3), 235, np.uint8)
+        img[4:16, 4:16] = colours[item_colour[i]]
+        Image.fromarray(img).save(root / "images" / f"item{i}.jpg", quality=95)
+    lines = ["user_id\titem_id\ttimestamp"]
+    for u in range(n_users):
+        liked = np.flatnonzero(item_colour == u % 4)
+        for t, i in enumerate(rng.choice(liked, size=6, replace=False)):
+            lines.append(f"user{u}\titem{i}\t{1000 + t}")
+    (root / "interactions.tsv").write_text("\n".join(lines) + "\n")
+    return root
+
+
+def test_folder_dataset_sweep_end_to_end(tmp_path, ray_local):
+    """Real-data path: the folder format is prepared inside the sweep and attacked."""
+    path = tiny_sweep(tmp_path)
+    cfg = yaml.safe_load(path.read_text())
+    cfg["name"] = "folder"
+    data = write_folder_dataset(tmp_path / "shop")
+    cfg["datasets"] = {
+        "folder": {"path": str(data), "k_core": 2, "n_cold": 6, "image_size": 16, "seed": 1}
+    }
+    cfg["first_stage"] = {"candidates": 20, "bpr": {"epochs": 3, "batch_size": 256}}
+    cfg["models"] = {"dvbpr": cfg["models"]["dvbpr"] | {"epochs": 3}}
+    cfg["attacks"] = {"insa": {"eps": 16, "epochs": 3, "user_batch": 32, "lr": 0.01}}
+    cfg["defenses"] = {"none": {}}
+    path.write_text(yaml.safe_dump(cfg))
+    sweep = load_sweep(path)
+    _table, failed = run_sweep(sweep)
+    assert failed == []
+    (run,) = child_runs(sweep)[0]
+    assert run.data.params["dataset"] == "folder"
+    assert run.data.metrics["n_items"] == 6
+    assert run.data.metrics["linf_255_max"] <= 16
+    assert 0 <= run.data.metrics["ordinary/hr_at_20"] <= 1

@@ -17,6 +17,8 @@ class Dataset:
 
     name: ClassVar[str]
     Config: ClassVar[type]
+    #: whether items carry categories an extractor can be pretrained on (``weights: pretrain``)
+    has_categories: ClassVar[bool] = False
 
     @staticmethod
     def build(config: Any, name: str, workdir: Path) -> Catalog:
@@ -31,6 +33,7 @@ DATASETS: Registry[Dataset] = Registry("dataset")
 
 @DATASETS.register("synthetic")
 class Synthetic(Dataset):
+    has_categories = True
     """The embedded synthetic visual marketplace (no download)."""
 
     Config = SyntheticConfig

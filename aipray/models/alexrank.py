@@ -34,6 +34,7 @@ class AlexRank(Recommender):
     """Mean L2 distance to the user's training items in the extractor's feature space."""
 
     Config = AlexRankConfig
+    uses_extractor = True
     candidate_chunk = 64
 
     def __init__(

@@ -31,6 +31,8 @@ class Recommender(nn.Module):
 
     name: ClassVar[str]
     visual: ClassVar[bool] = True
+    #: built on the pretrained feature extractor (AlexRank, VBPR, AMR)
+    uses_extractor: ClassVar[bool] = False
     #: users per chunk when scoring every user's candidate list (bounds peak memory)
     candidate_chunk: ClassVar[int] = 512
     init_args: dict[str, Any]

@@ -36,6 +36,7 @@ class VBPR(Recommender):
     """Latent and visual factors on top of a frozen pretrained ``extractor``."""
 
     Config = VBPRConfig
+    uses_extractor = True
 
     def __init__(
         self, n_users: int, n_items: int, dim: int, extractor_spec: dict[str, Any]

@@ -26,7 +26,7 @@ from aipray.data import DATASETS, Catalog
 from aipray.data.catalog import summary
 from aipray.defenses import DEFENSES
 from aipray.metrics.ranking import CandidateScores
-from aipray.models import load_recommender
+from aipray.models import MODELS, load_recommender
 from aipray.models.alexrank import AlexRank
 from aipray.models.amr import AMR
 from aipray.models.bpr import BPR
@@ -45,7 +45,7 @@ from aipray.store import Store, atomic_dir, config_key, done
 log = logging.getLogger(__name__)
 
 #: rankers whose item features come from the pretrained extractor
-EXTRACTOR_MODELS = ("alexrank", "vbpr", "amr")
+EXTRACTOR_MODELS = tuple(n for n in MODELS.names() if MODELS.get(n).uses_extractor)
 #: bumped when a trial's stored result changes meaning, so old results are not reused
 RESULT_VERSION = 2
 
