@@ -118,6 +118,15 @@ class TrialSpec:
     def eps(self) -> float | None:
         return getattr(self.attack.config, "eps", None)
 
+    @property
+    def needs_extractor(self) -> bool:
+        """The ranker is built on the pretrained extractor, or the attack targets its
+        classifier."""
+        return (
+            MODELS.get(self.model.name).uses_extractor
+            or ATTACKS.get(self.attack.name).knowledge == "classifier"
+        )
+
     def key(self) -> str:
         """Identity of the full configuration (two grids may name the same trial)."""
         parts = (self.dataset, self.model, self.attack, self.defense)
@@ -431,17 +440,13 @@ def parse_sweep(raw: Any, source: Path | str = "<sweep>") -> SweepConfig:
 
 def _check_pretrain_possible(grids: list[Grid], where: str) -> None:
     """``extractor.weights: pretrain`` trains on item categories: fail early on data without."""
-    for grid in grids:
-        needs = any(MODELS.get(m.name).uses_extractor for m in grid.models) or any(
-            ATTACKS.get(a.name).knowledge == "classifier" for a in grid.attacks
-        )
-        for d in grid.datasets:
-            if needs and not DATASETS.get(d.name).has_categories:
-                raise ConfigError(
-                    f"{where}: extractor.weights: 'pretrain' is not allowed with dataset "
-                    f"{d.name!r} (its items have no categories to pretrain on); allowed: "
-                    "imagenet or the path of a checkpoint"
-                )
+    for trial in (t for grid in grids for t in grid.trials()):
+        if trial.needs_extractor and not DATASETS.get(trial.dataset.name).has_categories:
+            raise ConfigError(
+                f"{where}: extractor.weights: 'pretrain' is not allowed with dataset "
+                f"{trial.dataset.name!r} (its items have no categories to pretrain on); "
+                "allowed: imagenet or the path of a checkpoint"
+            )
 
 
 def _axes(raw: dict[str, Any], where: str) -> tuple[tuple[Component, ...], ...]:

@@ -9,6 +9,7 @@ that looks finished.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import os
@@ -26,6 +27,23 @@ def canonical_json(obj: Any) -> str:
 def config_key(obj: Any, length: int = 16) -> str:
     """A short stable hash of a JSON-able config slice."""
     return hashlib.sha256(canonical_json(obj).encode()).hexdigest()[:length]
+
+
+def file_sha256(path: Path | str) -> str:
+    """SHA-256 of a file's content, computed once per (path, size, modification time): cache keys
+    that depend on files (checkpoints, provided images) are derived for every trial of a sweep."""
+    path = Path(path).resolve()
+    stat = path.stat()
+    return _file_sha256(str(path), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=4096)
+def _file_sha256(path: str, size: int, mtime_ns: int) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 class Store:

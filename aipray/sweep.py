@@ -23,7 +23,7 @@ import pandas as pd
 
 from aipray.config import ConfigError, SweepConfig, TrialSpec, load_sweep
 from aipray.pipeline import stages
-from aipray.pipeline.stages import StagePaths, needs_extractor, stage_paths, trial_key
+from aipray.pipeline.stages import StagePaths, stage_paths, trial_key
 
 log = logging.getLogger("aipray")
 
@@ -68,7 +68,7 @@ def trial_payload(sweep: SweepConfig, trial: TrialSpec) -> dict[str, Any]:
     params.update(flatten("attack", trial.attack.config))
     params.update(flatten("defense", trial.defense.config))
     params.update(flatten("first_stage", sweep.first_stage))
-    if needs_extractor(trial):
+    if trial.needs_extractor:
         params.update(flatten("extractor", sweep.extractor))
     return {
         "name": trial.name,
@@ -128,7 +128,7 @@ def run_stages(sweep: SweepConfig, trials: list[TrialSpec]) -> None:
             paths = stage_paths(sweep, trial)
             for kind, field in wave:
                 target = getattr(paths, field)
-                if kind == "extractor" and not stages.needs_extractor(trial):
+                if kind == "extractor" and not trial.needs_extractor:
                     continue
                 if done(target) or target in seen:
                     continue

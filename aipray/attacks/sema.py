@@ -10,7 +10,6 @@ knowledge of the models.
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -21,6 +20,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from aipray.attacks.base import ATTACKS, Attack, AttackInputs
 from aipray.params import param
+from aipray.store import file_sha256
 
 
 @dataclass(frozen=True)
@@ -65,6 +65,14 @@ def compose(item: Image.Image, hook: Image.Image, scale: float, caption: str) ->
     return out
 
 
+def _batch_like(arrays: list[np.ndarray], images: torch.Tensor) -> torch.Tensor:
+    """uint8 ``[H, W, 3]`` arrays → float ``[B, 3, H, W]`` in [0, 1] on ``images``' device."""
+    if not arrays:
+        return images.detach().clone()
+    batch = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2)
+    return batch.to(images.device, images.dtype) / 255.0
+
+
 def _to_pil(image: torch.Tensor) -> Image.Image:
     arr = torch.round(image.detach().clamp(0, 1) * 255).to(torch.uint8).permute(1, 2, 0)
     return Image.fromarray(arr.cpu().numpy())
@@ -88,10 +96,7 @@ class CSEMA(Attack):
         out = [
             np.asarray(compose(_to_pil(img), self.hook, cfg.scale, cfg.caption)) for img in images
         ]
-        if not out:
-            return images.detach().clone()
-        arr = torch.from_numpy(np.stack(out)).permute(0, 3, 1, 2)
-        return arr.to(images.device, images.dtype) / 255.0
+        return _batch_like(out, images)
 
 
 @dataclass(frozen=True)
@@ -140,10 +145,7 @@ class Provided(Attack):
     @classmethod
     def fingerprint(cls, config: ProvidedConfig) -> list[tuple[int, str]]:
         """Item id and SHA-256 of every provided image: a changed or added file is new work."""
-        return [
-            (item, hashlib.sha256(path.read_bytes()).hexdigest())
-            for item, path in provided_files(config.path).items()
-        ]
+        return [(item, file_sha256(path)) for item, path in provided_files(config.path).items()]
 
     @classmethod
     def restrict(cls, config: ProvidedConfig, item_ids):
@@ -165,7 +167,4 @@ class Provided(Attack):
                     f"the catalog's images are {img.shape[2]}x{img.shape[1]}"
                 )
             out.append(arr)
-        if not out:
-            return images.detach().clone()
-        arr = torch.from_numpy(np.stack(out)).permute(0, 3, 1, 2)
-        return arr.to(images.device, images.dtype) / 255.0
+        return _batch_like(out, images)

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from aipray.data.catalog import Catalog
-from aipray.data.dvbpr import AmazonMenConfig, TradesyConfig, load_dvbpr
+from aipray.data.dvbpr import AmazonMenConfig, DVBPRConfig, TradesyConfig, load_dvbpr
 from aipray.data.folder import FolderConfig, load_folder
 from aipray.data.synthetic import SyntheticConfig, make_synthetic
 from aipray.registry import Registry
@@ -33,10 +33,10 @@ DATASETS: Registry[Dataset] = Registry("dataset")
 
 @DATASETS.register("synthetic")
 class Synthetic(Dataset):
-    has_categories = True
     """The embedded synthetic visual marketplace (no download)."""
 
     Config = SyntheticConfig
+    has_categories = True
 
     @staticmethod
     def build(config: SyntheticConfig, name: str, workdir: Path) -> Catalog:
@@ -44,28 +44,27 @@ class Synthetic(Dataset):
         return make_synthetic(config, name=name)
 
 
+class DVBPRRelease(Dataset):
+    """A file of the DVBPR release; subclasses only name their default file (``Config``)."""
+
+    @staticmethod
+    def build(config: DVBPRConfig, name: str, workdir: Path) -> Catalog:
+        """Decode the release into ``workdir`` (see :mod:`aipray.data.dvbpr`)."""
+        return load_dvbpr(config, name, workdir)
+
+
 @DATASETS.register("amazon_men")
-class AmazonMen(Dataset):
+class AmazonMen(DVBPRRelease):
     """Amazon Men from the DVBPR release (``AmazonMenWithImgPartitioned.npy``)."""
 
     Config = AmazonMenConfig
 
-    @staticmethod
-    def build(config: AmazonMenConfig, name: str, workdir: Path) -> Catalog:
-        """Decode the release into ``workdir`` (see :mod:`aipray.data.dvbpr`)."""
-        return load_dvbpr(config, name, workdir)
-
 
 @DATASETS.register("tradesy")
-class Tradesy(Dataset):
+class Tradesy(DVBPRRelease):
     """Tradesy.com from the DVBPR release (``TradesyImgPartitioned.npy``)."""
 
     Config = TradesyConfig
-
-    @staticmethod
-    def build(config: TradesyConfig, name: str, workdir: Path) -> Catalog:
-        """Decode the release into ``workdir`` (see :mod:`aipray.data.dvbpr`)."""
-        return load_dvbpr(config, name, workdir)
 
 
 @DATASETS.register("folder")

@@ -71,14 +71,13 @@ class AlexRank(Recommender):
         model.extractor.load_state_dict(extractor.state_dict())
         device = next(extractor.parameters()).device
         model.to(device)
-        feats = [
-            extract_features(model.extractor, np.asarray(images[chunk]), batch_size=batch_size)
-            for chunk in np.array_split(profile_items, max(1, profile_items.size // 4096))
-        ]
+        feats = extract_features(
+            model.extractor, images, batch_size=batch_size, items=profile_items
+        )
         model.indptr.copy_(torch.as_tensor(indptr))
         model.slots.copy_(torch.as_tensor(slots))
         model.profile_items.copy_(torch.as_tensor(profile_items))
-        model.profile_features.copy_(torch.cat(feats))
+        model.profile_features.copy_(feats)
         return model
 
     def train(self, mode: bool = True) -> AlexRank:

@@ -27,7 +27,6 @@ weights in its own state dict, so loading a saved recommender never downloads an
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import logging
 import math
@@ -46,6 +45,7 @@ from torch import nn
 from aipray.models.nets import IMAGENET_MEAN, IMAGENET_STD, AlexNetClassifier, Normalize
 from aipray.models.train import fit_classifier
 from aipray.params import param
+from aipray.store import file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -129,7 +129,7 @@ class ExtractorConfig:
             out.update(width=self.width, epochs=self.epochs, lr=self.lr, batch_size=self.batch_size)
         path = self.weights_path
         if path is not None:
-            out["weights_sha256"] = _sha256(path / MODEL_FILE if path.is_dir() else path)
+            out["weights_sha256"] = file_sha256(path / MODEL_FILE if path.is_dir() else path)
         return out
 
 
@@ -421,7 +421,7 @@ def _load_checkpoint(config: ExtractorConfig) -> tuple[Extractor, dict[str, Any]
             f"extractor.weights: cannot read {file} with torch.load(weights_only=True) "
             f"({type(err).__name__}); save the bare state dict with torch.save(model.state_dict())"
         ) from err
-    info: dict[str, Any] = {"source": "checkpoint", "path": str(file), "sha256": _sha256(file)}
+    info: dict[str, Any] = {"source": "checkpoint", "path": str(file), "sha256": file_sha256(file)}
     if isinstance(obj, dict) and obj.get("format") == CHECKPOINT_FORMAT:
         extractor = build_extractor(obj["spec"])
         extractor.load_state_dict(obj["state_dict"])
@@ -463,14 +463,6 @@ def _load_checkpoint(config: ExtractorConfig) -> tuple[Extractor, dict[str, Any]
         )
     info["checkpoint"] = "torchvision"
     return extractor, info
-
-
-def _sha256(file: Path) -> str:
-    digest = hashlib.sha256()
-    with open(file, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 # --- making, saving, loading --------------------------------------------------------------------
@@ -667,12 +659,18 @@ def read_extractor_info(directory: Path | str) -> dict[str, Any]:
 
 # --- batched helpers on uint8 images ------------------------------------------------------------
 def _batches(
-    images: np.ndarray | torch.Tensor, batch_size: int, device: torch.device
+    images: np.ndarray | torch.Tensor,
+    batch_size: int,
+    device: torch.device,
+    items: np.ndarray | None = None,
 ) -> Iterator[torch.Tensor]:
-    """Float ``[b, 3, H, W]`` batches in ``[0, 1]`` on ``device``; a (read-only, memory-mapped)
-    uint8 array is copied one batch at a time, never whole."""
-    for i in range(0, images.shape[0], batch_size):
-        chunk = images[i : i + batch_size]
+    """Float ``[b, 3, H, W]`` batches in ``[0, 1]`` on ``device`` of all rows, or of the rows
+    ``items``; a (read-only, memory-mapped) uint8 array is copied one batch at a time, never
+    whole."""
+    n = images.shape[0] if items is None else len(items)
+    for i in range(0, n, batch_size):
+        rows = slice(i, i + batch_size) if items is None else items[i : i + batch_size]
+        chunk = images[rows]
         if isinstance(chunk, np.ndarray):
             chunk = torch.from_numpy(np.array(chunk))
         yield chunk.to(device, torch.float32) / 255.0
@@ -689,11 +687,13 @@ def extract_features(
     *,
     device: str | torch.device | None = None,
     batch_size: int = 256,
+    items: np.ndarray | None = None,
 ) -> torch.Tensor:
-    """``Φ_f`` of uint8 images ``[N, 3, H, W]`` (array, memmap or tensor) in batches → float
-    ``[N, feature_dim]`` on ``device`` (default: the extractor's)."""
+    """``Φ_f`` of uint8 images ``[N, 3, H, W]`` (array, memmap or tensor), or of the rows
+    ``items``, in batches → float ``[N or len(items), feature_dim]`` on ``device`` (default: the
+    extractor's)."""
     device = _device_of(extractor, device)
-    out = [extractor.features(x) for x in _batches(images, batch_size, device)]
+    out = [extractor.features(x) for x in _batches(images, batch_size, device, items)]
     return torch.cat(out) if out else torch.zeros(0, extractor.feature_dim, device=device)
 
 
@@ -704,10 +704,12 @@ def predict_classes(
     *,
     device: str | torch.device | None = None,
     batch_size: int = 256,
+    items: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Predicted class ``[N]`` (int64) of uint8 images ``[N, 3, H, W]``."""
+    """Predicted class ``[N]`` (int64) of uint8 images ``[N, 3, H, W]`` (or of the rows
+    ``items``)."""
     device = _device_of(extractor, device)
-    preds = [extractor(x).argmax(1).cpu() for x in _batches(images, batch_size, device)]
+    preds = [extractor(x).argmax(1).cpu() for x in _batches(images, batch_size, device, items)]
     return torch.cat(preds).numpy() if preds else np.zeros(0, dtype=np.int64)
 
 
@@ -718,10 +720,12 @@ def popular_class(
     *,
     device: str | torch.device | None = None,
     batch_size: int = 256,
+    items: np.ndarray | None = None,
 ) -> int:
-    """TAaMR's target: the class the extractor assigns most often to ``images`` (the training
-    items), each counted ``weights[i]`` times (e.g. its interactions; default once)."""
-    pred = predict_classes(extractor, images, device=device, batch_size=batch_size)
+    """TAaMR's target: the class the extractor assigns most often to ``images`` (or the rows
+    ``items``: the training items), each counted ``weights[i]`` times (e.g. its interactions;
+    default once)."""
+    pred = predict_classes(extractor, images, device=device, batch_size=batch_size, items=items)
     votes = np.bincount(pred, weights=weights, minlength=extractor.num_classes)
     if not math.isfinite(float(votes.sum())) or votes.sum() <= 0:
         raise ValueError("popular_class needs at least one image with a positive weight")

@@ -119,13 +119,9 @@ class VBPR(Recommender):
 
     def training_encoder(self, images: np.ndarray) -> FeatureEncoder:
         device = self.E.weight.device
-        feats = torch.cat(
-            [
-                extract_features(self.extractor, np.asarray(images[i : i + 4096]), device=device)
-                for i in range(0, images.shape[0], 4096)
-            ]
+        return FeatureEncoder(
+            extract_features(self.extractor, images, device=device), self.encode_features
         )
-        return FeatureEncoder(feats, self.encode_features)
 
 
 @dataclass(frozen=True)

@@ -122,14 +122,19 @@ class TrialActor:
         return out
 
 
+def hook_item(attack: Component, catalog: Catalog) -> int:
+    """The attack's configured hook item, or the most-interacted training item."""
+    hook = getattr(attack.config, "hook", None)
+    return catalog.most_popular_item() if hook is None else int(hook)
+
+
 def attack_inputs(
     attack: Component, catalog: Catalog, paths: StagePaths, device: torch.device
 ) -> AttackInputs:
     """What the attack may know besides the ranker: the hook item's image (the configured one, or
     the most-interacted training item), and for classifier attacks the extractor's classifier and
     its most popular class."""
-    hook = getattr(attack.config, "hook", None)
-    hook = catalog.most_popular_item() if hook is None else int(hook)
+    hook = hook_item(attack, catalog)
     hook_image = torch.from_numpy(np.array(catalog.images[hook])).float() / 255.0
     if ATTACKS.get(attack.name).knowledge != "classifier":
         return AttackInputs(hook_image=hook_image)

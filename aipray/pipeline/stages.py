@@ -35,7 +35,7 @@ from aipray.models.extractor import (
     class_names,
     load_extractor,
     make_extractor,
-    predict_classes,
+    popular_class,
     save_extractor,
 )
 from aipray.models.train import fit_bpr
@@ -44,8 +44,8 @@ from aipray.store import Store, atomic_dir, config_key, done
 
 log = logging.getLogger(__name__)
 
-#: rankers whose item features come from the pretrained extractor
-EXTRACTOR_MODELS = tuple(n for n in MODELS.names() if MODELS.get(n).uses_extractor)
+#: the baseline context every trial measures its defence's cost against
+NO_DEFENSE = Component("defense", "none", DEFENSES.get("none").Config())
 #: bumped when a trial's stored result changes meaning, so old results are not reused
 RESULT_VERSION = 2
 
@@ -83,12 +83,12 @@ def stage_paths(sweep: SweepConfig, trial: TrialSpec) -> StagePaths:
     ext_key = config_key([ds_key, sweep.extractor.fingerprint(), sweep.seed])
     bpr_key = config_key([ds_key, dataclasses.asdict(sweep.first_stage.bpr), sweep.seed])
     cand_key = config_key([bpr_key, sweep.first_stage.candidates])
-    uses_extractor = trial.model.name in EXTRACTOR_MODELS
+    uses_extractor = MODELS.get(trial.model.name).uses_extractor
     model_key = config_key(
         [ds_key, trial.model.as_dict(), ext_key if uses_extractor else None, sweep.seed]
     )
     ctx_key = config_key([model_key, cand_key, trial.defense.as_dict()])
-    bare_key = config_key([model_key, cand_key, {"name": "none", "config": {}}])
+    bare_key = config_key([model_key, cand_key, NO_DEFENSE.as_dict()])
     # an attack's images depend on what the attacker knows, and are shared accordingly
     attack_cls = ATTACKS.get(trial.attack.name)
     source_key = {"ranker": model_key, "classifier": ext_key, "none": ds_key}[attack_cls.knowledge]
@@ -111,14 +111,6 @@ def stage_paths(sweep: SweepConfig, trial: TrialSpec) -> StagePaths:
         context_undefended=store.path("contexts", trial.model.name, bare_key),
         attack=store.path("attacks", trial.attack.name, attack_key),
         result=store.path("trials", trial.model.name, result_key),
-    )
-
-
-def needs_extractor(trial: TrialSpec) -> bool:
-    """The trial's ranker is built on the extractor, or its attack targets the classifier."""
-    return (
-        trial.model.name in EXTRACTOR_MODELS
-        or ATTACKS.get(trial.attack.name).knowledge == "classifier"
     )
 
 
@@ -181,11 +173,8 @@ def train_extractor(sweep: SweepConfig, paths: StagePaths, device: torch.device)
         category_names=catalog.category_names,
     )
     pop = catalog.item_popularity()
-    votes = np.zeros(extractor.num_classes)
-    for chunk in np.array_split(np.flatnonzero(pop), max(1, np.count_nonzero(pop) // 4096)):
-        pred = predict_classes(extractor, np.asarray(catalog.images[chunk]), device=device)
-        votes += np.bincount(pred, weights=pop[chunk], minlength=extractor.num_classes)
-    target = int(np.argmax(votes))
+    trained = np.flatnonzero(pop)
+    target = popular_class(extractor, catalog.images, pop[trained], items=trained, device=device)
     names = class_names(extractor.spec, catalog.category_names)
     info["target_class"] = target
     info["target_class_name"] = names[target] if target < len(names) else str(target)
@@ -268,7 +257,7 @@ def train_ranker(
     user_reg = 0.0
     adversary = None
     name = trial.model.name
-    if name in EXTRACTOR_MODELS:
+    if MODELS.get(name).uses_extractor:
         extractor = load_extractor(paths.extractor, device)
     if name == "alexrank":
         indptr, items = catalog.train_csr()
@@ -332,10 +321,8 @@ def build_context(
         return out
     catalog = Catalog.load(paths.dataset)
     model = load_recommender(paths.model, device)
-    name = "none" if undefended else trial.defense.name
-    defense = DEFENSES.get(name)(
-        DEFENSES.get(name).Config() if undefended else trial.defense.config
-    )
+    component = NO_DEFENSE if undefended else trial.defense
+    defense = DEFENSES.get(component.name)(component.config)
     with np.load(paths.candidates / "candidates.npz") as f:
         candidates = f["candidates"]
     fixed = np.concatenate([candidates, catalog.test_items[:, None]], axis=1)
@@ -376,18 +363,3 @@ def load_context(path: Path, device: torch.device | str = "cpu") -> CandidateSco
     return CandidateScores(
         **torch.load(path / "context.pt", map_location=device, weights_only=True)
     )
-
-
-# --- the whole pre-trial plan -------------------------------------------------------------------
-def run_stages_for(
-    sweep: SweepConfig, trial: TrialSpec, paths: StagePaths, device: torch.device
-) -> None:
-    """Compute every missing stage output a trial needs, in dependency order (single process)."""
-    prepare_dataset(trial.dataset, paths.dataset)
-    train_bpr(sweep, paths, device)
-    build_candidates(sweep, paths, device)
-    if needs_extractor(trial):
-        train_extractor(sweep, paths, device)
-    train_ranker(sweep, trial, paths, device)
-    build_context(trial, paths, device)
-    build_context(trial, paths, device, undefended=True)

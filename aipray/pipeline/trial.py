@@ -27,7 +27,7 @@ from aipray.defenses import DEFENSES
 from aipray.metrics.ranking import CUTOFFS, random_hit_rate
 from aipray.metrics.stats import paired_t_test
 from aipray.models import load_recommender
-from aipray.pipeline.actor import TrialActor, _component, decode_images
+from aipray.pipeline.actor import TrialActor, _component, decode_images, hook_item
 from aipray.pipeline.stages import StagePaths, load_context
 from aipray.store import atomic_dir, done
 
@@ -37,15 +37,6 @@ EMBEDDING_SAMPLE = 1000  # warm items in a trial's embedding map
 EMBEDDING_COLD = 50  # cold items shown before/after the attack
 
 GROUPS = ("cooperative", "adversarial", "ordinary", "ordinary_attacked", "ordinary_undefended")
-PER_ITEM = [f"{g}/hr_at_{k}" for g in GROUPS for k in CUTOFFS] + [
-    "prediction_shift",
-    "coop_score",
-    "adv_score",
-    "linf_255",
-    "ssim",
-    "psnr",
-    "attack_seconds",
-]
 
 
 def reduce_items(items: pd.DataFrame, set_sizes: torch.Tensor) -> dict[str, float]:
@@ -114,7 +105,7 @@ def evaluate(payload: dict[str, Any]) -> dict[str, float]:
     # The shard is read here and handed to Ray Data as blocks of one batch each: a file-listing
     # read task would need a whole CPU per trial, which concurrent trials on a small machine
     # cannot get while their actors hold theirs (measured: deadlock on 2 cores).
-    table = pq.read_table(source)
+    table = pq.read_table(source)  # item_id, image (and adv when the attack is cached)
     attack = _component("attack", payload["attack"])
     keep = ATTACKS.get(attack.name).restrict(attack.config, table.column("item_id").to_pylist())
     if len(keep) < table.num_rows:
@@ -142,12 +133,12 @@ def evaluate(payload: dict[str, Any]) -> dict[str, float]:
     parts = [pd.DataFrame(dict(b)) for b in ds.iter_batches(batch_size=None, batch_format="numpy")]
     items = pd.concat(parts, ignore_index=True).sort_values("item_id", ignore_index=True)
 
+    # the cold items this trial evaluated (an attack may cover only some), clean images
+    clean = table.select(["item_id", "image"]).to_pandas().sort_values("item_id", ignore_index=True)
     if not cached_attack:
-        images = pq.read_table(paths.dataset / "cold").to_pandas()
-        table = images.merge(items[["item_id", "adv"]], on="item_id").sort_values("item_id")
-        # an attack that only covers some items (provided) evaluates only those
+        adv = clean.merge(items[["item_id", "adv"]], on="item_id")
         with atomic_dir(paths.attack) as tmp:
-            pq.write_table(pa.Table.from_pandas(table, preserve_index=False), tmp / "adv.parquet")
+            pq.write_table(pa.Table.from_pandas(adv, preserve_index=False), tmp / "adv.parquet")
 
     context = load_context(paths.context)
     metrics = reduce_items(items, context.set_sizes)
@@ -158,21 +149,25 @@ def evaluate(payload: dict[str, Any]) -> dict[str, float]:
         )
         n = int(payload["examples"])
         if n:
-            write_examples(payload, paths, items, n, tmp)
+            write_examples(payload, paths, items, clean, n, tmp)
         (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2))
     log.info("%s: %s", payload["name"], {k: round(v, 4) for k, v in metrics.items()})
     return metrics
 
 
 def write_examples(
-    payload: dict[str, Any], paths: StagePaths, items: pd.DataFrame, n: int, folder: Path
+    payload: dict[str, Any],
+    paths: StagePaths,
+    items: pd.DataFrame,
+    cold: pd.DataFrame,
+    n: int,
+    folder: Path,
 ) -> None:
     """``examples.png`` / ``examples.npz`` (clean | adversarial | defended images of the first
     ``n`` items) and ``embeddings.npz``: the ranker's item representation of a sample of warm
-    items and of the first cold items before and after the attack (the report's 2-D map)."""
+    items and of the first cold items before and after the attack (the report's 2-D map).
+    ``items`` (with ``adv``) and ``cold`` (clean ``image``) hold the same items in id order."""
     shape = tuple(payload["image_shape"])
-    cold = pq.read_table(paths.dataset / "cold").to_pandas()
-    cold = cold[cold["item_id"].isin(items["item_id"])].sort_values("item_id")
     clean = decode_images(cold["image"].to_numpy()[:n], shape)
     adv = decode_images(items["adv"].to_numpy()[:n], shape)
     defense = _component("defense", payload["defense"])
@@ -203,8 +198,7 @@ def write_examples(
         )
         clean_m = decode_images(cold["image"].to_numpy()[:m], shape)
         adv_m = decode_images(items["adv"].to_numpy()[:m], shape)
-        hook = getattr(_component("attack", payload["attack"]).config, "hook", None)
-        hook = catalog.most_popular_item() if hook is None else int(hook)
+        hook = hook_item(_component("attack", payload["attack"]), catalog)
         hook_img = torch.from_numpy(np.array(catalog.images[hook : hook + 1])).float() / 255
         np.savez_compressed(
             folder / "embeddings.npz",
@@ -215,7 +209,3 @@ def write_examples(
             hook=model.item_embedding(hook_img)[0].numpy().astype(np.float32),
             item_ids=items["item_id"].to_numpy()[:m],
         )
-
-
-def result_files(paths: StagePaths) -> list[Path]:
-    return [p for p in sorted(paths.result.iterdir()) if p.is_file()]
