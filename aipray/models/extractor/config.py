@@ -1,0 +1,155 @@
+"""The extractor's settings and its architecture spec: :class:`ExtractorConfig` (the sweep YAML's
+``extractor`` section), the file-format constants and :func:`make_spec`, the JSON-able dict from
+which :func:`~aipray.models.extractor.network.build_extractor` rebuilds an extractor."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from aipray.params import param
+from aipray.store import file_sha256
+
+ARCHS = ("alexnet", "resnet50")
+SPEC_VERSION = 1
+CHECKPOINT_FORMAT = "aipray-extractor"
+MODEL_FILE = "model.pt"
+META_FILE = "model.json"
+
+
+@dataclass(frozen=True)
+class ExtractorConfig:
+    """The feature extractor of the sweep YAML's ``extractor`` section.
+
+    ``arch``: network layout. ``weights``: ``pretrain`` (train on the item categories in-process),
+    ``imagenet`` (torchvision's ImageNet weights) or the path of a local checkpoint (file or
+    folder written by :func:`save_extractor`). ``download``: whether missing ImageNet weights may
+    be downloaded into torch's hub cache. ``input_size``: side the extractor resizes images to
+    (0: 224 for ImageNet weights and torchvision checkpoints, the catalog's image size, i.e. no
+    resizing, for ``pretrain``). ``preprocess``: ``resize`` stretches the whole image to the input
+    size; ``resize_crop`` is torchvision's evaluation preset (shorter side to 256/224 of the input
+    size, then the centre crop). ``width``: layer-width multiplier of the pretrained AlexNet layout;
+    ``epochs``, ``lr``, ``batch_size``: in-process pretraining.
+    """
+
+    arch: str = param("alexnet", choices=ARCHS)
+    weights: str = param("pretrain", doc="pretrain, imagenet or a checkpoint path")
+    download: bool = param(True)
+    input_size: int = param(0, min=0, max=1024)
+    preprocess: str = param("resize", choices=("resize", "resize_crop"))
+    width: float = param(1.0, min=0.01)
+    epochs: int = param(10, min=1)
+    lr: float = param(1e-3, min=0)
+    batch_size: int = param(64, min=1)
+
+    def __post_init__(self) -> None:
+        # A checkpoint path is made absolute so that workers with another working folder find it.
+        if self.weights not in ("pretrain", "imagenet") and self.weights:
+            object.__setattr__(self, "weights", str(Path(self.weights).expanduser().resolve()))
+
+    @property
+    def weights_path(self) -> Path | None:
+        """The checkpoint path, or ``None`` for ``pretrain`` and ``imagenet``."""
+        return None if self.weights in ("pretrain", "imagenet") else Path(self.weights)
+
+    def cross_checks(self) -> list[tuple[str, object, str]]:
+        """``(key, value, allowed)`` for each constraint between fields that fails."""
+        bad: list[tuple[str, object, str]] = []
+        path = self.weights_path
+        expected = (
+            "pretrain, imagenet or the path of an existing checkpoint file or extractor folder"
+        )
+        if not self.weights:
+            bad.append(("weights", self.weights, expected))
+        elif path is not None and not path.exists():
+            bad.append(("weights", self.weights, expected))
+        elif path is not None and path.is_dir() and not (path / MODEL_FILE).is_file():
+            bad.append(("weights", self.weights, f"a folder holding {MODEL_FILE} (save_extractor)"))
+        if 0 < self.input_size < 16:
+            bad.append(("input_size", self.input_size, "0 (automatic) or an integer in 16..1024"))
+        return bad
+
+    def fingerprint(self) -> dict[str, Any]:
+        """What determines the extractor's weights, for cache keys: the fields that matter for
+        this ``weights`` source, plus the SHA-256 of a checkpoint file (so a replaced file with
+        the same name is not mistaken for the old one). ``download`` never matters."""
+        out: dict[str, Any] = {"arch": self.arch, "weights": self.weights}
+        out.update(input_size=self.input_size, preprocess=self.preprocess)
+        if self.weights == "pretrain":
+            out.update(width=self.width, epochs=self.epochs, lr=self.lr, batch_size=self.batch_size)
+        path = self.weights_path
+        if path is not None:
+            out["weights_sha256"] = file_sha256(path / MODEL_FILE if path.is_dir() else path)
+        return out
+
+
+def make_spec(
+    arch: str,
+    num_classes: int,
+    *,
+    layout: str = "torchvision",
+    input_size: int | Sequence[int] | None = 224,
+    preprocess: str = "resize",
+    image_size: int | None = None,
+    width: float = 1.0,
+    labels: str = "unknown",
+    class_names: Sequence[str] | None = None,
+) -> dict[str, Any]:
+    """The JSON-able description from which :func:`build_extractor` rebuilds an extractor.
+
+    Args:
+        arch: ``alexnet`` or ``resnet50``.
+        num_classes: outputs of the classifier head.
+        layout: ``torchvision`` (the published network) or ``aipray`` (the width-scaled
+            :class:`~aipray.models.nets.AlexNetClassifier`; ``arch`` must be ``alexnet``).
+        input_size: ``S`` or ``(H, W)`` the module resizes every input to; ``None``: no resizing.
+        preprocess: ``resize`` (stretch to the input size) or ``resize_crop`` (torchvision's
+            evaluation preset: shorter side to ``256/224·S``, then the centre ``S × S`` crop).
+        image_size: image side the ``aipray`` layout is adapted to (first convolution, pooling).
+        width: layer-width multiplier of the ``aipray`` layout.
+        labels: what the classes are: ``imagenet1k``, ``categories`` (catalog item categories,
+            named by ``class_names``) or ``unknown``.
+        class_names: one name per class (only for ``labels="categories"``).
+    """
+    if isinstance(input_size, int):
+        input_size = (input_size, input_size)
+    spec: dict[str, Any] = {
+        "version": SPEC_VERSION,
+        "arch": arch,
+        "layout": layout,
+        "num_classes": int(num_classes),
+        "input_size": None if input_size is None else [int(s) for s in input_size],
+        "preprocess": preprocess,
+        "labels": labels,
+        "class_names": None if class_names is None else [str(n) for n in class_names],
+    }
+    if layout == "aipray":
+        if image_size is None:
+            raise ValueError("the aipray AlexNet layout needs image_size")
+        spec.update(image_size=int(image_size), width=float(width))
+    _check_spec(spec)
+    return spec
+
+
+def _check_spec(spec: dict[str, Any]) -> None:
+    if not isinstance(spec, dict) or spec.get("version") != SPEC_VERSION:
+        raise ValueError(f"not an extractor spec of version {SPEC_VERSION}: {spec!r}")
+    if spec.get("arch") not in ARCHS:
+        raise ValueError(f"extractor spec: arch {spec.get('arch')!r}; allowed: {', '.join(ARCHS)}")
+    if spec.get("layout") not in ("torchvision", "aipray"):
+        raise ValueError(
+            f"extractor spec: layout {spec.get('layout')!r}; allowed: torchvision, aipray"
+        )
+    if spec["layout"] == "aipray" and spec["arch"] != "alexnet":
+        raise ValueError("extractor spec: the aipray layout exists only for arch alexnet")
+    if int(spec.get("num_classes", 0)) < 1:
+        raise ValueError(f"extractor spec: num_classes {spec.get('num_classes')!r}; expected >= 1")
+    if spec.get("preprocess") not in ("resize", "resize_crop"):
+        raise ValueError(f"extractor spec: preprocess {spec.get('preprocess')!r}")
+    names = spec.get("class_names")
+    if names is not None and len(names) != spec["num_classes"]:
+        raise ValueError(
+            f"extractor spec: {len(names)} class names for {spec['num_classes']} classes"
+        )
