@@ -1,15 +1,16 @@
 """The sweep YAML: parsing, validation and expansion into the grid of trials.
 
 Every error is found here, before Ray starts, and reported as one line naming the key, the value
-and what is allowed. Unknown keys are errors, never silently ignored.
+and what is allowed. Unknown keys are errors, never silently ignored. The values themselves are
+checked by the config classes when they are built (:class:`aipray.params.Settings`); this module
+only puts the YAML location in front of their messages.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
+import itertools
 import os
-import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,16 +24,19 @@ from aipray.defenses import DEFENSES
 from aipray.models import MODELS
 from aipray.models.bpr import BPRConfig
 from aipray.models.extractor import ExtractorConfig
-from aipray.params import param
+from aipray.params import (
+    ConfigError,
+    SettingError,
+    Settings,
+    describe_allowed,
+    fmt,
+    param,
+)
 from aipray.store import config_key
 
 
-class ConfigError(ValueError):
-    """A bad sweep config; the message is one line: ``where: key: value ... allowed``."""
-
-
 @dataclass(frozen=True)
-class FirstStageConfig:
+class FirstStageConfig(Settings):
     """BPR candidate generation: each user's top ``candidates`` items (AIP: 1000)."""
 
     candidates: int = param(1000, min=1)
@@ -40,7 +44,7 @@ class FirstStageConfig:
 
 
 @dataclass(frozen=True)
-class ResourcesConfig:
+class ResourcesConfig(Settings):
     """How trials use the cluster.
 
     Each trial is a light Tune function (``trial_cpus``) that drives a Ray Data pipeline whose
@@ -61,7 +65,7 @@ class ResourcesConfig:
 
 
 @dataclass(frozen=True)
-class MLflowConfig:
+class MLflowConfig(Settings):
     """Tracking store; ``None`` = SQLite at ``mlflow/mlflow.db`` with artifacts in
     ``mlflow/artifacts`` under the working directory. ``experiment`` defaults to the sweep name."""
 
@@ -87,9 +91,11 @@ class Component:
             for f in dataclasses.fields(self.config)
             if f.metadata.get("axis") and f.name != "eps"
         ]
+        # a switch shows only when on: vbpr(dim=20) and vbpr(dim=20,visual_bias=True)
+        axes = [(k, v) for k, v in axes if v is not False]
         if not axes:
             return self.name
-        inner = ",".join(f"{k}={_fmt(v)}" for k, v in axes)
+        inner = ",".join(f"{k}={fmt(v)}" for k, v in axes)
         return f"{self.name}({inner})"
 
     def as_dict(self) -> dict[str, Any]:
@@ -97,12 +103,6 @@ class Component:
 
     def key(self) -> str:
         return config_key(self.as_dict())
-
-
-def _fmt(value: Any) -> str:
-    if isinstance(value, float) and value.is_integer():
-        return str(int(value))
-    return str(value)
 
 
 @dataclass(frozen=True)
@@ -134,7 +134,7 @@ class TrialSpec:
 
     @property
     def name(self) -> str:
-        eps = "" if self.eps is None else f"/eps={_fmt(self.eps)}"
+        eps = "" if self.eps is None else f"/eps={fmt(self.eps)}"
         return (
             f"{self.dataset.label}/{self.model.label}/{self.attack.name}{eps}/{self.defense.label}"
         )
@@ -212,75 +212,14 @@ class SweepConfig:
 
 
 # --- generic dataclass construction -------------------------------------------------------------
-def _allowed(f: dataclasses.Field, hint: Any) -> str:
-    meta = f.metadata
-    if meta.get("choices"):
-        return "one of " + ", ".join(map(str, meta["choices"]))
-    kinds = _type_names(hint)
-    lo, hi = meta.get("min"), meta.get("max")
-    rng = ""
-    if lo is not None and hi is not None:
-        rng = f" in {_fmt(lo)}..{_fmt(hi)}"
-    elif lo is not None:
-        rng = f" >= {_fmt(lo)}"
-    elif hi is not None:
-        rng = f" <= {_fmt(hi)}"
-    suffix = " (or a list of them)" if meta.get("axis") else ""
-    return f"{kinds}{rng}{suffix}"
-
-
-def _type_names(hint: Any) -> str:
-    args = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
-    names = {int: "an integer", float: "a number", str: "a string", bool: "true/false"}
-    parts = [
-        names.get(a, "null" if a is type(None) else getattr(a, "__name__", str(a))) for a in args
-    ]
-    return " or ".join(parts)
-
-
-def _coerce(value: Any, hint: Any) -> tuple[bool, Any]:
-    args = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
-    if value is None:
-        return (type(None) in args, None)
-    if isinstance(value, bool):
-        return (bool in args, value)
-    if int in args and isinstance(value, int):
-        return True, value
-    if float in args and isinstance(value, int | float):
-        return math.isfinite(float(value)), float(value)
-    if float in args and isinstance(value, str):
-        # YAML 1.1 reads 1e-4 (no dot) as a string
-        try:
-            number = float(value)
-        except ValueError:
-            pass
-        else:
-            if math.isfinite(number) and value.strip().lower() not in ("nan", "inf", "infinity"):
-                return True, number
-    if str in args and isinstance(value, str):
-        return True, value
-    return False, value
-
-
-def _check_value(where: str, f: dataclasses.Field, hint: Any, value: Any) -> Any:
-    ok, coerced = _coerce(value, hint)
-    meta = f.metadata
-    if ok and coerced is not None:
-        if meta.get("choices") and coerced not in meta["choices"]:
-            ok = False
-        if isinstance(coerced, int | float) and not isinstance(coerced, bool):
-            if meta.get("min") is not None and coerced < meta["min"]:
-                ok = False
-            if meta.get("max") is not None and coerced > meta["max"]:
-                ok = False
-    if not ok:
-        raise ConfigError(f"{where}: {value!r} is not allowed; expected {_allowed(f, hint)}")
-    return coerced
-
-
 def build_dataclass(cls: type, raw: Any, where: str, *, allow_axes: bool = False):
     """Build ``cls`` from a YAML mapping. Returns ``(instances, axis_values_per_instance)``: one
-    instance unless ``allow_axes`` and axis fields were given lists."""
+    instance unless ``allow_axes`` and axis fields were given lists (then one per combination).
+
+    Values are checked by building the instances (:class:`~aipray.params.Settings`); their
+    errors are reported at ``where`` instead of the class name. Then each instance's
+    ``file_checks()`` run (files and folders the config names must exist).
+    """
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
@@ -298,30 +237,39 @@ def build_dataclass(cls: type, raw: Any, where: str, *, allow_axes: bool = False
         f, hint = fields[key], hints[key]
         if dataclasses.is_dataclass(hint):
             scalar[key] = build_dataclass(hint, value, f"{where}.{key}")[0][0]
-            continue
-        if isinstance(value, list):
+        elif isinstance(value, list):
             if not (allow_axes and f.metadata.get("axis")):
                 raise ConfigError(
-                    f"{where}.{key}: a list {value!r} is not allowed; expected {_allowed(f, hint)}"
+                    f"{where}.{key}: a list {value!r} is not allowed; "
+                    f"expected {describe_allowed(f, hint)}"
                 )
             if not value:
                 raise ConfigError(f"{where}.{key}: an empty list is not allowed; give >= 1 value")
-            checked = [_check_value(f"{where}.{key}", f, hint, v) for v in value]
-            if len(set(checked)) != len(checked):
-                raise ConfigError(f"{where}.{key}: {value!r} repeats a value; give each once")
-            axes.append((key, checked))
+            axes.append((key, value))
         else:
-            scalar[key] = _check_value(f"{where}.{key}", f, hint, value)
-    combos: list[tuple[tuple[str, Any], ...]] = [()]
-    for key, values in axes:
-        combos = [(*c, (key, v)) for c in combos for v in values]
+            scalar[key] = value
     out = []
-    for combo in combos:
-        inst = cls(**scalar, **dict(combo))
-        for key, value, allowed in getattr(inst, "cross_checks", lambda: [])():
-            raise ConfigError(f"{where}.{key}: {value!r} is not allowed; expected {allowed}")
+    combos: list[tuple[tuple[str, Any], ...]] = []
+    for picks in itertools.product(*(range(len(values)) for _, values in axes)):
+        chosen = {key: values[i] for (key, values), i in zip(axes, picks, strict=True)}
+        inst = _build(cls, {**scalar, **chosen}, where)
         out.append(inst)
+        combos.append(tuple((key, getattr(inst, key)) for key, _ in axes))
+    for n, (key, values) in enumerate(axes):
+        if len({combo[n][1] for combo in combos}) != len(values):
+            raise ConfigError(f"{where}.{key}: {values!r} repeats a value; give each once")
     return out, combos
+
+
+def _build(cls: type, settings: dict[str, Any], where: str) -> Any:
+    """``cls(**settings)`` with a problem reported at ``where``, then its file checks."""
+    try:
+        inst = cls(**settings)
+    except SettingError as err:
+        raise SettingError(where, err.key, err.value, err.allowed) from None
+    for key, value, expected in getattr(inst, "file_checks", list)():
+        raise SettingError(where, key, value, expected)
+    return inst
 
 
 def _components(kind: str, registry, raw: Any, where: str, allowed=None) -> tuple[Component, ...]:
@@ -458,10 +406,12 @@ def _axes(raw: dict[str, Any], where: str) -> tuple[tuple[Component, ...], ...]:
         "defense", DEFENSES, raw.get("defenses") or {"none": {}}, f"{where}: defenses"
     )
     for attack in attacks:
-        unsupported = [m.name for m in models if m.name not in ATTACKS.get(attack.name).models]
-        if unsupported:
-            raise ConfigError(
-                f"{where}: attacks.{attack.name}: not available for model {unsupported[0]!r}; "
-                f"allowed models: {', '.join(ATTACKS.get(attack.name).models)}"
-            )
+        attack_cls = ATTACKS.get(attack.name)
+        for model in models:
+            missing = attack_cls.missing(MODELS.get(model.name))
+            if missing:
+                raise ConfigError(
+                    f"{where}: attacks.{attack.name}: not available for model {model.name!r}; "
+                    f"it needs the model's {missing}, which {model.name!r} does not implement"
+                )
     return datasets, models, attacks, defenses

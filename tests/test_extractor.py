@@ -98,12 +98,13 @@ def _same_outputs(a: Extractor, b: Extractor, x: torch.Tensor) -> None:
 
 # --- config ---------------------------------------------------------------------------------------
 def test_config_cross_checks_and_fingerprint(tmp_path):
-    assert ExtractorConfig().cross_checks() == []
-    assert ExtractorConfig(arch="resnet50", weights="imagenet").cross_checks() == []
+    assert ExtractorConfig().file_checks() == []
+    assert ExtractorConfig(arch="resnet50", weights="imagenet").file_checks() == []
     missing = ExtractorConfig(weights=str(tmp_path / "nope.pt"))
-    assert [k for k, _, _ in missing.cross_checks()] == ["weights"]
-    assert [k for k, _, _ in ExtractorConfig(weights=str(tmp_path)).cross_checks()] == ["weights"]
-    assert [k for k, _, _ in ExtractorConfig(input_size=8).cross_checks()] == ["input_size"]
+    assert [k for k, _, _ in missing.file_checks()] == ["weights"]
+    assert [k for k, _, _ in ExtractorConfig(weights=str(tmp_path)).file_checks()] == ["weights"]
+    with pytest.raises(ConfigError, match="input_size"):
+        ExtractorConfig(input_size=8)
 
     with pytest.raises(ConfigError) as err:
         build_dataclass(ExtractorConfig, {"weights": "nope.pt"}, "sweep.yaml: extractor")

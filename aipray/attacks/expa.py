@@ -13,11 +13,11 @@ import torch
 
 from aipray.attacks.base import ATTACKS, Attack, AttackInputs, linf_ascent
 from aipray.models.base import Recommender
-from aipray.params import param
+from aipray.params import Settings, param
 
 
 @dataclass(frozen=True)
-class EXPAConfig:
+class EXPAConfig(Settings):
     """eps in 0..255 pixel units; AIP: Adam lr 0.01, 5000 steps; hook ``None`` = most popular."""
 
     eps: float = param(32.0, axis=True, min=0, max=255)
@@ -31,6 +31,7 @@ class EXPA(Attack):
     """Expert attack: move the item's features onto the hook item's (eq. 7)."""
 
     Config = EXPAConfig
+    requires = ("feature_network",)
 
     def __init__(self, config: EXPAConfig, model: Recommender, inputs: AttackInputs) -> None:
         super().__init__(config, model, inputs)

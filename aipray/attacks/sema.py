@@ -19,12 +19,12 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 
 from aipray.attacks.base import ATTACKS, Attack, AttackInputs
-from aipray.params import param
+from aipray.params import Settings, param
 from aipray.store import file_sha256
 
 
 @dataclass(frozen=True)
-class CSEMAConfig:
+class CSEMAConfig(Settings):
     """scale: inset width as a fraction of the image width; caption: text under the inset (empty
     for none); hook: item id of the pasted item, ``None`` = the most-interacted training item."""
 
@@ -100,7 +100,7 @@ class CSEMA(Attack):
 
 
 @dataclass(frozen=True)
-class ProvidedConfig:
+class ProvidedConfig(Settings):
     """path: a folder of ``<item id>.png`` images (lossless formats keep perturbations intact;
     JPEG is read too), item ids as in the prepared catalog. Only the cold items with a file there
     are evaluated; each file must have the catalog's image size."""
@@ -108,11 +108,12 @@ class ProvidedConfig:
     path: str = ""
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         # absolute, so that Ray workers with another working folder find it
         if self.path:
             object.__setattr__(self, "path", str(Path(self.path).expanduser().resolve()))
 
-    def cross_checks(self) -> list[tuple[str, object, str]]:
+    def file_checks(self) -> list[tuple[str, object, str]]:
         folder = Path(self.path)
         if not self.path or not folder.is_dir():
             return [("path", self.path, "an existing folder of <item id>.png images")]

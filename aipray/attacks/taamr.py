@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from aipray.attacks.base import ATTACKS, Attack, AttackInputs, linf_ascent
-from aipray.params import param
+from aipray.params import Settings, param
 
 
 def _targeted_objective(classifier: torch.nn.Module, target: int):
@@ -46,7 +46,7 @@ class _ClassifierAttack(Attack):
 
 
 @dataclass(frozen=True)
-class FGSMConfig:
+class FGSMConfig(Settings):
     """eps in 0..255 pixel units; target ``None`` = most popular class among training items."""
 
     eps: float = param(8.0, axis=True, min=0, max=255)
@@ -66,7 +66,7 @@ class FGSM(_ClassifierAttack):
 
 
 @dataclass(frozen=True)
-class PGDConfig:
+class PGDConfig(Settings):
     """eps in 0..255 pixel units; AIP/TAaMR: 20 steps; step ``None`` = 2.5·ε/steps (Madry et al.),
     in pixel units; no random start (as the Perceptual-Rec code)."""
 

@@ -36,7 +36,7 @@ import numpy as np
 from aipray.data.catalog import Catalog
 from aipray.data.common import COLD_RULE, dense_remap, npy_file_problem, pick_cold, resolve
 from aipray.data.images import Source, open_images, write_images
-from aipray.params import param
+from aipray.params import Settings, param
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +45,7 @@ DOWNLOAD_HINT = "scripts/download_data.sh downloads it"
 
 
 @dataclass(frozen=True)
-class DVBPRConfig:
+class DVBPRConfig(Settings):
     """A DVBPR release file and how to prepare it (all fields may be set in the sweep YAML).
 
     ``path`` is resolved against the working directory when the config is built.
@@ -57,9 +57,10 @@ class DVBPRConfig:
     seed: int = param(0, doc="seed of the cold-item draw")
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         object.__setattr__(self, "path", resolve(self.path))
 
-    def cross_checks(self) -> list[tuple[str, object, str]]:
+    def file_checks(self) -> list[tuple[str, object, str]]:
         """``(key, value, allowed)`` for each problem found before any work (a missing file)."""
         problem = npy_file_problem(self.path)
         if problem is None:

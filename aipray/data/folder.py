@@ -36,7 +36,7 @@ import pandas as pd
 from aipray.data.catalog import Catalog
 from aipray.data.common import COLD_RULE, pick_cold, resolve
 from aipray.data.images import compact_images, open_images, write_images
-from aipray.params import param
+from aipray.params import Settings, param
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +60,7 @@ MIN_USER_INTERACTIONS = 3
 
 
 @dataclass(frozen=True)
-class FolderConfig:
+class FolderConfig(Settings):
     """A dataset folder and how to prepare it (all fields may be set in the sweep YAML).
 
     ``path`` is required and resolved against the working directory when the config is built.
@@ -74,9 +74,10 @@ class FolderConfig:
     seed: int = param(0, doc="seed of the cold-item draw")
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         object.__setattr__(self, "path", resolve(self.path))
 
-    def cross_checks(self) -> list[tuple[str, object, str]]:
+    def file_checks(self) -> list[tuple[str, object, str]]:
         """``(key, value, allowed)`` for each problem found before any work (missing files)."""
         layout = f"a folder holding {self.interactions!r} and {IMAGE_DIR}/<item>{IMAGE_SUFFIX}"
         if not self.path:

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from aipray.data.catalog import Catalog
-from aipray.params import param
+from aipray.params import Settings, param
 
 CATEGORY_NAMES = (
     "circle",
@@ -37,7 +37,7 @@ TEXTURES = ("plain", "stripes", "dots", "checker")
 
 
 @dataclass(frozen=True)
-class SyntheticConfig:
+class SyntheticConfig(Settings):
     """Size and taste of the synthetic marketplace (all fields may be set in the sweep YAML)."""
 
     n_users: int = param(1200, min=10)

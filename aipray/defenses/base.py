@@ -13,6 +13,7 @@ from typing import Any, ClassVar
 
 import torch
 
+from aipray.params import Settings
 from aipray.registry import Registry
 
 DEFENSES: Registry[Defense] = Registry("defense")
@@ -24,6 +25,8 @@ class Defense:
     name: ClassVar[str]
     Config: ClassVar[type]
     differentiable: ClassVar[bool] = False
+    #: leaves images as they are (no defence): nothing to recompute for it
+    identity: ClassVar[bool] = False
 
     def __init__(self, config: Any) -> None:
         self.config = config
@@ -33,7 +36,7 @@ class Defense:
 
 
 @dataclass(frozen=True)
-class NoDefenseConfig:
+class NoDefenseConfig(Settings):
     pass
 
 
@@ -43,6 +46,7 @@ class NoDefense(Defense):
 
     Config = NoDefenseConfig
     differentiable = True
+    identity = True
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         return images

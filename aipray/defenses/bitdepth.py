@@ -7,11 +7,11 @@ from dataclasses import dataclass
 import torch
 
 from aipray.defenses.base import DEFENSES, Defense
-from aipray.params import param
+from aipray.params import Settings, param
 
 
 @dataclass(frozen=True)
-class BitDepthConfig:
+class BitDepthConfig(Settings):
     """bits: colour depth per channel that survives, 1 (strongest) .. 8 (identity on 8-bit
     images)."""
 

@@ -8,11 +8,11 @@ import torch
 from torchvision.io import decode_jpeg, encode_jpeg
 
 from aipray.defenses.base import DEFENSES, Defense
-from aipray.params import param
+from aipray.params import Settings, param
 
 
 @dataclass(frozen=True)
-class JPEGConfig:
+class JPEGConfig(Settings):
     """quality: libjpeg quality factor, 1 (strongest) .. 100."""
 
     quality: int = param(75, axis=True, min=1, max=100)

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from aipray.params import param
+from aipray.params import Settings, param
 from aipray.store import file_sha256
 
 ARCHS = ("alexnet", "resnet50")
@@ -20,7 +20,7 @@ META_FILE = "model.json"
 
 
 @dataclass(frozen=True)
-class ExtractorConfig:
+class ExtractorConfig(Settings):
     """The feature extractor of the sweep YAML's ``extractor`` section.
 
     ``arch``: network layout. ``weights``: ``pretrain`` (train on the item categories in-process),
@@ -45,6 +45,7 @@ class ExtractorConfig:
     batch_size: int = param(64, min=1)
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         # A checkpoint path is made absolute so that workers with another working folder find it.
         if self.weights not in ("pretrain", "imagenet") and self.weights:
             object.__setattr__(self, "weights", str(Path(self.weights).expanduser().resolve()))
@@ -56,6 +57,12 @@ class ExtractorConfig:
 
     def cross_checks(self) -> list[tuple[str, object, str]]:
         """``(key, value, allowed)`` for each constraint between fields that fails."""
+        if 0 < self.input_size < 16:
+            return [("input_size", self.input_size, "0 (automatic) or an integer in 16..1024")]
+        return []
+
+    def file_checks(self) -> list[tuple[str, object, str]]:
+        """The checkpoint ``weights`` names must exist (run by the sweep parser)."""
         bad: list[tuple[str, object, str]] = []
         path = self.weights_path
         expected = (
@@ -67,8 +74,6 @@ class ExtractorConfig:
             bad.append(("weights", self.weights, expected))
         elif path is not None and path.is_dir() and not (path / MODEL_FILE).is_file():
             bad.append(("weights", self.weights, f"a folder holding {MODEL_FILE} (save_extractor)"))
-        if 0 < self.input_size < 16:
-            bad.append(("input_size", self.input_size, "0 (automatic) or an integer in 16..1024"))
         return bad
 
     def fingerprint(self) -> dict[str, Any]:
