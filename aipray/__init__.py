@@ -6,3 +6,7 @@ MLflow.
 """
 
 __version__ = "0.1.0"
+
+from aipray.models.base import MODELS, Recommender
+
+__all__ = ["MODELS", "Recommender", "__version__"]

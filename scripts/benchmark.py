@@ -28,7 +28,6 @@ try:
 except ImportError:  # run from a checkout without `pip install -e .`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from aipray.attacks.insa import insa_objective
 from aipray.metrics.ranking import CandidateScores, hit_rates, injected_ranks
 from aipray.models.alexrank import AlexRank
 from aipray.models.extractor import build_extractor, make_spec
@@ -92,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[tuple[str, float, float]] = []
 
     # 1 AlexRank: weighted sum over profile items vs one objective per user
-    t_fast, g_fast = timed(lambda: grad_of(lambda xa: insa_objective(alexrank, users, xa), x))
+    t_fast, g_fast = timed(lambda: grad_of(lambda xa: alexrank.preference(users, xa), x))
 
     def per_user(xa: torch.Tensor) -> torch.Tensor:
         f = alexrank.extractor.features(xa)
@@ -113,9 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     rows.append(("AlexRank INSA objective+gradient, all users", t_slow, t_fast))
 
     # 2 VBPR: linear objective vs per-user dot products
-    t_fast, g_fast = timed(
-        lambda: grad_of(lambda xa: insa_objective(vbpr, users, xa, visual_bias=False), x)
-    )
+    t_fast, g_fast = timed(lambda: grad_of(lambda xa: vbpr.preference(users, xa), x))
 
     def vbpr_per_user(xa: torch.Tensor) -> torch.Tensor:
         emb = vbpr.E(vbpr.extractor.features(xa))

@@ -55,7 +55,7 @@ def sweep_for_dataset(name: str, settings: dict[str, Any], storage: str) -> Swee
         for m in MODELS.names()
         if MODELS.get(m).visual
         for a in ATTACKS.names()
-        if m in ATTACKS.get(a).models
+        if not ATTACKS.get(a).missing(MODELS.get(m))
     ]
     error: ConfigError | None = None
     for model, attack in pairs:

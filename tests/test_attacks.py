@@ -4,7 +4,6 @@ import torch
 from PIL import Image
 
 from aipray.attacks import ATTACKS, AttackInputs, linf_ascent, quantize_within
-from aipray.attacks.insa import insa_objective
 from aipray.attacks.sema import compose
 from aipray.models.alexrank import AlexRank
 from aipray.models.amr import AMR
@@ -108,28 +107,30 @@ def test_insa_objective_improves(model):
     x = images()
     users = torch.arange(m.n_users)
     adv = make("insa", m, 16, epochs=3, user_batch=30, lr=0.05)(x)
-    assert (insa_objective(m, users, adv) > insa_objective(m, users, x)).all()
+    assert (m.preference(users, adv) > m.preference(users, x)).all()
 
 
-@pytest.mark.parametrize("model", ["vbpr", "amr"])
-def test_insa_vbpr_objective_is_eq6_with_the_visual_bias(model):
-    m = tiny_models()[model]
-    torch.nn.init.normal_(m.beta_visual.weight, std=0.5)
+@pytest.mark.parametrize("cls", [VBPR, AMR])
+@pytest.mark.parametrize("visual_bias", [False, True])
+def test_insa_vbpr_objective_is_eq6(cls, visual_bias):
+    torch.manual_seed(0)
+    m = cls.on(tiny_extractor(), n_users=30, n_items=50, dim=8, visual_bias=visual_bias).eval()
+    torch.nn.init.normal_(m.E.weight, std=0.5)
+    torch.nn.init.normal_(m.theta_user.weight, std=0.5)
+    if visual_bias:
+        torch.nn.init.normal_(m.beta_visual.weight, std=0.5)
+    else:
+        assert m.beta_visual is None  # AIP's eq. 2 has no visual bias
     x = images(3)
     users = torch.tensor([0, 2, 5, 7, 11])
     f = m.extractor.features(x)
-    per_user = torch.stack(
-        [(m.theta_user.weight[u] * m.E(f)).sum(1) + m.beta_visual(f)[:, 0] for u in users]
-    ).sum(0)
-    torch.testing.assert_close(insa_objective(m, users, x), per_user, rtol=1e-4, atol=1e-4)
-    # = the users' summed scores of the cold item, less what does not depend on the image
-    total = m.score_images(users, x).sum(0) - m.beta_user(users).sum()
-    torch.testing.assert_close(insa_objective(m, users, x), total, rtol=1e-4, atol=1e-4)
-    # AIP's eq. 6 as printed: the latent visual term only
-    paper = torch.stack([(m.theta_user.weight[u] * m.E(f)).sum(1) for u in users]).sum(0)
-    torch.testing.assert_close(
-        insa_objective(m, users, x, visual_bias=False), paper, rtol=1e-4, atol=1e-4
-    )
+    per_user = torch.stack([(m.theta_user.weight[u] * m.E(f)).sum(1) for u in users]).sum(0)
+    if visual_bias:
+        per_user = per_user + len(users) * m.beta_visual(f)[:, 0]
+    torch.testing.assert_close(m.preference(users, x), per_user, rtol=1e-4, atol=1e-4)
+    # = the users' summed scores of the cold item (the interface's default objective)
+    total = m.score_images(users, x).sum(0)
+    torch.testing.assert_close(m.preference(users, x), total, rtol=1e-4, atol=1e-4)
 
 
 def test_insa_dvbpr_objective_is_log_of_eq6():
@@ -137,7 +138,7 @@ def test_insa_dvbpr_objective_is_log_of_eq6():
     x = images(3)
     users = torch.arange(m.n_users)
     direct = torch.exp(m.theta.weight @ m.cnn(x).T).sum(0)
-    torch.testing.assert_close(insa_objective(m, users, x), torch.log(direct))
+    torch.testing.assert_close(m.preference(users, x), torch.log(direct))
 
 
 @pytest.mark.parametrize("model", MODELS)
@@ -187,7 +188,7 @@ def test_insa_alexrank_objective_is_the_per_user_formula():
     for u in users.tolist():
         mine = torch.as_tensor(items[indptr[u] : indptr[u + 1]])
         expected += -(fx[:, None, :] - feats[mine][None]).norm(dim=2).mean(1)
-    torch.testing.assert_close(insa_objective(m, users, x), expected, rtol=1e-4, atol=1e-3)
+    torch.testing.assert_close(m.preference(users, x), expected, rtol=1e-4, atol=1e-3)
     # and the ranker's own scores agree: the objective is the sum of the users' scores
     torch.testing.assert_close(m.score_images(users, x).sum(0), expected, rtol=1e-4, atol=1e-3)
 

@@ -102,9 +102,6 @@ class AttackInputs:
     target_class: int | None = None
 
 
-ALL_MODELS = ("alexrank", "vbpr", "amr", "dvbpr")
-
-
 class Attack:
     """Base class: ``attack(images [B,3,H,W] in [0,1], item_ids [B]) → adversarial images on the
     8-bit grid``.
@@ -117,8 +114,9 @@ class Attack:
 
     name: ClassVar[str]
     Config: ClassVar[type]
-    models: ClassVar[tuple[str, ...]] = ALL_MODELS
     knowledge: ClassVar[str] = "ranker"
+    #: ranker methods the attack calls beyond scoring (EXPA: the feature network)
+    requires: ClassVar[tuple[str, ...]] = ()
     #: bumped when the algorithm changes, so images made by the old one are not reused
     version: ClassVar[int] = 1
 
@@ -129,6 +127,17 @@ class Attack:
 
     def __call__(self, images: torch.Tensor, item_ids: torch.Tensor | None = None) -> torch.Tensor:
         raise NotImplementedError
+
+    @classmethod
+    def missing(cls, model_cls: type) -> str | None:
+        """The first method in :attr:`requires` that ``model_cls`` leaves to the interface's
+        default (which raises), or ``None`` when the attack can run against it."""
+        from aipray.models.base import Recommender
+
+        for method in cls.requires:
+            if getattr(model_cls, method, None) is getattr(Recommender, method):
+                return method
+        return None
 
     @classmethod
     def fingerprint(cls, config: Any) -> Any:

@@ -10,20 +10,23 @@ Storage: users' training items as CSR (``indptr [n_users + 1]``, ``slots [nnz]``
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 
+from aipray.data.catalog import Catalog
 from aipray.models.base import MODELS, Recommender
 from aipray.models.extractor import build_extractor, extract_features
-from aipray.params import param
+from aipray.params import Settings, param
 
 
 @dataclass(frozen=True)
-class AlexRankConfig:
+class AlexRankConfig(Settings):
     """AlexRank has no trainable parameters; ``batch_size`` only sets feature-extraction batches."""
 
     batch_size: int = param(256, min=1)
@@ -34,6 +37,7 @@ class AlexRank(Recommender):
     """Mean L2 distance to the user's training items in the extractor's feature space."""
 
     Config = AlexRankConfig
+    display_name = "AlexRank"
     uses_extractor = True
     candidate_chunk = 64
 
@@ -143,9 +147,49 @@ class AlexRank(Recommender):
         out = codes.new_zeros(index.shape)
         return -out.index_add_(0, rows, contrib)
 
-    def score_pairs(self, users: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
-        index = torch.arange(users.numel(), device=users.device).unsqueeze(1)
-        return self.score_candidates(users, codes, index).squeeze(1)
-
     def training_encoder(self, images: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
         raise NotImplementedError("AlexRank has nothing to train")
+
+    def preference(self, users: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+        """AIP eq. 6 for AlexRank, ``Σ_u mean_{j∈I_u} −‖Φ_f(X) − Φ_f(X_j)‖``, as the weighted sum
+        ``−Σ_j w_j ‖Φ_f(X) − Φ_f(X_j)‖`` (:meth:`profile_weights`): one distance per profile
+        item instead of one per (user, item) pair."""
+        weights = self.profile_weights(users)  # [P]
+        active = weights > 0
+        dist = torch.cdist(self.feature_network(images), self.profile_features[active])
+        return -(dist @ weights[active])
+
+    def under_defense(self, defense, images: np.ndarray) -> AlexRank:
+        """A copy whose users' profile features come from defended images: a platform that
+        defends its inputs defends every image, its users' past items included."""
+        if getattr(defense, "identity", False):
+            return self
+        model = copy.deepcopy(self)
+        feats = extract_features(
+            model.extractor,
+            images,
+            items=self.profile_items.cpu().numpy(),
+            transform=defense,
+            device=self.profile_features.device,
+        )
+        model.profile_features.copy_(feats)
+        return model
+
+    @classmethod
+    def fit(
+        cls,
+        config: AlexRankConfig,
+        catalog: Catalog,
+        *,
+        extractor: nn.Module | None,
+        device: torch.device,
+        seed: int,
+    ) -> tuple[AlexRank, None]:
+        """Nothing to train: the users' profiles and their features."""
+        if extractor is None:
+            raise ValueError("alexrank is built on the pretrained extractor; none was given")
+        indptr, items = catalog.train_csr()
+        model = cls.from_profiles(
+            indptr, items, catalog.n_items, extractor.to(device), catalog.images, config.batch_size
+        )
+        return model, None

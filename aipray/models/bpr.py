@@ -2,23 +2,28 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
 
+from aipray.data.catalog import Catalog
 from aipray.models.base import MODELS, Recommender
-from aipray.params import param
+from aipray.params import Settings, param
 
 
 @dataclass(frozen=True)
-class BPRConfig:
-    """First-stage BPR. AIP: 64 factors, SGD lr 0.01 (Amazon) / 0.5 (Tradesy), weight decay 1e-3."""
+class BPRConfig(Settings):
+    """First-stage BPR. ``reg`` is BPR-Opt's λ on the rows of each training triple (γ_u, γ_i,
+    γ_j, β_i, β_j). AIP trained 64 factors with SGD lr 0.01 (Amazon) / 0.5 (Tradesy) and weight
+    decay 1e-3."""
 
     factors: int = param(64, min=1)
     lr: float = param(0.01, min=0)
-    weight_decay: float = param(1e-3, min=0)
+    reg: float = param(1e-4, min=0)
     optimizer: str = param("adam", choices=("adam", "sgd"))
     epochs: int = param(30, min=1)
     batch_size: int = param(4096, min=1)
@@ -29,7 +34,7 @@ class BPR(Recommender):
     """``p(u, i) = γ_u·γ_i + β_i``; not visual: cold items cannot be scored by it."""
 
     Config = BPRConfig
-
+    display_name = "BPR"
     visual = False
 
     def __init__(self, n_users: int, n_items: int, factors: int = 64) -> None:
@@ -57,5 +62,38 @@ class BPR(Recommender):
             raise ValueError("BPR scores warm items by id only; it cannot score images")
         return torch.cat([self.item_emb(items), self.item_bias(items)], dim=1)
 
-    def training_encoder(self, images: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+    def training_encoder(self, images: Any) -> Callable[[torch.Tensor], torch.Tensor]:
         return lambda items: self.encode_items(None, items)
+
+    def penalty(self, users: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
+        rows = [self.user_emb(users), self.item_emb(pos), self.item_emb(neg)]
+        rows += [self.item_bias(pos), self.item_bias(neg)]
+        return sum(r.pow(2).sum(1) for r in rows)
+
+    @classmethod
+    def fit(
+        cls,
+        config: BPRConfig,
+        catalog: Catalog,
+        *,
+        extractor: nn.Module | None = None,
+        device: torch.device,
+        seed: int,
+    ) -> tuple[BPR, dict[str, Any]]:
+        from aipray.models.train import fit_bpr
+
+        torch.manual_seed(seed)
+        model = cls(catalog.n_users, catalog.n_items, config.factors).to(device)
+        result = fit_bpr(
+            model,
+            catalog,
+            [{"params": model.parameters()}],
+            epochs=config.epochs,
+            batch_size=config.batch_size,
+            lr=config.lr,
+            optimizer=config.optimizer,
+            device=device,
+            seed=seed,
+            reg=config.reg,
+        )
+        return model, dataclasses.asdict(result)

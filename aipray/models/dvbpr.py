@@ -2,20 +2,23 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
+from aipray.data.catalog import Catalog
 from aipray.models.base import MODELS, Recommender
 from aipray.models.nets import CNNF
-from aipray.params import param
+from aipray.params import Settings, param
 
 
 @dataclass(frozen=True)
-class DVBPRConfig:
+class DVBPRConfig(Settings):
     """DVBPR training. AIP/DVBPR: K=100, λ1=1e-3 on the CNN, λ2=1 on θ_u, Adam 1e-4, batch 128."""
 
     dim: int = param(100, axis=True, min=1)
@@ -37,6 +40,8 @@ class DVBPR(Recommender):
     """
 
     Config = DVBPRConfig
+    display_name = "DVBPR"
+    attack_lr = 1e-3  # AIP's INSA step for DVBPR
 
     def __init__(
         self, n_users: int, dim: int, image_size: int, width: float = 1.0, dropout: float = 0.5
@@ -76,3 +81,49 @@ class DVBPR(Recommender):
             return self.cnn(batch.to(items.device, torch.float32) / 255.0)
 
         return encode
+
+    def preference(self, users: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+        """AIP eq. 6 for DVBPR is ``Σ_u exp(θ_u·Φ_e(X))``; its logarithm (``logsumexp``) is
+        maximised instead, which does not overflow. For one batch of users the two have the same
+        maximiser, but the gradient of the logarithm is the gradient of the sum divided by the
+        sum, so over a sequence of user batches (what INSA optimises) the batches are weighted
+        differently than with the sum itself: not the same optimisation path, only per batch the
+        same optimum."""
+        return torch.logsumexp(self.score_images(users, images), dim=0)
+
+    def penalty(self, users: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
+        """``‖θ_u‖²/2``: DVBPR's λ2 term on the batch's users (λ1 on the CNN is weight decay)."""
+        return 0.5 * self.theta(users).pow(2).sum(1)
+
+    @classmethod
+    def fit(
+        cls,
+        config: DVBPRConfig,
+        catalog: Catalog,
+        *,
+        extractor: nn.Module | None = None,
+        device: torch.device,
+        seed: int,
+    ) -> tuple[DVBPR, dict[str, Any]]:
+        from aipray.models.train import fit_bpr
+
+        torch.manual_seed(seed)
+        size = catalog.image_shape[1]
+        model = cls(catalog.n_users, config.dim, size, width=config.width, dropout=config.dropout)
+        model.to(device)
+        groups = [
+            {"params": model.cnn.parameters(), "weight_decay": config.lambda_cnn},
+            {"params": model.theta.parameters(), "weight_decay": 0.0},
+        ]
+        result = fit_bpr(
+            model,
+            catalog,
+            groups,
+            epochs=config.epochs,
+            batch_size=config.batch_size,
+            lr=config.lr,
+            device=device,
+            seed=seed,
+            reg=config.lambda_user,
+        )
+        return model, dataclasses.asdict(result)

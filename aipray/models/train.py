@@ -28,15 +28,18 @@ class TrainResult:
     best_score: float
     history: list[dict[str, float]] = field(default_factory=list)
     seconds: float = 0.0
+    #: what training derived besides the weights (AMR: the absolute ε of its adversary)
+    info: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
 class FeatureAdversary:
     """AMR's training-time adversary (He et al. SIGIR 2018; Tang et al. TKDE 2019): after
     ``clean_epochs`` plain epochs, each batch also pays ``weight · L_BPR`` on visual features moved
-    by ``Δ = eps · g/‖g‖`` (``g`` = the BPR loss gradient w.r.t. each item's features)."""
+    by ``Δ = ε · g/‖g‖`` (``g`` = the BPR loss gradient w.r.t. each item's features), with
+    ``ε = eps_relative ×`` the mean L2 norm of the warm items' features."""
 
-    eps: float
+    eps_relative: float
     weight: float
     clean_epochs: int = 0
 
@@ -61,17 +64,16 @@ def sample_negatives(
     return neg
 
 
-def _seen_keys(catalog: Catalog) -> np.ndarray:
+def interaction_keys(catalog: Catalog, *, held_out: bool) -> np.ndarray:
+    """Sorted ``user * n_items + item`` keys of the training interactions, plus each user's
+    validation and test items when ``held_out``. Training negatives exclude only the training
+    set (the model must not know the held-out items); evaluation negatives exclude all three."""
     n = catalog.n_items
-    u = np.arange(catalog.n_users)
-    keys = np.concatenate(
-        [
-            catalog.train_users * n + catalog.train_items,
-            u * n + catalog.val_items,
-            u * n + catalog.test_items,
-        ]
-    )
-    return np.unique(keys)
+    parts = [catalog.train_users * n + catalog.train_items]
+    if held_out:
+        u = np.arange(catalog.n_users)
+        parts += [u * n + catalog.val_items, u * n + catalog.test_items]
+    return np.unique(np.concatenate(parts))
 
 
 @torch.no_grad()
@@ -118,33 +120,35 @@ def fit_bpr(
     device: torch.device,
     seed: int = 0,
     val_negatives: int = 100,
-    user_reg: float = 0.0,
+    reg: float = 0.0,
     adversary: FeatureAdversary | None = None,
 ) -> TrainResult:
-    """Train ``model`` with the BPR loss ``−ln σ(p_ui − p_uj)`` on (user, positive, negative)
-    triplets, one pass over the training interactions per epoch, negatives drawn uniformly
-    from warm items the user never interacted with. ``user_reg`` adds ``λ/2‖u‖²`` on the batch's
-    user vectors; weight decay on other parameters comes with ``param_groups``. ``adversary``
-    adds AMR's adversarial term (needs an encoder with ``features``/``encode``, as VBPR's)."""
+    """Train ``model`` with BPR-Opt (Rendle et al. 2009): ``−ln σ(p_ui − p_uj) + reg·‖Θ_uij‖²``
+    averaged over (user, positive, negative) triplets, one pass over the training interactions
+    per epoch. Negatives are drawn uniformly from warm items outside the user's training set.
+    ``‖Θ_uij‖²`` is :meth:`Recommender.penalty`: only the rows the triple uses are regularised
+    (Adam's ``weight_decay`` on embedding tables would shrink every row at every step, and
+    collapses rarely sampled users and items to zero). Parameters every step uses (VBPR's E,
+    DVBPR's CNN) can take weight decay through ``param_groups``. ``adversary`` adds AMR's
+    adversarial term (needs an encoder with ``features``/``encode``, as VBPR's).
+    Keeps the epoch with the best validation HR@10 against ``val_negatives`` sampled items."""
     start = time.perf_counter()
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
     encoder = model.training_encoder(catalog.images)  # uint8 [N, 3, H, W], may be a memmap
     warm = np.flatnonzero(catalog.warm_mask())
-    seen = _seen_keys(catalog)
-    val_rng = np.random.default_rng(seed + 1)
-    users_all = np.arange(catalog.n_users)
-    negatives = np.stack(
-        [
-            sample_negatives(users_all, warm, seen, catalog.n_items, val_rng)
-            for _ in range(val_negatives)
-        ],
-        axis=1,
-    )
+    train_keys = interaction_keys(catalog, held_out=False)
+    negatives = validation_negatives(catalog, val_negatives, seed + 1)
+    if adversary is not None:
+        norms = encoder.features(torch.as_tensor(warm, device=device)).norm(dim=1)
+        adv_eps = adversary.eps_relative * float(norms.mean())
+        result_info = {"adv_eps": adv_eps, "mean_feature_norm": float(norms.mean())}
+    else:
+        adv_eps, result_info = 0.0, {}
     opt_cls = {"adam": torch.optim.Adam, "sgd": torch.optim.SGD}[optimizer]
     opt = opt_cls(param_groups, lr=lr)
     best_state, best = copy.deepcopy(model.state_dict()), -1.0
-    result = TrainResult(best_epoch=0, best_score=-1.0)
+    result = TrainResult(best_epoch=0, best_score=-1.0, info=result_info)
     n = catalog.train_users.size
     for epoch in range(1, epochs + 1):
         model.train()
@@ -154,7 +158,7 @@ def fit_bpr(
             idx = order[i : i + batch_size]
             u = catalog.train_users[idx]
             pos = catalog.train_items[idx]
-            neg = sample_negatives(u, warm, seen, catalog.n_items, rng)
+            neg = sample_negatives(u, warm, train_keys, catalog.n_items, rng)
             items = np.concatenate([pos, neg])
             uniq, inv = np.unique(items, return_inverse=True)
             uniq_t = torch.as_tensor(uniq, device=device)
@@ -172,13 +176,15 @@ def fit_bpr(
                 feats = encoder.features(uniq_t).detach().requires_grad_(True)
                 loss = bpr_loss(encoder.encode(feats, uniq_t))
                 (grad,) = torch.autograd.grad(loss, feats, retain_graph=True)
-                delta = adversary.eps * F.normalize(grad, dim=1)
+                delta = adv_eps * F.normalize(grad, dim=1)
                 adv_codes = encoder.encode(feats.detach() + delta, uniq_t)
                 loss = loss + adversary.weight * bpr_loss(adv_codes)
             else:
                 loss = bpr_loss(encoder(uniq_t))
-            if user_reg:
-                loss = loss + user_reg * 0.5 * uvec.pow(2).sum(1).mean()
+            if reg:
+                pos_t = torch.as_tensor(pos, device=device)
+                neg_t = torch.as_tensor(neg, device=device)
+                loss = loss + reg * model.penalty(ut, pos_t, neg_t).mean()
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -195,6 +201,17 @@ def fit_bpr(
     model.eval()
     result.seconds = time.perf_counter() - start
     return result
+
+
+def validation_negatives(catalog: Catalog, n_negatives: int, seed: int) -> np.ndarray:
+    """``[n_users, n_negatives]`` warm items each user never interacted with (training,
+    validation or test), the fixed comparison set of :func:`validation_hr`."""
+    rng = np.random.default_rng(seed)
+    warm = np.flatnonzero(catalog.warm_mask())
+    known = interaction_keys(catalog, held_out=True)
+    users = np.arange(catalog.n_users)
+    draws = [sample_negatives(users, warm, known, catalog.n_items, rng) for _ in range(n_negatives)]
+    return np.stack(draws, axis=1) if draws else np.zeros((catalog.n_users, 0), dtype=np.int64)
 
 
 def fit_classifier(

@@ -7,7 +7,6 @@ It is plain Python over torch: Ray builds one per actor-pool slot with the const
 from __future__ import annotations
 
 import logging
-import time
 from typing import Any
 
 import numpy as np
@@ -17,17 +16,10 @@ from aipray.attacks import ATTACKS, AttackInputs
 from aipray.config import Component
 from aipray.data import Catalog
 from aipray.defenses import DEFENSES
-from aipray.metrics.image import linf_255, psnr, ssim
-from aipray.metrics.ranking import (
-    CUTOFFS,
-    hit_rates,
-    injected_ranks,
-    ordinary_hit_rates,
-    prediction_shift,
-)
 from aipray.models import load_recommender
 from aipray.models.extractor import load_extractor, read_extractor_info
-from aipray.pipeline.stages import StagePaths, load_context, pick_device
+from aipray.pipeline.stages import StagePaths, load_context, load_served, pick_device
+from aipray.protocol import aip
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +39,8 @@ def encode_images(images: torch.Tensor) -> np.ndarray:
 
 
 class TrialActor:
-    """Callable over batches ``{"item_id", "image"[, "adv"]}`` → one row of metrics per item.
+    """Callable over batches ``{"item_id", "image"[, "adv"]}`` → one row of metrics per item: a
+    thin adapter of :class:`aipray.protocol.aip.ColdItemEvaluator` to Ray Data batches.
 
     When the batch already carries adversarial images (``adv``, from an earlier trial with the
     same ranker and attack), the attack is skipped: a non-adaptive attack does not depend on the
@@ -66,59 +59,32 @@ class TrialActor:
         torch.set_num_threads(max(1, threads))
         self.paths = StagePaths.from_dict(paths)
         self.device = pick_device(gpus)
-        self.model = load_recommender(self.paths.model, self.device)
-        self.context = load_context(self.paths.context, self.device)
+        ranker = load_recommender(self.paths.model, self.device)
         catalog = Catalog.load(self.paths.dataset)
         self.image_shape = catalog.image_shape
-        self.bare_context = load_context(self.paths.context_undefended, self.device)
         attack_c = _component("attack", attack)
-        self.attack = ATTACKS.get(attack_c.name)(
-            attack_c.config, self.model, attack_inputs(attack_c, catalog, self.paths, self.device)
+        attacker = ATTACKS.get(attack_c.name)(
+            attack_c.config, ranker, attack_inputs(attack_c, catalog, self.paths, self.device)
         )
         defense_c = _component("defense", defense)
-        self.defended = defense_c.name != "none"
-        self.defense = DEFENSES.get(defense_c.name)(defense_c.config)
-        self.users = torch.arange(self.model.n_users, device=self.device)
+        defender = DEFENSES.get(defense_c.name)(defense_c.config)
+        defended = not aip.is_identity(defender)
+        self.evaluator = aip.ColdItemEvaluator(
+            ranker,
+            attacker,
+            load_context(self.paths.context, self.device),
+            load_context(self.paths.context_undefended, self.device) if defended else None,
+            defender,
+            load_served(self.paths.context, self.paths.model, self.device),
+        )
         log.info("actor ready on %s", self.device)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        clean = decode_images(batch["image"], self.image_shape).to(self.device)
-        start = time.perf_counter()
+        clean = decode_images(batch["image"], self.image_shape)
         ids = np.array(batch["item_id"])  # a writable copy (Arrow buffers are read-only)
-        if "adv" in batch:
-            adv = decode_images(batch["adv"], self.image_shape).to(self.device)
-            attack_seconds = np.full(clean.shape[0], np.nan)
-        else:
-            adv = self.attack(clean, torch.as_tensor(ids, device=self.device))
-            attack_seconds = np.full(clean.shape[0], (time.perf_counter() - start) / len(clean))
-        with torch.no_grad():
-            coop = self.model.score_images(self.users, self.defense(clean))  # [U, B]
-            attacked = self.model.score_images(self.users, self.defense(adv))
-            bare = self.model.score_images(self.users, clean) if self.defended else coop
-            out: dict[str, np.ndarray] = {
-                "item_id": ids,
-                "adv": encode_images(adv),
-                "prediction_shift": prediction_shift(attacked, coop).cpu().numpy(),
-                "coop_score": coop.mean(0).cpu().numpy(),
-                "adv_score": attacked.mean(0).cpu().numpy(),
-                "linf_255": linf_255(clean, adv).cpu().numpy(),
-                "ssim": ssim(clean, adv).cpu().numpy(),
-                "psnr": psnr(clean, adv).clamp(max=100.0).cpu().numpy(),
-                "attack_seconds": attack_seconds,
-            }
-            groups = {
-                "cooperative": hit_rates(injected_ranks(self.context, coop)),
-                "adversarial": hit_rates(injected_ranks(self.context, attacked)),
-                "ordinary": ordinary_hit_rates(self.context, coop),
-                "ordinary_attacked": ordinary_hit_rates(self.context, attacked),
-                "ordinary_undefended": ordinary_hit_rates(self.bare_context, bare),
-            }
-            for group, rates in groups.items():
-                for k in CUTOFFS:
-                    out[f"{group}/hr_at_{k}"] = rates[k].cpu().numpy()
-            success = getattr(self.attack, "success", None)
-            if success is not None:
-                out["success"] = success(adv).float().cpu().numpy()
+        given = decode_images(batch["adv"], self.image_shape) if "adv" in batch else None
+        out, adv = self.evaluator(clean, ids, given)
+        out["adv"] = encode_images(adv)
         return out
 
 

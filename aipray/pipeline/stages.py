@@ -27,10 +27,7 @@ from aipray.data.catalog import summary
 from aipray.defenses import DEFENSES
 from aipray.metrics.ranking import CandidateScores
 from aipray.models import MODELS, load_recommender
-from aipray.models.alexrank import AlexRank
-from aipray.models.amr import AMR
-from aipray.models.bpr import BPR
-from aipray.models.dvbpr import DVBPR
+from aipray.models.base import model_meta
 from aipray.models.extractor import (
     class_names,
     load_extractor,
@@ -38,8 +35,7 @@ from aipray.models.extractor import (
     popular_class,
     save_extractor,
 )
-from aipray.models.train import fit_bpr
-from aipray.models.vbpr import VBPR
+from aipray.protocol import aip
 from aipray.store import Store, atomic_dir, config_key, done
 
 log = logging.getLogger(__name__)
@@ -47,7 +43,7 @@ log = logging.getLogger(__name__)
 #: the baseline context every trial measures its defence's cost against
 NO_DEFENSE = Component("defense", "none", DEFENSES.get("none").Config())
 #: bumped when a trial's stored result changes meaning, so old results are not reused
-RESULT_VERSION = 2
+RESULT_VERSION = 3
 
 
 def pick_device(gpus: float) -> torch.device:
@@ -189,123 +185,81 @@ def train_bpr(sweep: SweepConfig, paths: StagePaths, device: torch.device) -> Pa
     if done(out):
         return out
     catalog = Catalog.load(paths.dataset)
-    cfg = sweep.first_stage.bpr
-    model = BPR(catalog.n_users, catalog.n_items, cfg.factors).to(device)
-    result = fit_bpr(
-        model,
-        catalog,
-        [{"params": model.parameters(), "weight_decay": cfg.weight_decay}],
-        epochs=cfg.epochs,
-        batch_size=cfg.batch_size,
-        lr=cfg.lr,
-        optimizer=cfg.optimizer,
-        device=device,
-        seed=sweep.seed,
+    bpr = MODELS.get("bpr")
+    model, training = bpr.fit(
+        sweep.first_stage.bpr, catalog, extractor=None, device=device, seed=sweep.seed
     )
     with atomic_dir(out) as tmp:
-        model.cpu().save(tmp, {"training": dataclasses.asdict(result)})
-    log.info("BPR validation HR@10 %.3f (%.0fs)", result.best_score, result.seconds)
+        model.cpu().save(tmp, {"training": training})
+    log.info("BPR validation HR@10 %.3f (%.0fs)", training["best_score"], training["seconds"])
     return out
 
 
 def build_candidates(sweep: SweepConfig, paths: StagePaths, device: torch.device) -> Path:
-    """Each user's BPR top-C among warm items outside the user's training and validation items."""
+    """Each user's BPR top-C among warm items outside the user's training and validation items,
+    and the first stage's health (:func:`aipray.protocol.aip.first_stage_health`)."""
     out = paths.candidates
     if done(out):
         return out
     catalog = Catalog.load(paths.dataset)
     bpr = load_recommender(paths.bpr, device)
-    indptr, train_items = catalog.train_csr()
-    # never more than every user has left after masking their training and validation items
-    widest = int(np.diff(indptr).max()) + 1 if catalog.n_users else 0
-    c = min(sweep.first_stage.candidates, int(catalog.warm_mask().sum()) - widest)
-    if c < 1:
-        raise ValueError("first_stage.candidates: the catalog has too few warm items for C >= 1")
-    blocked = ~torch.as_tensor(catalog.warm_mask(), device=device)
-    all_items = torch.arange(catalog.n_items, device=device)
-    with torch.no_grad():
-        codes = bpr.encode_items(None, all_items)
-        top = []
-        for start in range(0, catalog.n_users, 1024):
-            users = torch.arange(start, min(start + 1024, catalog.n_users), device=device)
-            scores = bpr.score_codes(users, codes)
-            scores[:, blocked] = -torch.inf
-            lo, hi = int(indptr[start]), int(indptr[start + len(users)])
-            rows = np.repeat(np.arange(len(users)), np.diff(indptr[start : start + len(users) + 1]))
-            scores[torch.as_tensor(rows), torch.as_tensor(train_items[lo:hi])] = -torch.inf
-            val = torch.as_tensor(catalog.val_items[start : start + len(users)])
-            scores[torch.arange(len(users)), val] = -torch.inf
-            top.append(scores.topk(c, dim=1).indices.cpu())
-    candidates = torch.cat(top).numpy()
-    in_top = (candidates == catalog.test_items[:, None]).any(1)
+    candidates = aip.top_candidates(bpr, catalog, sweep.first_stage.candidates, device)
+    health = aip.first_stage_health(
+        bpr, catalog, candidates, model_meta(paths.bpr)["training"], device
+    )
     with atomic_dir(out) as tmp:
         np.savez(tmp / "candidates.npz", candidates=candidates)
-        _write_json(tmp / "summary.json", {"C": c, "test_item_in_top_c": float(in_top.mean())})
-    log.info("BPR top-%d holds the test item for %.1f%% of users", c, 100 * in_top.mean())
+        _write_json(tmp / "summary.json", health)
+    log.info(
+        "first stage: BPR val HR@10 %.3f (random %.3f), full HR@10 %.3f (popularity %.3f); "
+        "top-%d holds the test item for %.1f%% of users",
+        health["val_hr_at_10"],
+        health["val_random_hr_at_10"],
+        health["full_hr_at_10"],
+        health["full_popularity_hr_at_10"],
+        int(health["C"]),
+        100 * health["test_in_top_c"],
+    )
+    if health["val_hr_at_10"] < 1.5 * health["val_random_hr_at_10"]:
+        log.warning(
+            "first stage: BPR validation HR@10 %.3f is within 1.5x of random (%.3f): its "
+            "candidates are close to random; check first_stage.bpr",
+            health["val_hr_at_10"],
+            health["val_random_hr_at_10"],
+        )
     return out
+
+
+def first_stage_health(paths: StagePaths) -> dict[str, float]:
+    """What :func:`build_candidates` measured about the first stage."""
+    return json.loads((paths.candidates / "summary.json").read_text())
 
 
 def train_ranker(
     sweep: SweepConfig, trial: TrialSpec, paths: StagePaths, device: torch.device
 ) -> Path:
+    """The trial's ranker, trained by its own recipe (``Recommender.fit``) on clean images."""
     out = paths.model
     if done(out):
         return out
     catalog = Catalog.load(paths.dataset)
-    cfg = trial.model.config
-    size = catalog.image_shape[1]
-    user_reg = 0.0
-    adversary = None
-    name = trial.model.name
-    if MODELS.get(name).uses_extractor:
-        extractor = load_extractor(paths.extractor, device)
-    if name == "alexrank":
-        indptr, items = catalog.train_csr()
-        model = AlexRank.from_profiles(
-            indptr, items, catalog.n_items, extractor, catalog.images, cfg.batch_size
-        )
-        with atomic_dir(out) as tmp:
-            model.cpu().save(tmp, {"training": None})
-        log.info("%s: %d profile items", trial.model.label, model.profile_items.numel())
-        return out
-    if name == "dvbpr":
-        model = DVBPR(catalog.n_users, cfg.dim, size, width=cfg.width, dropout=cfg.dropout)
-        groups = [
-            {"params": model.cnn.parameters(), "weight_decay": cfg.lambda_cnn},
-            {"params": model.theta.parameters(), "weight_decay": 0.0},
-        ]
-        user_reg = cfg.lambda_user
-    elif name in ("vbpr", "amr"):
-        cls = AMR if name == "amr" else VBPR
-        model = cls.on(extractor, catalog.n_users, catalog.n_items, cfg.dim)
-        trainable = [p for n, p in model.named_parameters() if not n.startswith("extractor.")]
-        groups = [{"params": trainable, "weight_decay": cfg.weight_decay}]
-        if name == "amr":
-            adversary = cfg.adversary()
-    else:  # pragma: no cover - the config parser only admits registered visual models
-        raise ValueError(f"no training recipe for model {name!r}")
-    model.to(device)
-    result = fit_bpr(
-        model,
-        catalog,
-        groups,
-        epochs=cfg.epochs,
-        batch_size=cfg.batch_size,
-        lr=cfg.lr,
-        device=device,
-        seed=sweep.seed,
-        user_reg=user_reg,
-        adversary=adversary,
+    cls = MODELS.get(trial.model.name)
+    extractor = load_extractor(paths.extractor, device) if cls.uses_extractor else None
+    model, training = cls.fit(
+        trial.model.config, catalog, extractor=extractor, device=device, seed=sweep.seed
     )
     with atomic_dir(out) as tmp:
-        model.cpu().save(tmp, {"training": dataclasses.asdict(result)})
-    log.info(
-        "%s validation HR@10 %.3f at epoch %d (%.0fs)",
-        trial.model.label,
-        result.best_score,
-        result.best_epoch,
-        result.seconds,
-    )
+        model.cpu().save(tmp, {"training": training})
+    if training is None:
+        log.info("%s ready (nothing to train)", trial.model.label)
+    else:
+        log.info(
+            "%s validation HR@10 %.3f at epoch %d (%.0fs)",
+            trial.model.label,
+            training["best_score"],
+            training["best_epoch"],
+            training["seconds"],
+        )
     return out
 
 
@@ -315,7 +269,9 @@ def build_context(
 ) -> Path:
     """Score every user's fixed candidates (BPR top-C ∪ test item) with the ranker, on images that
     went through the trial's defence (or none, ``undefended``: the baseline the defence's cost on
-    ordinary items is measured against), and store them sorted for counting ranks."""
+    ordinary items is measured against), and store them sorted for counting ranks. When the
+    defence changes the ranker itself (AlexRank's profile images), the defended ranker is stored
+    alongside (``served/``)."""
     out = paths.context_undefended if undefended else paths.context
     if done(out):
         return out
@@ -325,38 +281,20 @@ def build_context(
     defense = DEFENSES.get(component.name)(component.config)
     with np.load(paths.candidates / "candidates.npz") as f:
         candidates = f["candidates"]
-    fixed = np.concatenate([candidates, catalog.test_items[:, None]], axis=1)
-    valid = np.ones(fixed.shape, dtype=bool)
-    valid[:, -1] = ~(candidates == catalog.test_items[:, None]).any(1)
-    needed = np.unique(fixed)
-    lookup = np.full(catalog.n_items, -1)
-    lookup[needed] = np.arange(needed.size)
-    with torch.no_grad():
-        codes = []
-        for start in range(0, needed.size, 256):
-            ids = needed[start : start + 256]
-            images = torch.as_tensor(np.asarray(catalog.images[ids])).to(device).float() / 255
-            codes.append(model.encode_items(defense(images), torch.as_tensor(ids, device=device)))
-        codes_t = torch.cat(codes)
-        scores = np.empty(fixed.shape, dtype=np.float32)
-        step = model.candidate_chunk
-        for start in range(0, catalog.n_users, step):
-            rows = slice(start, min(start + step, catalog.n_users))
-            users = torch.arange(rows.start, rows.stop, device=device)
-            chunk = lookup[fixed[rows]]
-            uniq, inv = np.unique(chunk, return_inverse=True)
-            s = model.score_candidates(
-                users,
-                codes_t[torch.as_tensor(uniq, device=device)],
-                torch.as_tensor(inv.reshape(chunk.shape), device=device),
-            )
-            scores[rows] = s.cpu().numpy()
-    ctx = CandidateScores.build(
-        torch.as_tensor(scores), torch.as_tensor(valid), torch.as_tensor(scores[:, -1])
-    )
+    served = model.under_defense(defense, catalog.images)
+    ctx = aip.candidate_scores(model, catalog, candidates, defense, device, served=served)
     with atomic_dir(out) as tmp:
         torch.save(dataclasses.asdict(ctx), tmp / "context.pt")
+        if served is not model:
+            served.cpu().save(tmp / "served", {"defense": component.as_dict()})
     return out
+
+
+def load_served(context: Path, model: Path, device: torch.device | str = "cpu"):
+    """The ranker as served under the context's defence (the trained one unless the defence
+    changed it)."""
+    served = context / "served"
+    return load_recommender(served if served.is_dir() else model, device)
 
 
 def load_context(path: Path, device: torch.device | str = "cpu") -> CandidateScores:

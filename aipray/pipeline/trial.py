@@ -24,11 +24,11 @@ from PIL import Image, ImageDraw
 from aipray.attacks import ATTACKS
 from aipray.data import Catalog
 from aipray.defenses import DEFENSES
-from aipray.metrics.ranking import CUTOFFS, random_hit_rate
-from aipray.metrics.stats import paired_t_test
 from aipray.models import load_recommender
+from aipray.models.base import model_meta
 from aipray.pipeline.actor import TrialActor, _component, decode_images, hook_item
-from aipray.pipeline.stages import StagePaths, load_context
+from aipray.pipeline.stages import StagePaths, first_stage_health, load_context
+from aipray.protocol.aip import reduce_items
 from aipray.store import atomic_dir, done
 
 log = logging.getLogger(__name__)
@@ -36,31 +36,18 @@ log = logging.getLogger(__name__)
 EMBEDDING_SAMPLE = 1000  # warm items in a trial's embedding map
 EMBEDDING_COLD = 50  # cold items shown before/after the attack
 
-GROUPS = ("cooperative", "adversarial", "ordinary", "ordinary_attacked", "ordinary_undefended")
 
-
-def reduce_items(items: pd.DataFrame, set_sizes: torch.Tensor) -> dict[str, float]:
-    """Trial metrics from the per-item rows (one row per cold item)."""
-    metrics: dict[str, float] = {}
-    for group in GROUPS:
-        for k in CUTOFFS:
-            metrics[f"{group}/hr_at_{k}"] = float(items[f"{group}/hr_at_{k}"].mean())
-    for k, value in random_hit_rate(set_sizes).items():
-        metrics[f"random/hr_at_{k}"] = value
-    metrics["prediction_shift"] = float(items["prediction_shift"].mean())
-    metrics["p_value_hr_at_5"] = paired_t_test(
-        items["adversarial/hr_at_5"].to_numpy(), items["cooperative/hr_at_5"].to_numpy()
-    )
-    metrics["linf_255_max"] = float(items["linf_255"].max())
-    metrics["ssim_mean"] = float(items["ssim"].mean())
-    metrics["psnr_mean"] = float(items["psnr"].mean())
-    if "success" in items:
-        metrics["success_rate"] = float(items["success"].mean())
-    seconds = items["attack_seconds"].dropna()
-    if len(seconds):
-        metrics["attack_seconds_per_item"] = float(seconds.mean())
-    metrics["n_items"] = float(len(items))
-    return metrics
+def stage_metrics(paths: StagePaths) -> dict[str, float]:
+    """The health of what the trial stands on: the first stage's (``first_stage/*``, see
+    :class:`aipray.protocol.aip.FirstStage`) and the ranker's validation HR@10 against 100
+    sampled negatives (``ranker/val_hr_at_10``; NaN for rankers without training), plus what its
+    training derived (AMR: ``ranker/adv_eps``, the absolute ε of its adversary)."""
+    out = {f"first_stage/{k}": float(v) for k, v in first_stage_health(paths).items()}
+    training = model_meta(paths.model).get("training")
+    out["ranker/val_hr_at_10"] = float(training["best_score"]) if training else float("nan")
+    for key, value in ((training or {}).get("info") or {}).items():
+        out[f"ranker/{key}"] = float(value)
+    return out
 
 
 def example_grid(
@@ -142,6 +129,7 @@ def evaluate(payload: dict[str, Any]) -> dict[str, float]:
 
     context = load_context(paths.context)
     metrics = reduce_items(items, context.set_sizes)
+    metrics.update(stage_metrics(paths))
     with atomic_dir(paths.result) as tmp:
         pq.write_table(
             pa.Table.from_pandas(items.drop(columns=["adv"]), preserve_index=False),

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import torch
@@ -42,12 +42,14 @@ def extract_features(
     device: str | torch.device | None = None,
     batch_size: int = 256,
     items: np.ndarray | None = None,
+    transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """``Φ_f`` of uint8 images ``[N, 3, H, W]`` (array, memmap or tensor), or of the rows
     ``items``, in batches → float ``[N or len(items), feature_dim]`` on ``device`` (default: the
-    extractor's)."""
+    extractor's). ``transform`` (e.g. an input defence) is applied to each float batch first."""
     device = _device_of(extractor, device)
-    out = [extractor.features(x) for x in _batches(images, batch_size, device, items)]
+    batches = _batches(images, batch_size, device, items)
+    out = [extractor.features(x if transform is None else transform(x)) for x in batches]
     return torch.cat(out) if out else torch.zeros(0, extractor.feature_dim, device=device)
 
 

@@ -1,0 +1,37 @@
+"""How a trial turns images into numbers, without Ray.
+
+:mod:`aipray.protocol.aip` is AIP's cold-item two-stage protocol: first-stage candidates, each
+ranker's fixed candidate scores under a defence, and per-batch evaluation of cold items
+(attack → defence → scores → ranks → per-item rows → trial metrics). The Ray Data actor of a
+sweep trial is a thin adapter around :class:`~aipray.protocol.aip.ColdItemEvaluator`; the same
+code evaluates a user's own ranker in a notebook::
+
+    from aipray.protocol import aip
+    candidates = aip.first_stage(catalog, bpr_config, seed=0).candidates
+    metrics, items = aip.evaluate(my_ranker, catalog, candidates, aip.attack("insa", my_ranker,
+                                  catalog, eps=16))
+
+Importing this package does not import Ray.
+"""
+
+from aipray.protocol.aip import (
+    ColdItemEvaluator,
+    FirstStage,
+    attack,
+    candidate_scores,
+    evaluate,
+    first_stage,
+    reduce_items,
+    top_candidates,
+)
+
+__all__ = [
+    "ColdItemEvaluator",
+    "FirstStage",
+    "attack",
+    "candidate_scores",
+    "evaluate",
+    "first_stage",
+    "reduce_items",
+    "top_candidates",
+]

@@ -1,0 +1,347 @@
+"""AIP's cold-item protocol (Liu & Larson, WWW 2021, §4), Ray-free.
+
+Per user, a visually-aware ranker re-ranks a fixed candidate set — the first stage's (BPR's)
+top-C among warm items outside the user's training and validation items, plus the user's
+ordinary test item — into which one cold item is injected, with its original (cooperative) or
+its adversarial image. The fixed candidates are scored once per (ranker, defence)
+(:func:`candidate_scores`); a batch of cold items is then ranked for every user at once by
+counting (:mod:`aipray.metrics.ranking`). Defences apply to every image the ranker sees: the
+candidates', the cold items' (cooperative and adversarial alike) and any the ranker keeps of its
+own (:meth:`~aipray.models.base.Recommender.under_defense`). Rankers are trained on clean
+images: a platform trains before it adds an input defence.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from aipray.attacks.base import ATTACKS, Attack, AttackInputs
+from aipray.data.catalog import Catalog
+from aipray.defenses import DEFENSES
+from aipray.metrics.full_ranking import (
+    full_hit_rate,
+    full_scores_masked,
+    model_scores,
+    popularity_scores,
+)
+from aipray.metrics.image import linf_255, psnr, ssim
+from aipray.metrics.ranking import (
+    CUTOFFS,
+    CandidateScores,
+    hit_rates,
+    injected_ranks,
+    ordinary_hit_rates,
+    prediction_shift,
+    random_hit_rate,
+)
+from aipray.metrics.stats import paired_t_test
+from aipray.models.base import Recommender
+
+ImageMap = Callable[[torch.Tensor], torch.Tensor]
+
+#: per-item groups of hit rates: the cold item and the user's ordinary test item
+GROUPS = ("cooperative", "adversarial", "ordinary", "ordinary_attacked", "ordinary_undefended")
+
+
+def no_defense() -> ImageMap:
+    """The identity defence (the ranker sees images as uploaded)."""
+    none = DEFENSES.get("none")
+    return none(none.Config())
+
+
+def is_identity(defense: ImageMap) -> bool:
+    return bool(getattr(defense, "identity", False))
+
+
+def as_float(images: np.ndarray) -> torch.Tensor:
+    """uint8 ``[B, 3, H, W]`` (array or memmap rows) → float in [0, 1]."""
+    return torch.from_numpy(np.array(images)).float() / 255.0
+
+
+# --- first stage ----------------------------------------------------------------------------------
+@torch.no_grad()
+def top_candidates(
+    bpr: Recommender, catalog: Catalog, c: int, device: torch.device | str = "cpu"
+) -> np.ndarray:
+    """``[n_users, C']`` each user's top-C warm items by ``bpr`` outside the user's training and
+    validation items; ``C' = min(C, what every user has left)``."""
+    indptr, _ = catalog.train_csr()
+    widest = int(np.diff(indptr).max()) + 1 if catalog.n_users else 0
+    c = min(c, int(catalog.warm_mask().sum()) - widest)
+    if c < 1:
+        raise ValueError("first_stage.candidates: the catalog has too few warm items for C >= 1")
+    scores_of = model_scores(bpr, catalog, device)
+    top = [
+        scores.topk(c, dim=1).indices.cpu()
+        for _, scores in full_scores_masked(scores_of, catalog, mask_held_out="val", device=device)
+    ]
+    return torch.cat(top).numpy()
+
+
+@dataclass(frozen=True)
+class FirstStage:
+    """The trained first stage, its candidates and its health.
+
+    ``health`` holds, as plain floats: ``val_hr_at_10`` (validation HR@10 against 100 sampled
+    negatives, what training selected on) and ``val_random_hr_at_10`` (a random ranker's 10/101);
+    ``full_hr_at_10`` (the validation item ranked among all warm items outside the training set)
+    and ``full_popularity_hr_at_10`` (the same for the popularity ranker); ``test_in_top_c``
+    (share of users whose test item is among the candidates) and ``C``.
+    """
+
+    model: Recommender
+    candidates: np.ndarray
+    health: dict[str, float] = field(default_factory=dict)
+
+
+def first_stage(
+    catalog: Catalog,
+    config: Any = None,
+    *,
+    candidates: int = 1000,
+    seed: int = 0,
+    device: torch.device | str = "cpu",
+) -> FirstStage:
+    """Train BPR (``config``: a :class:`~aipray.models.bpr.BPRConfig`, default settings when
+    ``None``), take each user's top-``candidates`` and measure the first stage's health."""
+    from aipray.models.base import MODELS
+
+    bpr_cls = MODELS.get("bpr")
+    config = bpr_cls.Config() if config is None else config
+    model, training = bpr_cls.fit(config, catalog, extractor=None, device=device, seed=seed)
+    cands = top_candidates(model, catalog, candidates, device)
+    return FirstStage(model, cands, first_stage_health(model, catalog, cands, training, device))
+
+
+def first_stage_health(
+    model: Recommender,
+    catalog: Catalog,
+    candidates: np.ndarray,
+    training: dict[str, Any] | None,
+    device: torch.device | str = "cpu",
+) -> dict[str, float]:
+    """See :class:`FirstStage`. A first stage within 1.5× of random draws candidates that say
+    little about the second-stage ranker: callers warn about it."""
+    best = float(training["best_score"]) if training else float("nan")
+    in_top = (candidates == catalog.test_items[:, None]).any(1)
+    return {
+        "val_hr_at_10": best,
+        "val_random_hr_at_10": 10 / 101,
+        "full_hr_at_10": full_hit_rate(model_scores(model, catalog, device), catalog, k=10),
+        "full_popularity_hr_at_10": full_hit_rate(popularity_scores(catalog), catalog, k=10),
+        "test_in_top_c": float(in_top.mean()),
+        "C": float(candidates.shape[1]),
+    }
+
+
+# --- fixed candidate scores -----------------------------------------------------------------------
+@torch.no_grad()
+def candidate_scores(
+    model: Recommender,
+    catalog: Catalog,
+    candidates: np.ndarray,
+    defense: ImageMap | None = None,
+    device: torch.device | str = "cpu",
+    *,
+    served: Recommender | None = None,
+) -> CandidateScores:
+    """Score every user's fixed candidates (``candidates`` ∪ test item) with the ranker a
+    platform with ``defense`` serves (``served``, default ``model.under_defense``), on defended
+    images."""
+    defense = no_defense() if defense is None else defense
+    if served is None:
+        served = model.under_defense(defense, catalog.images)
+    fixed = np.concatenate([candidates, catalog.test_items[:, None]], axis=1)
+    valid = np.ones(fixed.shape, dtype=bool)
+    valid[:, -1] = ~(candidates == catalog.test_items[:, None]).any(1)
+    needed = np.unique(fixed)
+    lookup = np.full(catalog.n_items, -1)
+    lookup[needed] = np.arange(needed.size)
+    codes = []
+    for start in range(0, needed.size, 256):
+        ids = needed[start : start + 256]
+        images = as_float(catalog.images[ids]).to(device)
+        codes.append(served.encode_items(defense(images), torch.as_tensor(ids, device=device)))
+    codes_t = torch.cat(codes)
+    scores = np.empty(fixed.shape, dtype=np.float32)
+    step = served.candidate_chunk
+    for start in range(0, catalog.n_users, step):
+        rows = slice(start, min(start + step, catalog.n_users))
+        users = torch.arange(rows.start, rows.stop, device=device)
+        chunk = lookup[fixed[rows]]
+        uniq, inv = np.unique(chunk, return_inverse=True)
+        s = served.score_candidates(
+            users,
+            codes_t[torch.as_tensor(uniq, device=device)],
+            torch.as_tensor(inv.reshape(chunk.shape), device=device),
+        )
+        scores[rows] = s.cpu().numpy()
+    return CandidateScores.build(
+        torch.as_tensor(scores), torch.as_tensor(valid), torch.as_tensor(scores[:, -1]).clone()
+    )
+
+
+# --- cold items -----------------------------------------------------------------------------------
+class ColdItemEvaluator:
+    """Evaluates batches of cold items for one (ranker, attack, defence).
+
+    Args:
+        model: the trained ranker the attacker knows (undefended).
+        attack: the attack, or ``None`` when adversarial images are supplied to each call.
+        context: fixed candidate scores under the defence (:func:`candidate_scores`).
+        bare_context: the same without the defence (the baseline of the defence's cost).
+        defense: the input defence (identity for none).
+        served: the ranker under the defence (``model.under_defense(defense, images)``).
+    """
+
+    def __init__(
+        self,
+        model: Recommender,
+        attack: Attack | None,
+        context: CandidateScores,
+        bare_context: CandidateScores | None = None,
+        defense: ImageMap | None = None,
+        served: Recommender | None = None,
+    ) -> None:
+        self.model = model
+        self.attack = attack
+        self.context = context
+        self.defense = no_defense() if defense is None else defense
+        self.defended = not is_identity(self.defense)
+        if self.defended and bare_context is None:
+            raise ValueError("a defended evaluation needs the undefended candidate scores too")
+        self.bare_context = context if bare_context is None else bare_context
+        self.served = model if served is None else served
+        self.device = context.sorted_scores.device
+        self.users = torch.arange(model.n_users, device=self.device)
+
+    def __call__(
+        self,
+        clean: torch.Tensor,
+        item_ids: np.ndarray,
+        adversarial: torch.Tensor | None = None,
+    ) -> tuple[dict[str, np.ndarray], torch.Tensor]:
+        """Per-item rows for ``clean`` images ``[B, 3, H, W]`` in [0, 1] of cold items
+        ``item_ids`` and the adversarial images (made by the attack unless given)."""
+        clean = clean.to(self.device)
+        start = time.perf_counter()
+        if adversarial is None:
+            if self.attack is None:
+                raise ValueError("no attack and no adversarial images to evaluate")
+            adv = self.attack(clean, torch.as_tensor(item_ids, device=self.device))
+            seconds = np.full(clean.shape[0], (time.perf_counter() - start) / len(clean))
+        else:
+            adv = adversarial.to(self.device)
+            seconds = np.full(clean.shape[0], np.nan)
+        with torch.no_grad():
+            coop = self.served.score_images(self.users, self.defense(clean))  # [U, B]
+            attacked = self.served.score_images(self.users, self.defense(adv))
+            bare = self.model.score_images(self.users, clean) if self.defended else coop
+            out: dict[str, np.ndarray] = {
+                "item_id": np.asarray(item_ids),
+                "prediction_shift": prediction_shift(attacked, coop).cpu().numpy(),
+                "coop_score": coop.mean(0).cpu().numpy(),
+                "adv_score": attacked.mean(0).cpu().numpy(),
+                "linf_255": linf_255(clean, adv).cpu().numpy(),
+                "ssim": ssim(clean, adv).cpu().numpy(),
+                "psnr": psnr(clean, adv).clamp(max=100.0).cpu().numpy(),
+                "attack_seconds": seconds,
+            }
+            groups = {
+                "cooperative": hit_rates(injected_ranks(self.context, coop)),
+                "adversarial": hit_rates(injected_ranks(self.context, attacked)),
+                "ordinary": ordinary_hit_rates(self.context, coop),
+                "ordinary_attacked": ordinary_hit_rates(self.context, attacked),
+                "ordinary_undefended": ordinary_hit_rates(self.bare_context, bare),
+            }
+            for group, rates in groups.items():
+                for k in CUTOFFS:
+                    out[f"{group}/hr_at_{k}"] = rates[k].cpu().numpy()
+            success = getattr(self.attack, "success", None)
+            if success is not None:
+                out["success"] = success(adv).float().cpu().numpy()
+        return out, adv
+
+
+def reduce_items(items: pd.DataFrame, set_sizes: torch.Tensor) -> dict[str, float]:
+    """Trial metrics from the per-item rows (one row per cold item)."""
+    metrics: dict[str, float] = {}
+    for group in GROUPS:
+        for k in CUTOFFS:
+            metrics[f"{group}/hr_at_{k}"] = float(items[f"{group}/hr_at_{k}"].mean())
+    for k, value in random_hit_rate(set_sizes).items():
+        metrics[f"random/hr_at_{k}"] = value
+    metrics["prediction_shift"] = float(items["prediction_shift"].mean())
+    metrics["p_value_hr_at_5"] = paired_t_test(
+        items["adversarial/hr_at_5"].to_numpy(), items["cooperative/hr_at_5"].to_numpy()
+    )
+    metrics["linf_255_max"] = float(items["linf_255"].max())
+    metrics["ssim_mean"] = float(items["ssim"].mean())
+    metrics["psnr_mean"] = float(items["psnr"].mean())
+    if "success" in items:
+        metrics["success_rate"] = float(items["success"].mean())
+    seconds = items["attack_seconds"].dropna()
+    if len(seconds):
+        metrics["attack_seconds_per_item"] = float(seconds.mean())
+    metrics["n_items"] = float(len(items))
+    return metrics
+
+
+# --- one call -------------------------------------------------------------------------------------
+def attack(
+    name: str,
+    model: Recommender,
+    catalog: Catalog,
+    *,
+    classifier: torch.nn.Module | None = None,
+    target_class: int | None = None,
+    **settings: Any,
+) -> Attack:
+    """A registered attack against ``model`` with ``settings`` (its Config's fields; validated),
+    knowing the catalog's most-interacted training item (the hook) unless ``hook`` is set."""
+    cls = ATTACKS.get(name)
+    config = cls.Config(**settings)
+    hook = getattr(config, "hook", None)
+    hook = catalog.most_popular_item() if hook is None else int(hook)
+    inputs = AttackInputs(
+        hook_image=as_float(catalog.images[hook : hook + 1])[0],
+        classifier=classifier,
+        target_class=target_class,
+    )
+    return cls(config, model, inputs)
+
+
+def evaluate(
+    model: Recommender,
+    catalog: Catalog,
+    candidates: np.ndarray,
+    attack: Attack,
+    *,
+    defense: ImageMap | None = None,
+    items: Sequence[int] | None = None,
+    batch_size: int = 64,
+    device: torch.device | str = "cpu",
+) -> tuple[dict[str, float], pd.DataFrame]:
+    """The whole protocol in one process: trial metrics and per-item rows for the catalog's cold
+    items (or ``items``) under ``attack`` and ``defense``."""
+    model = model.to(device).eval()
+    defense = no_defense() if defense is None else defense
+    served = model.under_defense(defense, catalog.images)
+    context = candidate_scores(model, catalog, candidates, defense, device, served=served)
+    bare = None if is_identity(defense) else candidate_scores(model, catalog, candidates)
+    evaluator = ColdItemEvaluator(model, attack, context, bare, defense, served)
+    ids = np.asarray(catalog.cold_items if items is None else items, dtype=np.int64)
+    rows = []
+    for start in range(0, ids.size, batch_size):
+        chunk = ids[start : start + batch_size]
+        out, _ = evaluator(as_float(catalog.images[chunk]), chunk)
+        rows.append(pd.DataFrame(out))
+    frame = pd.concat(rows, ignore_index=True)
+    return reduce_items(frame, context.set_sizes), frame

@@ -1,0 +1,202 @@
+"""The AIP cold-item protocol without Ray: a user's own ranker, slow references, first-stage
+health, defences on every image the ranker sees, determinism."""
+
+import sys
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import aipray
+from aipray.data.synthetic import SyntheticConfig, make_synthetic
+from aipray.defenses import DEFENSES
+from aipray.metrics.full_ranking import full_hit_rate, popularity_scores
+from aipray.metrics.ranking import hit_rates_by_argsort
+from aipray.models.bpr import BPRConfig
+from aipray.protocol import aip
+
+
+class PooledRanker(aipray.Recommender):
+    """A user's own ranker, defined outside aipray/models: user vectors against a linear map of
+    4×4 average-pooled pixels. Only n_users, encode_items, score_codes and feature_network."""
+
+    def __init__(self, n_users: int, dim: int = 8) -> None:
+        super().__init__()
+        self.users = nn.Embedding(n_users, dim)
+        self.proj = nn.Linear(3 * 4 * 4, dim)
+
+    @property
+    def n_users(self) -> int:
+        return self.users.num_embeddings
+
+    def feature_network(self, images):
+        return F.adaptive_avg_pool2d(images, 4).flatten(1)
+
+    def encode_items(self, images, items=None):
+        return self.proj(self.feature_network(images))
+
+    def score_codes(self, users, codes):
+        return self.users(users) @ codes.T
+
+
+@pytest.fixture(scope="module")
+def catalog():
+    cfg = SyntheticConfig(n_users=200, n_items=240, n_cold=24, image_size=16, seed=3)
+    return make_synthetic(cfg)
+
+
+@pytest.fixture(scope="module")
+def first(catalog):
+    cfg = BPRConfig(factors=16, lr=0.01, reg=0.03, epochs=20, batch_size=256)
+    return aip.first_stage(catalog, cfg, candidates=40, seed=0)
+
+
+def own_ranker(catalog):
+    torch.manual_seed(0)
+    return PooledRanker(catalog.n_users).eval().requires_grad_(False)
+
+
+def test_protocol_does_not_import_ray():
+    import subprocess
+
+    code = "import sys, aipray.protocol; assert 'ray' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_own_ranker_attacked_with_insa_and_expa_under_the_protocol(catalog, first):
+    ranker = own_ranker(catalog)
+    results = {}
+    for name, settings in (
+        ("insa", {"eps": 32, "epochs": 5, "user_batch": 50}),
+        ("expa", {"eps": 32, "steps": 60}),
+    ):
+        attack = aip.attack(name, ranker, catalog, **settings)
+        results[name] = aip.evaluate(ranker, catalog, first.candidates, attack)
+    metrics, items = results["insa"]
+    assert len(items) == catalog.cold_items.size
+    assert metrics["adversarial/hr_at_5"] > metrics["cooperative/hr_at_5"] + 0.15
+    assert metrics["p_value_hr_at_5"] < 0.01
+    assert metrics["prediction_shift"] > 0
+    for m, _ in results.values():
+        assert m["linf_255_max"] <= 32
+
+
+def test_evaluate_matches_a_slow_argsort(catalog, first):
+    """HR@N from counting against sorted candidate scores equals a per-user argsort over the
+    candidate set recomputed score by score."""
+    ranker = own_ranker(catalog)
+    attack = aip.attack("insa", ranker, catalog, eps=8, epochs=2, user_batch=100)
+    metrics, items = aip.evaluate(ranker, catalog, first.candidates, attack)
+    ids = items["item_id"].to_numpy()
+    users = torch.arange(catalog.n_users)
+    with torch.no_grad():
+        fixed = np.concatenate([first.candidates, catalog.test_items[:, None]], axis=1)
+        fixed_scores = np.stack(
+            [
+                ranker.score_codes(
+                    users[u : u + 1],
+                    ranker.encode_items(aip.as_float(catalog.images[fixed[u]])),
+                )[0].numpy()
+                for u in range(catalog.n_users)
+            ]
+        )
+        coop = ranker.score_images(users, aip.as_float(catalog.images[ids])).numpy()
+    valid = np.ones(fixed.shape, dtype=bool)
+    valid[:, -1] = ~(first.candidates == catalog.test_items[:, None]).any(1)
+    for k in (5, 10):
+        slow = hit_rates_by_argsort(fixed_scores, valid, coop, k)
+        np.testing.assert_allclose(items[f"cooperative/hr_at_{k}"].to_numpy(), slow, atol=1e-6)
+        assert metrics[f"cooperative/hr_at_{k}"] == pytest.approx(slow.mean(), abs=1e-6)
+
+
+def test_first_stage_beats_popularity_and_keeps_user_vectors(catalog, first):
+    health = first.health
+    assert health["val_hr_at_10"] > 2 * health["val_random_hr_at_10"]
+    assert health["full_hr_at_10"] > 1.25 * health["full_popularity_hr_at_10"]
+    assert health["full_popularity_hr_at_10"] == pytest.approx(
+        full_hit_rate(popularity_scores(catalog), catalog, k=10)
+    )
+    norms = first.model.user_emb.weight.norm(dim=1)
+    assert norms.min() > 0.05, "user vectors collapsed"
+    assert first.candidates.shape == (catalog.n_users, 40)
+    # candidates never include the user's training or validation items, nor cold items
+    indptr, train_items = catalog.train_csr()
+    cold = set(catalog.cold_items.tolist())
+    for u in range(0, catalog.n_users, 17):
+        row = set(first.candidates[u].tolist())
+        assert not row & set(train_items[indptr[u] : indptr[u + 1]].tolist())
+        assert catalog.val_items[u] not in row and not row & cold
+
+
+def test_full_hit_rate_against_a_loop(catalog):
+    """Full-ranking HR@10 of a fixed score table against a per-user Python loop."""
+    rng = np.random.default_rng(0)
+    table = torch.as_tensor(
+        rng.normal(size=(catalog.n_users, catalog.n_items)), dtype=torch.float32
+    )
+    fast = full_hit_rate(lambda users: table[users], catalog, k=10, chunk=37)
+    indptr, train_items = catalog.train_csr()
+    warm = catalog.warm_mask()
+    hits = 0
+    for u in range(catalog.n_users):
+        allowed = warm.copy()
+        allowed[train_items[indptr[u] : indptr[u + 1]]] = False
+        allowed[catalog.test_items[u]] = False
+        allowed[catalog.val_items[u]] = False
+        own = table[u, catalog.val_items[u]].item()
+        hits += int((table[u].numpy()[allowed] >= own).sum() < 10)
+    assert fast == pytest.approx(hits / catalog.n_users)
+
+
+def test_a_defence_reaches_alexrank_profiles(catalog, first):
+    from aipray.models.alexrank import AlexRank
+    from aipray.models.extractor import build_extractor, extract_features, make_spec
+
+    spec = make_spec("alexnet", 8, layout="aipray", input_size=None, image_size=16, width=0.05)
+    torch.manual_seed(0)
+    extractor = build_extractor(spec).eval()
+    indptr, items = catalog.train_csr()
+    model = AlexRank.from_profiles(indptr, items, catalog.n_items, extractor, catalog.images)
+    jpeg = DEFENSES.get("jpeg")(DEFENSES.get("jpeg").Config(quality=10))
+    assert model.under_defense(aip.no_defense(), catalog.images) is model
+    served = model.under_defense(jpeg, catalog.images)
+    expected = extract_features(
+        extractor, catalog.images, items=model.profile_items.numpy(), transform=jpeg
+    )
+    torch.testing.assert_close(served.profile_features, expected)
+    assert not torch.allclose(served.profile_features, model.profile_features)
+    # the undefended model is untouched, and the defended scores use defended profiles
+    clean = extract_features(extractor, catalog.images, items=model.profile_items.numpy())
+    torch.testing.assert_close(model.profile_features, clean)
+    ctx = aip.candidate_scores(model, catalog, first.candidates[:, :5], jpeg)
+    ctx_served = aip.candidate_scores(served, catalog, first.candidates[:, :5], jpeg, served=served)
+    torch.testing.assert_close(ctx.sorted_scores, ctx_served.sorted_scores)
+
+
+def test_evaluation_is_deterministic(catalog, first):
+    runs = []
+    for _ in range(2):
+        ranker = own_ranker(catalog)
+        attack = aip.attack("insa", ranker, catalog, eps=8, epochs=2, user_batch=64)
+        metrics = aip.evaluate(ranker, catalog, first.candidates, attack)[0]
+        metrics.pop("attack_seconds_per_item")  # wall time
+        runs.append(metrics)
+    assert runs[0] == runs[1]
+
+
+def test_readme_own_ranker_block_runs(capsys):
+    """The README's own-ranker example runs as written and shows INSA's rise."""
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    block = text.split("<!-- own-ranker:start -->")[1].split("<!-- own-ranker:end -->")[0]
+    code = block.split("```python")[1].split("```")[0]
+    usage = code.split("catalog = ")[1]
+    assert len(("catalog = " + usage).strip().splitlines()) <= 10
+    torch.manual_seed(0)
+    exec(compile(code, "README.md", "exec"), {"__name__": "readme"})
+    lines = dict(line.split(" ", 1) for line in capsys.readouterr().out.strip().splitlines())
+    coop, adv = map(float, lines["insa"].split())
+    assert adv > coop + 0.1
