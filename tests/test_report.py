@@ -14,10 +14,13 @@ from mlflow.tracking import MlflowClient
 from PIL import Image
 
 from aipray.report import main
+from aipray.report.common import model_name, prepare, row_label, setting_text
 from aipray.report.runs import Source, load_runs
-from aipray.report.tables import choose_eps, prepare, table4
+from aipray.report.tables import choose_eps, table4
 
 SWEEP = "tiny"
+# display names come from the model registry (the report names no model itself)
+VBPR, DVBPR, AMR = model_name("vbpr"), model_name("dvbpr"), model_name("amr")
 # Per (model, dim): cooperative and ordinary HR@5 of every trial without a defence.
 BASE = {("vbpr", 20): (0.01, 0.02), ("dvbpr", 20): (0.002, 0.03), ("dvbpr", 10): (0.004, 0.025)}
 # Undefended trials: model, dim, attack, eps, adversarial HR@5, ordinary (attacked) HR@5,
@@ -37,18 +40,21 @@ UNDEFENDED = [
     ("dvbpr", 10, "insa", 32, 0.9, 0.02, 6.0, 1e-6),
 ]
 # Defended trials of INSA ε=32: model, family, level, adversarial, cooperative, ordinary HR@5
-# (undefended ordinary HR@5 is BASE's). Logged in shuffled level order.
+# (undefended ordinary HR@5 is BASE's), p-value. Logged in shuffled level order.
 DEFENDED = [
-    ("vbpr", "jpeg", 10, 0.001, 0.003, 0.005),
-    ("vbpr", "jpeg", 50, 0.009, 0.008, 0.015),  # 0.009 > its own coop 0.008 (< undefended 0.01)
-    ("vbpr", "jpeg", 90, 0.45, 0.01, 0.019),
-    ("vbpr", "jpeg", 30, 0.005, 0.007, 0.012),  # weakest success: quality 30, cost -0.008
-    ("vbpr", "jpeg", 70, 0.2, 0.01, 0.018),
-    ("vbpr", "bitdepth", 2, 0.0, 0.005, 0.004),
-    ("vbpr", "bitdepth", 6, 0.3, 0.01, 0.02),
-    ("vbpr", "bitdepth", 4, 0.01, 0.01, 0.017),  # equal counts: 4 bits, cost -0.003
-    ("dvbpr", "jpeg", 90, 0.6, 0.002, 0.03),
-    ("dvbpr", "jpeg", 50, 0.3, 0.002, 0.025),  # never reaches cooperative: none
+    ("vbpr", "jpeg", 10, 0.001, 0.003, 0.005, 0.5),
+    ("vbpr", "jpeg", 50, 0.009, 0.008, 0.015, 0.6),  # 0.009 > its coop 0.008, not significant
+    ("vbpr", "jpeg", 90, 0.45, 0.01, 0.019, 1e-6),
+    ("vbpr", "jpeg", 30, 0.005, 0.007, 0.012, 0.4),  # first with adversarial ≤ cooperative
+    # weakest defended: adversarial > cooperative but p = 0.03 ≥ 0.01 (cost -0.002); comparing
+    # point estimates alone would pick quality 30
+    ("vbpr", "jpeg", 70, 0.05, 0.01, 0.018, 0.03),
+    ("vbpr", "bitdepth", 2, 0.0, 0.005, 0.004, 0.2),
+    ("vbpr", "bitdepth", 6, 0.3, 0.01, 0.02, 1e-4),
+    # significant, but the adversarial item is pushed below the cooperative one: 4 bits
+    ("vbpr", "bitdepth", 4, 0.004, 0.01, 0.017, 0.001),
+    ("dvbpr", "jpeg", 90, 0.6, 0.002, 0.03, 1e-5),
+    ("dvbpr", "jpeg", 50, 0.3, 0.002, 0.025, 0.001),  # significant lift at every level: none
 ]
 LEVEL_KEY = {"jpeg": "quality", "bitdepth": "bits"}
 
@@ -100,17 +106,17 @@ def _child(client, exp_id, parent, params, metrics, status="FINISHED", files=())
     return rid
 
 
-def _artifacts(folder: Path, attack: str, seed: int) -> list[Path]:
+def _artifacts(folder: Path, attack: str, seed: int, size=8, items=(3, 7)) -> list[Path]:
     rng = np.random.default_rng(seed)
     folder.mkdir(parents=True)
-    clean = rng.integers(0, 256, (2, 3, 8, 8), dtype=np.uint8)
+    clean = rng.integers(0, 256, (len(items), 3, size, size), dtype=np.uint8)
     adv = np.clip(clean.astype(int) + rng.integers(-8, 9, clean.shape), 0, 255).astype(np.uint8)
     np.savez(
         folder / "examples.npz",
         clean=clean,
         adversarial=adv,
         defended=adv,
-        item_ids=np.array([3, 7]),
+        item_ids=np.array(items),
     )
     emb = {
         "reference": rng.normal(size=(40, 4)).astype(np.float32),
@@ -157,7 +163,7 @@ def store(tmp_path_factory):
             _metrics(coop, adv, ordinary, attacked, ordinary, shift, p),
             files=files,
         )
-    for model, family, level, adv, coop, ordinary in DEFENDED:
+    for model, family, level, adv, coop, ordinary, p in DEFENDED:
         undefended = BASE[(model, 20)][1]
         params = _params(
             model,
@@ -172,7 +178,7 @@ def store(tmp_path_factory):
             exp_id,
             parent,
             params,
-            _metrics(coop, adv, ordinary, ordinary, undefended, 1.0, 0.5),
+            _metrics(coop, adv, ordinary, ordinary, undefended, 1.0, p),
         )
     # Must be ignored: a failed duplicate and a trial still running.
     _child(
@@ -226,7 +232,14 @@ def table(text: str, title: str, dataset: str = "synthetic") -> dict[str, dict[s
     block = section.split(f"### {dataset}\n", 1)[1].strip().split("\n\n", 1)[0]
     lines = [line.strip("|").split(" | ") for line in block.splitlines() if line.startswith("|")]
     head = [h.strip() for h in lines[0]]
-    n_labels = {"model": 1, "model attack": 2, "model ε": 2, "model attack ε": 3}
+    n_labels = {
+        "model": 1,
+        "model attack": 2,
+        "model ε": 2,
+        "model ε_adv": 2,
+        "model attack ε": 3,
+        "model attack ε defence": 4,
+    }
     k = max(n for key, n in n_labels.items() if " ".join(head[:n]) == key)
     out = {}
     for cells in lines[2:]:
@@ -237,25 +250,25 @@ def table(text: str, title: str, dataset: str = "synthetic") -> dict[str, dict[s
 
 def test_table3_prediction_shift(store):
     t = table(store["text"], "Table 3")
-    assert t["VBPR"] == {
+    assert t[VBPR] == {
         "INSA ε=32": "+3.2500",
         "EXPA ε=32": "+0.4000",
         "c-SEMA": "+0.0500",
         "FGSM ε=8": "+0.0200",
     }
-    assert t["DVBPR (dim=10)"] == {
+    assert t[f"{DVBPR} (K=10)"] == {
         "INSA ε=32": "+6.0000",
         "EXPA ε=32": "–",
         "c-SEMA": "–",
         "FGSM ε=8": "–",
     }
-    assert t["DVBPR (dim=20)"]["EXPA ε=32"] == "+0.6000"
-    assert list(t) == ["VBPR", "DVBPR (dim=10)", "DVBPR (dim=20)"]
+    assert t[f"{DVBPR} (K=20)"]["EXPA ε=32"] == "+0.6000"
+    assert list(t) == [VBPR, f"{DVBPR} (K=10)", f"{DVBPR} (K=20)"]
 
 
 def test_table4_hr_and_significance(store):
     t = table(store["text"], "Table 4")
-    assert t["VBPR"] == {
+    assert t[VBPR] == {
         "cooperative": "0.0100",
         "ordinary": "0.0200",
         "INSA ε=32": "0.5000**",  # the FAILED run with 0.99 is ignored
@@ -267,11 +280,11 @@ def test_table4_hr_and_significance(store):
         "FGSM ε=8": "0.0130",
         "FGSM ε=8 ordinary": "0.0199",
     }
-    dv = t["DVBPR (dim=20)"]
+    dv = t[f"{DVBPR} (K=20)"]
     assert (dv["cooperative"], dv["ordinary"]) == ("0.0020", "0.0300")
     assert (dv["INSA ε=32"], dv["EXPA ε=32"]) == ("0.7000**", "0.0600**")  # p = 0.009
     assert dv["c-SEMA"] == "–"  # only a RUNNING c-SEMA trial exists for DVBPR
-    assert t["DVBPR (dim=10)"]["EXPA ε=32"] == "–"
+    assert t[f"{DVBPR} (K=10)"]["EXPA ε=32"] == "–"
     marked = [c for row in t.values() for c in row.values() if c.endswith("**")]
     assert len(marked) == 5
 
@@ -282,35 +295,35 @@ def test_table4_with_chosen_eps(store):
     eps = choose_eps(frame, 8.0)
     assert eps["insa"] == 8.0 and math.isnan(eps["csema"])
     block = table4(frame, eps).blocks["synthetic"].set_index("model")
-    assert block.loc["VBPR", "INSA ε=8"] == "0.3000**"  # p = 0.001
-    assert block.loc["DVBPR (dim=20)", "INSA ε=8"] == "0.0400"  # p = 0.02: not significant
-    assert block.loc["DVBPR (dim=20)", "EXPA ε=8"] == "0.0030"
-    assert block.loc["VBPR", "c-SEMA"] == "0.0110"
+    assert block.loc[VBPR, "INSA ε=8"] == "0.3000**"  # p = 0.001
+    assert block.loc[f"{DVBPR} (K=20)", "INSA ε=8"] == "0.0400"  # p = 0.02: not significant
+    assert block.loc[f"{DVBPR} (K=20)", "EXPA ε=8"] == "0.0030"
+    assert block.loc[VBPR, "c-SEMA"] == "0.0110"
     runs.close()
 
 
 def test_table5_and_table6(store):
     t5 = table(store["text"], "Table 5")
-    assert t5["VBPR"]["INSA ε=32"] == "+0.4900"
-    assert t5["DVBPR (dim=10)"]["INSA ε=32"] == "+0.8960"
-    assert t5["DVBPR (dim=20)"]["EXPA ε=32"] == "+0.0580"
-    assert t5["VBPR"]["c-SEMA"] == "+0.0010"
+    assert t5[VBPR]["INSA ε=32"] == "+0.4900"
+    assert t5[f"{DVBPR} (K=10)"]["INSA ε=32"] == "+0.8960"
+    assert t5[f"{DVBPR} (K=20)"]["EXPA ε=32"] == "+0.0580"
+    assert t5[VBPR]["c-SEMA"] == "+0.0010"
     t6 = table(store["text"], "Table 6")
-    assert t6["VBPR / INSA"] == {"cooperative": "0.0100", "ε=8": "0.3000", "ε=32": "0.5000"}
-    assert t6["VBPR / EXPA"] == {"cooperative": "0.0100", "ε=8": "0.0120", "ε=32": "0.0500"}
-    assert t6["DVBPR (dim=10) / INSA"] == {
+    assert t6[f"{VBPR} / INSA"] == {"cooperative": "0.0100", "ε=8": "0.3000", "ε=32": "0.5000"}
+    assert t6[f"{VBPR} / EXPA"] == {"cooperative": "0.0100", "ε=8": "0.0120", "ε=32": "0.0500"}
+    assert t6[f"{DVBPR} (K=10) / INSA"] == {
         "cooperative": "0.0040",
         "ε=8": "0.2000",
         "ε=32": "0.9000",
     }
-    assert t6["VBPR / FGSM"] == {"cooperative": "0.0100", "ε=8": "0.0130", "ε=32": "–"}
-    assert "VBPR / c-SEMA" not in t6
+    assert t6[f"{VBPR} / FGSM"] == {"cooperative": "0.0100", "ε=8": "0.0130", "ε=32": "–"}
+    assert f"{VBPR} / c-SEMA" not in t6
 
 
 def test_table7_classifier_attack(store):
     t7 = table(store["text"], "Table 7")
-    assert list(t7) == ["VBPR / 8"]
-    assert t7["VBPR / 8"] == {
+    assert list(t7) == [f"{VBPR} / 8"]
+    assert t7[f"{VBPR} / 8"] == {
         "INSA ΔHR@5": "+0.2900",
         "FGSM ΔHR@5": "+0.0030",
         "INSA Δordinary": "-0.0020",
@@ -318,19 +331,31 @@ def test_table7_classifier_attack(store):
     }
 
 
-def test_table8_weakest_defence_level(store):
+def test_table8_weakest_defended_level(store):
     t8 = table(store["text"], "Table 8")
-    vbpr = t8["VBPR / INSA / 32"]
-    assert vbpr["JPEG quality"] == "30"  # not 50: its adversarial 0.009 > its cooperative 0.008
-    assert vbpr["JPEG quality cost"] == "-0.0080"
-    assert vbpr["JPEG quality levels"] == "90, 70, 50, 30, 10"
-    assert vbpr["bit depth"] == "4"  # adversarial == cooperative counts
-    assert vbpr["bit depth cost"] == "-0.0030"
-    assert vbpr["bit depth levels"] == "6, 4, 2"
-    dvbpr = t8["DVBPR (dim=20) / INSA / 32"]
-    assert dvbpr["JPEG quality"] == "none" and dvbpr["JPEG quality cost"] == "–"
-    assert dvbpr["bit depth"] == "–" and dvbpr["bit depth levels"] == "–"
-    assert len(t8) == 2
+    jpeg = t8[f"{VBPR} / INSA / 32 / JPEG quality"]
+    assert jpeg == {
+        # not 30 (the weakest with adversarial ≤ cooperative): at 70 the lift is not significant
+        "weakest defending level": "70",
+        "adversarial HR@5": "0.0500",
+        "cooperative HR@5": "0.0100",
+        "p": "0.03",
+        "ordinary cost": "-0.0020",
+        "levels tried": "90, 70, 50, 30, 10",
+    }
+    bits = t8[f"{VBPR} / INSA / 32 / bit depth"]
+    assert bits["weakest defending level"] == "4"  # p = 0.001 but adversarial < cooperative
+    assert (bits["p"], bits["ordinary cost"], bits["levels tried"]) == (
+        "0.001",
+        "-0.0030",
+        "6, 4, 2",
+    )
+    dvbpr = t8[f"{DVBPR} (K=20) / INSA / 32 / JPEG quality"]
+    assert dvbpr["weakest defending level"] == "none" and dvbpr["ordinary cost"] == "–"
+    assert dvbpr["p"] == "–" and dvbpr["levels tried"] == "90, 50"
+    assert len(t8) == 3  # DVBPR has no bit-depth trial
+    caption = store["text"].split("## Table 8", 1)[1].split("###", 1)[0]
+    assert "paired t-test" in caption and "p ≥ 0.01" in caption
 
 
 def test_csv_tables(store):
@@ -338,10 +363,11 @@ def test_csv_tables(store):
 
     tables = store["out"] / "tables"
     t4 = pd.read_csv(tables / "table4_hr_at_5.csv")
-    row = t4[t4["model"] == "VBPR"].iloc[0]
+    row = t4[t4["model"] == VBPR].iloc[0]
     assert row["INSA ε=32"] == pytest.approx(0.5) and row["INSA ε=32 p"] == pytest.approx(1e-4)
-    assert math.isnan(t4[t4["model"] == "DVBPR (dim=20)"].iloc[0]["c-SEMA"])
+    assert math.isnan(t4[t4["model"] == f"{DVBPR} (K=20)"].iloc[0]["c-SEMA"])
     assert {p.name for p in tables.glob("*.csv")} == {
+        "first_stage_and_rankers.csv",
         "table3_prediction_shift.csv",
         "table4_hr_at_5.csv",
         "table5_delta_hr_at_5.csv",
@@ -355,14 +381,14 @@ def test_figures_written_and_linked(store):
     figures = store["out"] / "figures"
     names = {p.name for p in figures.glob("*.png")}
     for kind in ("examples", "hr_vs_eps", "embedding_map"):
-        assert {f"{kind}_synthetic_vbpr.png", f"{kind}_synthetic_dvbpr-dim-20.png"} <= names
+        assert {f"{kind}_synthetic_vbpr.png", f"{kind}_synthetic_dvbpr-k-20.png"} <= names
     assert {
         "hr_vs_dim_synthetic.png",
         "defense_jpeg_synthetic_vbpr.png",
         "defense_bitdepth_synthetic_vbpr.png",
-        "defense_jpeg_synthetic_dvbpr-dim-20.png",
+        "defense_jpeg_synthetic_dvbpr-k-20.png",
     } <= names
-    assert "defense_bitdepth_synthetic_dvbpr-dim-20.png" not in names
+    assert "defense_bitdepth_synthetic_dvbpr-k-20.png" not in names
     for path in figures.glob("*.png"):
         assert path.stat().st_size > 5000
         with Image.open(path) as im:
@@ -471,3 +497,178 @@ def test_report_of_a_sweep_file_leaves_out_stale_runs(tmp_path, monkeypatch):
     assert "1 finished trial runs reported" in text
     assert "1 runs of earlier settings left out" in text
     assert "0.4000**" in text and "0.9000" not in text
+
+
+# --- model settings in labels, first-stage health, AMR's ε, examples on a second dataset ---------
+RANDOM_HR = 10 / 101
+# dataset → first stage: validation HR@10, full HR@10, popularity full HR@10, test in top-C
+FIRST_STAGE = {"synthetic": (0.5, 0.2, 0.1, 0.8), "synthetic_large": (0.12, 0.05, 0.06, 0.4)}
+# dataset, model, model settings, attack, eps, cooperative HR@5, adversarial HR@5, p, ranker
+# validation HR@10 (None: not logged)
+VARIANTS = [
+    ("synthetic", "vbpr", {"dim": 20, "visual_bias": False}, "insa", 8, 0.01, 0.3, 1e-4, 0.40),
+    ("synthetic", "vbpr", {"dim": 20, "visual_bias": True}, "insa", 8, 0.012, 0.35, 1e-4, 0.42),
+    ("synthetic", "vbpr", {"dim": 50, "visual_bias": False}, "insa", 8, 0.011, 0.32, 1e-4, 0.45),
+    ("synthetic_large", "vbpr", {"dim": 20}, "insa", 8, 0.02, 0.2, 1e-3, 0.3),
+    ("synthetic_large", "vbpr", {"dim": 20}, "csema", None, 0.02, 0.03, 0.4, 0.3),
+    (
+        "synthetic_large",
+        "amr",
+        {"dim": 20, "adv_eps_relative": 0.5},
+        "insa",
+        8,
+        0.02,
+        0.1,
+        1e-3,
+        None,
+    ),
+]
+# AMR on "synthetic": adversarial-training ε → (cooperative, {INSA ε: (adversarial HR@5, p)})
+AMR_CURVE = {
+    0.1: (0.01, {4: (0.2, 1e-4), 16: (0.6, 1e-5)}),
+    0.5: (0.011, {4: (0.1, 1e-3), 16: (0.4, 1e-4)}),
+    1.0: (0.012, {4: (0.05, 0.2), 16: (0.2, 1e-3)}),
+}
+for _rel, (_coop, _points) in AMR_CURVE.items():
+    for _eps, (_adv, _p) in _points.items():
+        _settings = {"dim": 20, "visual_bias": False, "adv_eps_relative": _rel, "adv_weight": 1.0}
+        VARIANTS.append(
+            ("synthetic", "amr", _settings, "insa", _eps, _coop, _adv, _p, 0.4 - _rel / 10)
+        )
+
+
+@pytest.fixture(scope="module")
+def variants(tmp_path_factory):
+    root = tmp_path_factory.mktemp("variants")
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    exp_id = client.create_experiment("variants", artifact_location=(root / "a").as_uri())
+    parent = client.create_run(
+        exp_id, tags={"aipray.role": "sweep", "aipray.sweep": "variants"}
+    ).info.run_id
+    for i, (ds, model, settings, attack, eps, coop, adv, p, ranker) in enumerate(VARIANTS):
+        params = {
+            "dataset": ds,
+            "model": model,
+            "attack": attack,
+            "eps": "none" if eps is None else eps,
+            "defense": "none",
+        } | {f"model.{k}": v for k, v in settings.items()}
+        val, full, pop, top = FIRST_STAGE[ds]
+        metrics = _metrics(coop, adv, 0.02, 0.02, 0.02, 1.0, p) | {
+            "first_stage/val_hr_at_10": val,
+            "first_stage/val_random_hr_at_10": RANDOM_HR,
+            "first_stage/full_hr_at_10": full,
+            "first_stage/full_popularity_hr_at_10": pop,
+            "first_stage/test_in_top_c": top,
+        }
+        if ranker is not None:
+            metrics["ranker/val_hr_at_10"] = ranker
+        files = ()
+        if ds == "synthetic_large" and model == "vbpr":
+            # larger images; c-SEMA's examples show other cold items than INSA's
+            items = (11, 12) if attack == "csema" else (3, 7)
+            files = _artifacts(root / f"v{i}", attack, i, size=32, items=items)
+        _child(client, exp_id, parent, params, metrics, files=files)
+    out = root / "report"
+    assert main(["variants", "--tracking-uri", uri, "--out", str(out), "--no-log"]) == 0
+    return {"out": out, "text": (out / "report.md").read_text()}
+
+
+def test_setting_text_and_row_label():
+    assert setting_text("dim", "20") == "K=20"
+    assert (
+        setting_text("visual_bias", "True") == "β′" and setting_text("visual_bias", "False") == ""
+    )
+    assert setting_text("adv_eps_relative", "0.25") == "ε_adv=0.25"
+    assert setting_text("lr", "0.001") == "lr=0.001" and setting_text("dim", None) == ""
+    parts = (("dim", "K=20"), ("visual_bias", "β′"))
+    assert row_label("VBPR", parts) == "VBPR (K=20, β′)"
+    assert row_label("VBPR", parts, drop=["dim"]) == "VBPR (β′)"
+    assert row_label("VBPR", (("dim", "K=20"), ("visual_bias", ""))) == "VBPR (K=20)"
+
+
+def test_labels_show_every_varying_setting(variants):
+    t = table(variants["text"], "First stage and rankers")
+    assert list(t) == [
+        "first stage (BPR)",
+        f"{VBPR} (K=20)",
+        f"{VBPR} (K=20, β′)",
+        f"{VBPR} (K=50)",
+        f"{AMR} (ε_adv=0.1)",
+        f"{AMR} (ε_adv=0.5)",
+        f"{AMR} (ε_adv=1)",
+    ]
+    # on the other dataset nothing varies within a model: bare names
+    assert list(table(variants["text"], "First stage and rankers", "synthetic_large")) == [
+        "first stage (BPR)",
+        VBPR,
+        AMR,
+    ]
+    t4 = table(variants["text"], "Table 4")
+    assert t4[f"{VBPR} (K=20, β′)"]["INSA ε=16"] == "–"
+    assert t4[f"{VBPR} (K=20, β′)"]["INSA ε=16 ordinary"] == "–"
+    assert t4[f"{AMR} (ε_adv=1)"]["INSA ε=16"] == "0.2000**"
+
+
+def test_first_stage_table_first_with_warning(variants, store):
+    text = variants["text"]
+    assert text.split("\n## ", 2)[1].startswith("First stage and rankers")
+    t = table(text, "First stage and rankers")
+    assert t["first stage (BPR)"] == {
+        "val HR@10": "0.5000",
+        "random val HR@10": "0.0990",
+        "full HR@10": "0.2000",
+        "popularity full HR@10": "0.1000",
+        "test in top-C": "0.8000",
+    }
+    assert t[f"{VBPR} (K=50)"]["val HR@10"] == "0.4500"
+    assert t[f"{VBPR} (K=50)"]["full HR@10"] == ""  # the first stage's columns only
+    assert t[f"{AMR} (ε_adv=0.5)"]["val HR@10"] == "0.3500"
+    large = table(text, "First stage and rankers", "synthetic_large")
+    assert large["first stage (BPR)"]["val HR@10"] == "0.1200"
+    assert large[AMR]["val HR@10"] == "–"  # not logged: no training
+    section = text.split("## First stage and rankers", 1)[1].split("\n## ", 1)[0]
+    by_dataset = dict(b.split("\n", 1) for b in section.split("### ")[1:])
+    # 0.12 < 1.5 × 10/101, 0.5 is not
+    assert "within 1.5× of a random" in by_dataset["synthetic_large"]
+    assert "Warning" not in by_dataset["synthetic"]
+    # older runs log none of it
+    old = table(store["text"], "First stage and rankers")
+    assert set(old["first stage (BPR)"].values()) == {"–"}
+    assert old[VBPR]["val HR@10"] == "–" and "Warning" not in store["text"]
+
+
+def test_hr_vs_adv_eps(variants):
+    figures = variants["out"] / "figures"
+    path = figures / "hr_vs_adv_eps_synthetic.png"
+    assert path.is_file() and f"](figures/{path.name})" in variants["text"]
+    with Image.open(path) as im:
+        assert len(set(im.convert("L").getdata())) > 10
+    # one ε_adv only on the larger dataset: no curve
+    assert not (figures / "hr_vs_adv_eps_synthetic_large.png").exists()
+    title = f"HR@5 under INSA vs {AMR}'s ε"
+    t = table(variants["text"], title)
+    assert t[f"{AMR} / 0.1"] == {
+        "cooperative": "0.0100",
+        "INSA ε=4": "0.2000**",
+        "INSA ε=16": "0.6000**",
+    }
+    assert t[f"{AMR} / 1"] == {
+        "cooperative": "0.0120",
+        "INSA ε=4": "0.0500",
+        "INSA ε=16": "0.2000**",
+    }
+    assert list(t) == [f"{AMR} / 0.1", f"{AMR} / 0.5", f"{AMR} / 1"]
+    section = variants["text"].split(f"## {title}", 1)[1].split("\n## ", 1)[0]
+    assert "### synthetic_large" not in section
+    assert (figures / "hr_vs_dim_synthetic.png").is_file()  # VBPR at K = 20 and 50
+
+
+def test_examples_of_every_attack_per_dataset(variants):
+    path = variants["out"] / "figures" / "examples_synthetic_large_vbpr.png"
+    assert path.is_file()
+    with Image.open(path) as im:
+        assert im.height == 360  # two rows: INSA and c-SEMA (no ε), 1.8 in at 100 dpi each
+        assert len(set(im.convert("L").getdata())) > 10
+    assert "examples_synthetic_large_vbpr.png" in variants["text"]

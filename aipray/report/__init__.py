@@ -1,7 +1,8 @@
 """The AIP report of a sweep: ``python -m aipray.report sweeps/quick.yaml``.
 
-Reads the sweep's FINISHED trial runs from MLflow and writes, into ``reports/<sweep>/``, the AIP
-tables (3–8) as Markdown and CSV, figures (example images, HR@5 vs ε and vs embedding length,
+Reads the sweep's FINISHED trial runs from MLflow and writes, into ``reports/<sweep>/``, a
+first-stage health table, the AIP tables (3–8) and HR@5 vs AMR's adversarial-training ε as
+Markdown and CSV, figures (example images, HR@5 vs ε, vs embedding length and vs AMR's ε,
 embedding maps, defence curves) and ``report.md``; then logs that folder to the sweep's parent
 run as artifacts under ``report/``.
 """
@@ -21,13 +22,13 @@ import pandas as pd
 from aipray.report.figures import FigureRef, all_figures
 from aipray.report.runs import ReportError, SweepRuns, load_runs, resolve_source
 from aipray.report.tables import (
-    MODEL_NAMES,
     Table,
     all_tables,
     attack_name,
     choose_eps,
     fmt_num,
-    model_order,
+    model_name,
+    models_in,
     prepare,
 )
 
@@ -68,7 +69,7 @@ def render(
         f"ignored (of {runs.n_children} child runs)"
         + (f"; {runs.n_stale} runs of earlier settings left out" if runs.n_stale else ""),
         f"- datasets: {', '.join(sorted(frame['dataset'].unique()))}; "
-        f"models: {', '.join(MODEL_NAMES.get(m, m) for m in model_order(frame['model']))}; "
+        f"models: {', '.join(model_name(m) for m in models_in(frame))}; "
         f"attacks: {', '.join(attack_name(a) for a in eps)}; "
         f"defences: {_defences(frame)}",
         f"- ε of the tables that fix one: {fixed or '–'}",

@@ -1,12 +1,13 @@
 """The report's figures (matplotlib, Agg canvas, no pyplot state): example grids (AIP Figure 3),
-HR@5 vs ε, HR@5 vs embedding length (Figure 5), 2-D embedding maps (Figure 4, PCA instead of
-t-SNE) and defence curves."""
+HR@5 vs ε, HR@5 vs embedding length (Figure 5), HR@5 under INSA vs AMR's adversarial-training
+ε, 2-D embedding maps (Figure 4, PCA instead of t-SNE) and defence curves."""
 
 from __future__ import annotations
 
 import logging
 import math
 import re
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
@@ -21,18 +22,22 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from tqdm import tqdm
 
-from aipray.report.runs import LEVELS
-from aipray.report.tables import (
+from aipray.report.common import (
     attack_name,
     attack_order,
     datasets_of,
     eps_mask,
     eps_text,
     fmt_num,
+    label_without,
     mean,
+    model_name,
+    models_in,
     rows_of,
     select,
 )
+from aipray.report.runs import LEVELS
+from aipray.report.tables import adv_eps_trials, series_of
 
 log = logging.getLogger(__name__)
 
@@ -40,10 +45,13 @@ SECTIONS = (
     "Example images",
     "HR@5 vs ε",
     "HR@5 vs embedding length",
+    "HR@5 under INSA vs adversarial-training ε",
     "Embedding maps",
     "Defence curves",
 )
 MAX_ARROWS = 32  # cold items drawn per attack in an embedding map
+# label marks that would vanish from a file name
+SLUG_TEXT = {"β′": "beta", "ε_adv": "eps_adv", "ε": "eps"}
 Artifacts = Callable[[str, str], dict[str, np.ndarray] | None]
 
 
@@ -57,8 +65,10 @@ class FigureRef:
 
 
 def slug(*parts: str) -> str:
-    """A file-name-safe name from labels such as ``jpeg(quality=75)`` or ``DVBPR (dim=20)``."""
+    """A file-name-safe name from labels such as ``jpeg(quality=75)`` or ``VBPR (K=20, β′)``."""
     text = "_".join(parts)
+    for mark, plain in SLUG_TEXT.items():
+        text = text.replace(mark, plain)
     return re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-").lower()
 
 
@@ -85,46 +95,59 @@ def _hwc(image: np.ndarray) -> np.ndarray:
     return hwc[..., 0] if hwc.shape[-1] == 1 else hwc
 
 
+def _ids(npz: dict[str, np.ndarray]) -> list[int]:
+    return [int(i) for i in np.asarray(npz["item_ids"]).ravel()]
+
+
 def example_grid(d: pd.DataFrame, row: str, fetch: Artifacts, out: Path) -> FigureRef | None:
-    """The first cold item: original, then its adversarial image per attack (rows) × ε (cols)."""
+    """One cold item per attack (rows): its original, then its adversarial image per ε (columns;
+    an attack without ε, such as c-SEMA, in the first). The item is the one most attacks' examples
+    share (smallest id on ties); an attack whose examples lack it shows its own first item."""
     sub = d[d["row"] == row]
-    attacks = attack_order(sub["attack"])
     eps_values = sorted(sub["eps"].dropna().unique())
-    cells: dict[tuple[int, int], tuple[dict[str, np.ndarray], float]] = {}
-    for i, attack in enumerate(attacks):
+    cells: dict[str, dict[int, tuple[dict[str, np.ndarray], float]]] = {}
+    for attack in attack_order(sub["attack"]):
         for e in [*eps_values, math.nan]:
             run_id = _first_run(select(sub, attack=attack, eps=e))
             npz = fetch(run_id, "examples.npz") if run_id else None
             if npz is not None and len(npz.get("item_ids", [])):
-                cells[(i, 1 + eps_values.index(e) if not math.isnan(e) else 1)] = (npz, e)
+                col = 1 if math.isnan(e) else 1 + eps_values.index(e)
+                cells.setdefault(attack, {})[col] = (npz, e)
     if not cells:
         return None
-    item = min(int(npz["item_ids"][0]) for npz, _ in cells.values())
+    counts = Counter(
+        i
+        for row_cells in cells.values()
+        for i in {i for n, _ in row_cells.values() for i in _ids(n)}
+    )
+    item = min(counts, key=lambda i: (-counts[i], i))
     ncols = 1 + max(1, len(eps_values))
-    fig, axes = _figure(len(attacks), ncols, 1.7, 1.8)
+    fig, axes = _figure(len(cells), ncols, 1.7, 1.8)
     for ax in axes.flat:
         ax.set_xticks([])
         ax.set_yticks([])
         ax.axis("off")
-    clean = None
-    for (i, j), (npz, e) in cells.items():
-        where = np.nonzero(np.asarray(npz["item_ids"]) == item)[0]
-        if not len(where):
-            continue
-        k = int(where[0])
-        clean = npz["clean"][k] if clean is None else clean
-        ax = axes[i, j]
-        ax.imshow(_hwc(npz["adversarial"][k]), interpolation="nearest", cmap="gray")
-        ax.set_title(eps_text(e) or "no ε")
-    for i, attack in enumerate(attacks):
-        ax = axes[i, 0]
+    for r, (attack, row_cells) in enumerate(cells.items()):
+        ids = [_ids(npz) for npz, _ in row_cells.values()]
+        own = item if any(item in i for i in ids) else min(i[0] for i in ids)
+        clean = None
+        for j, (npz, e) in row_cells.items():
+            if own not in _ids(npz):
+                continue
+            k = _ids(npz).index(own)
+            clean = npz["clean"][k] if clean is None else clean
+            axes[r, j].imshow(_hwc(npz["adversarial"][k]), interpolation="nearest", cmap="gray")
+            axes[r, j].set_title(eps_text(e) or "no ε")
+        ax = axes[r, 0]
         if clean is not None:
             ax.imshow(_hwc(clean), interpolation="nearest", cmap="gray")
-        ax.set_title("original" if i == 0 else "")
+        title = "original" if r == 0 else ""
+        ax.set_title(title if own == item else f"original, item {own}")
         ax.text(-0.1, 0.5, attack_name(attack), transform=ax.transAxes, ha="right", va="center")
-    fig.suptitle(f"{d['dataset'].iloc[0]} · {row} · cold item {item}")
-    name = _save(fig, out, f"examples_{slug(d['dataset'].iloc[0], row)}.png")
-    return FigureRef(SECTIONS[0], f"{d['dataset'].iloc[0]} · {row}: cold item {item}", name)
+    dataset = d["dataset"].iloc[0]
+    fig.suptitle(f"{dataset} · {row} · cold item {item}")
+    name = _save(fig, out, f"examples_{slug(dataset, row)}.png")
+    return FigureRef(SECTIONS[0], f"{dataset} · {row}: cold item {item}", name)
 
 
 def hr_vs_eps(d: pd.DataFrame, row: str, out: Path) -> FigureRef | None:
@@ -156,27 +179,59 @@ def hr_vs_eps(d: pd.DataFrame, row: str, out: Path) -> FigureRef | None:
 
 
 def hr_vs_dim(d: pd.DataFrame, out: Path) -> FigureRef | None:
-    """INSA's HR@5 vs embedding length per model (one line per ε), where a model has several."""
+    """INSA's HR@5 vs embedding length (one line per ε), one panel per model (and its other
+    varying settings) that was trained at several lengths."""
     insa = d[(d["attack"] == "insa") & d["dim"].notna() & d["eps"].notna()]
-    models = [m for m, g in insa.groupby("model") if g["dim"].nunique() > 1]
-    if not models:
+    if insa.empty:
         return None
-    fig, axes = _figure(1, len(models), 4.2, 3.4)
-    for ax, model in zip(axes[0], models, strict=True):
-        rows = insa[insa["model"] == model]
+    insa = insa.assign(series=label_without(insa, "dim"))
+    panels = [s for s, g in insa.groupby("series", sort=False) if g["dim"].nunique() > 1]
+    if not panels:
+        return None
+    fig, axes = _figure(1, len(panels), 4.2, 3.4)
+    for ax, series in zip(axes[0], panels, strict=True):
+        rows = insa[insa["series"] == series]
         for e in sorted(rows["eps"].unique()):
             g = select(rows, eps=e).groupby("dim")["adversarial/hr_at_5"].mean()
             ax.plot(g.index, g.to_numpy(), marker="o", label=f"INSA {eps_text(e)}")
         coop = rows.groupby("dim")["cooperative/hr_at_5"].mean()
         ax.plot(coop.index, coop.to_numpy(), color="k", ls="--", label="cooperative")
         ax.set_xticks(list(coop.index), labels=[fmt_num(v) for v in coop.index])
-        ax.set_xlabel("embedding length")
+        ax.set_xlabel("embedding length K")
         ax.set_ylabel("HR@5")
-        ax.set_title(rows["row"].iloc[0].split(" (")[0])
+        ax.set_title(series)
         ax.legend(fontsize="small")
     dataset = d["dataset"].iloc[0]
     name = _save(fig, out, f"hr_vs_dim_{slug(dataset)}.png")
     return FigureRef(SECTIONS[2], dataset, name)
+
+
+def hr_vs_adv_eps(d: pd.DataFrame, out: Path) -> FigureRef | None:
+    """HR@5 under INSA vs the ranker's adversarial-training ε (AMR's ``adv_eps_relative``),
+    one line per INSA ε and the cooperative HR@5 dashed; one panel per ranker trained at two or
+    more such ε, None when there is none."""
+    trials = adv_eps_trials(d)
+    if trials.empty:
+        return None
+    panels = series_of(trials)
+    fig, axes = _figure(1, len(panels), 4.6, 3.4)
+    for ax, series in zip(axes[0], panels, strict=True):
+        rows = trials[trials["series"] == series]
+        for e in sorted(rows["eps"].unique()):
+            g = select(rows, eps=e).groupby("adv_eps")["adversarial/hr_at_5"].mean()
+            ax.plot(g.index, g.to_numpy(), marker="o", label=f"INSA {eps_text(e)}")
+        coop = rows.groupby("adv_eps")["cooperative/hr_at_5"].mean()
+        ax.plot(coop.index, coop.to_numpy(), color="k", ls="--", label="cooperative")
+        ax.set_xticks(list(coop.index), labels=[fmt_num(v) for v in coop.index])
+        ax.set_xlabel("ε_adv (fraction of the mean feature norm)")
+        ax.set_ylabel("HR@5")
+        ax.set_title(series)
+        ax.legend(fontsize="small")
+    dataset = d["dataset"].iloc[0]
+    names = ", ".join(dict.fromkeys(model_name(m) for m in models_in(trials)))
+    fig.suptitle(f"{dataset}: HR@5 under INSA vs {names}'s ε")
+    name = _save(fig, out, f"hr_vs_adv_eps_{slug(dataset)}.png")
+    return FigureRef(SECTIONS[3], f"{dataset}: HR@5 under INSA vs {names}'s ε", name)
 
 
 def _pca(reference: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
@@ -265,7 +320,7 @@ def embedding_map(
     ax.set_title(f"{d['dataset'].iloc[0]} · {row}: item representations (PCA)")
     ax.legend(handles=handles, fontsize="small", loc="best")
     name = _save(fig, out, f"embedding_map_{slug(d['dataset'].iloc[0], row)}.png")
-    return FigureRef(SECTIONS[3], f"{d['dataset'].iloc[0]} · {row}", name)
+    return FigureRef(SECTIONS[4], f"{d['dataset'].iloc[0]} · {row}", name)
 
 
 def defense_curves(d: pd.DataFrame, row: str, family: str, out: Path) -> FigureRef | None:
@@ -302,7 +357,7 @@ def defense_curves(d: pd.DataFrame, row: str, family: str, out: Path) -> FigureR
         ax.legend(fontsize="x-small")
     fig.suptitle(f"{d['dataset'].iloc[0]} · {row} · {LEVELS[family][1]}")
     name = _save(fig, out, f"defense_{slug(family, d['dataset'].iloc[0], row)}.png")
-    return FigureRef(SECTIONS[4], f"{d['dataset'].iloc[0]} · {row}: {LEVELS[family][1]}", name)
+    return FigureRef(SECTIONS[5], f"{d['dataset'].iloc[0]} · {row}: {LEVELS[family][1]}", name)
 
 
 def all_figures(
@@ -324,7 +379,9 @@ def all_figures(
         for family in LEVELS:
             jobs.append((f"{ds} {row} {family}", partial(defense_curves, d_all, row, family, out)))
     for ds in datasets_of(base):
-        jobs.append((f"{ds} HR@5 vs dim", partial(hr_vs_dim, base[base["dataset"] == ds], out)))
+        d = base[base["dataset"] == ds]
+        jobs.append((f"{ds} HR@5 vs dim", partial(hr_vs_dim, d, out)))
+        jobs.append((f"{ds} HR@5 vs ε_adv", partial(hr_vs_adv_eps, d, out)))
     done: list[FigureRef] = []
     for what, job in tqdm(jobs, desc="figures", unit="fig", disable=None):
         try:

@@ -29,7 +29,17 @@ METRICS = [f"{g}/hr_at_{k}" for g in (*GROUPS, "random") for k in CUTOFFS] + [
     "ssim_mean",
     "psnr_mean",
     "n_items",
+    # the first stage (BPR) of the trial's dataset and the trial's ranker, see report.health
+    "first_stage/val_hr_at_10",
+    "first_stage/val_random_hr_at_10",
+    "first_stage/full_hr_at_10",
+    "first_stage/full_popularity_hr_at_10",
+    "first_stage/test_in_top_c",
+    "ranker/val_hr_at_10",
 ]
+# Model settings (flattened ``model.*`` params) every frame has as columns, None where a run did
+# not log them; any other ``model.*`` param a run logged becomes a column too.
+MODEL_SETTINGS = ("model.dim", "model.visual_bias", "model.adv_eps_relative")
 # Defence family → (param whose value is the level, display name). A larger value is a weaker
 # defence for both: higher JPEG quality, more bits.
 LEVELS = {"jpeg": ("quality", "JPEG quality"), "bitdepth": ("bits", "bit depth")}
@@ -154,12 +164,14 @@ def _level(family: str, params: dict[str, str], label: str) -> float:
 
 
 def run_row(run: Any) -> dict[str, Any]:
-    """One trial run as a flat record: its grid point and its metrics (NaN where absent)."""
+    """One trial run as a flat record: its grid point, its model settings (``model.*`` params
+    as logged, strings; None where absent) and its metrics (NaN where absent)."""
     params = run.data.params
     defense = params.get("defense", "none")
     family = defense.split("(", 1)[0]
     row: dict[str, Any] = {
         "run_id": run.info.run_id,
+        "start_time": run.info.start_time or 0,
         "dataset": params.get("dataset", "?"),
         "model": params.get("model", "?"),
         "dim": _number(params.get("model.dim")),
@@ -169,6 +181,8 @@ def run_row(run: Any) -> dict[str, Any]:
         "family": family,
         "level": _level(family, params, defense),
     }
+    row.update(dict.fromkeys(MODEL_SETTINGS))
+    row.update({k: v for k, v in params.items() if k.startswith("model.")})
     row.update({m: float(run.data.metrics.get(m, math.nan)) for m in METRICS})
     return row
 
@@ -229,7 +243,9 @@ def load_runs(source: Source) -> SweepRuns:
             f"sweep {sweep!r} (experiment {source.experiment!r}) has no finished trial runs "
             f"({len(trials)} unfinished or failed)"
         )
+    # in start order (ties by run id): the report's rows follow each model's first trial
     frame = pd.DataFrame([run_row(r) for r in finished])
+    frame = frame.sort_values(["start_time", "run_id"], kind="stable", ignore_index=True)
     log.info(
         "sweep %s: %d finished trial runs, %d unfinished or failed ignored",
         sweep,
