@@ -175,7 +175,7 @@ def make_synthetic(config: SyntheticConfig, name: str = "synthetic") -> Catalog:
         logits = config.taste_sharpness * aff + config.popularity_weight * log_pop
         chosen = np.argpartition(-(logits + rng.gumbel(size=n_items)), counts[u])[: counts[u]]
         users.append(np.full(counts[u], u))
-        items.append(chosen)
+        items.append(chosen.copy())  # not a view: it would keep all n_items entries alive
     all_users = np.concatenate(users)
     all_items = np.concatenate(items)
 

@@ -25,6 +25,7 @@ from aipray.config import Component, SweepConfig, TrialSpec
 from aipray.data import DATASETS, Catalog
 from aipray.data.catalog import summary
 from aipray.defenses import DEFENSES
+from aipray.metrics.full_ranking import full_hit_rate, model_scores
 from aipray.metrics.ranking import CandidateScores
 from aipray.models import MODELS, load_recommender
 from aipray.models.base import model_meta
@@ -42,6 +43,8 @@ log = logging.getLogger(__name__)
 
 #: the baseline context every trial measures its defence's cost against
 NO_DEFENSE = Component("defense", "none", DEFENSES.get("none").Config())
+#: bumped when what a ranker's training stores changes (2: full-ranking HR@10 on validation)
+TRAINING_VERSION = 2
 #: bumped when a trial's stored result changes meaning, so old results are not reused
 RESULT_VERSION = 3
 
@@ -81,7 +84,13 @@ def stage_paths(sweep: SweepConfig, trial: TrialSpec) -> StagePaths:
     cand_key = config_key([bpr_key, sweep.first_stage.candidates])
     uses_extractor = MODELS.get(trial.model.name).uses_extractor
     model_key = config_key(
-        [ds_key, trial.model.as_dict(), ext_key if uses_extractor else None, sweep.seed]
+        [
+            ds_key,
+            trial.model.as_dict(),
+            ext_key if uses_extractor else None,
+            sweep.seed,
+            TRAINING_VERSION,
+        ]
     )
     ctx_key = config_key([model_key, cand_key, trial.defense.as_dict()])
     bare_key = config_key([model_key, cand_key, NO_DEFENSE.as_dict()])
@@ -248,16 +257,19 @@ def train_ranker(
     model, training = cls.fit(
         trial.model.config, catalog, extractor=extractor, device=device, seed=sweep.seed
     )
+    if training is not None:  # against the popularity ranker's, in the first stage's health
+        training["full_hr_at_10"] = full_hit_rate(model_scores(model, catalog, device), catalog)
     with atomic_dir(out) as tmp:
         model.cpu().save(tmp, {"training": training})
     if training is None:
         log.info("%s ready (nothing to train)", trial.model.label)
     else:
         log.info(
-            "%s validation HR@10 %.3f at epoch %d (%.0fs)",
+            "%s validation HR@10 %.3f at epoch %d, among all warm items %.3f (%.0fs)",
             trial.model.label,
             training["best_score"],
             training["best_epoch"],
+            training["full_hr_at_10"],
             training["seconds"],
         )
     return out

@@ -40,11 +40,13 @@ EMBEDDING_COLD = 50  # cold items shown before/after the attack
 def stage_metrics(paths: StagePaths) -> dict[str, float]:
     """The health of what the trial stands on: the first stage's (``first_stage/*``, see
     :class:`aipray.protocol.aip.FirstStage`) and the ranker's validation HR@10 against 100
-    sampled negatives (``ranker/val_hr_at_10``; NaN for rankers without training), plus what its
-    training derived (AMR: ``ranker/adv_eps``, the absolute ε of its adversary)."""
+    sampled negatives (``ranker/val_hr_at_10``; NaN for rankers without training) and among all
+    warm items (``ranker/full_hr_at_10``, against ``first_stage/full_popularity_hr_at_10``),
+    plus what its training derived (AMR: ``ranker/adv_eps``, the absolute ε of its adversary)."""
     out = {f"first_stage/{k}": float(v) for k, v in first_stage_health(paths).items()}
     training = model_meta(paths.model).get("training")
     out["ranker/val_hr_at_10"] = float(training["best_score"]) if training else float("nan")
+    out["ranker/full_hr_at_10"] = float((training or {}).get("full_hr_at_10", float("nan")))
     for key, value in ((training or {}).get("info") or {}).items():
         out[f"ranker/{key}"] = float(value)
     return out

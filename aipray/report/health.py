@@ -20,6 +20,7 @@ FIRST_STAGE = {
     "test in top-C": "first_stage/test_in_top_c",
 }
 RANKER_VAL = "ranker/val_hr_at_10"
+RANKER_FULL = "ranker/full_hr_at_10"
 FIRST_STAGE_NAME = "first stage (BPR)"
 #: warn when the first stage's validation HR@10 is below this multiple of a random ranker's
 WARN_RATIO = 1.5
@@ -47,9 +48,11 @@ def first_stage_table(frame: pd.DataFrame) -> Table:
         shown = [{"model": FIRST_STAGE_NAME, **{k: fmt_value(v) for k, v in first.items()}}]
         data.append({"dataset": ds, "model": FIRST_STAGE_NAME, **first})
         for row in rows_of(d):
-            val = shared(d[d["row"] == row], RANKER_VAL)
-            shown.append({"model": row, "val HR@10": fmt_value(val)})
-            data.append({"dataset": ds, "model": row, "val HR@10": val})
+            mine = d[d["row"] == row]
+            val = shared(mine, RANKER_VAL)
+            full = shared(mine, RANKER_FULL)
+            shown.append({"model": row, "val HR@10": fmt_value(val), "full HR@10": fmt_value(full)})
+            data.append({"dataset": ds, "model": row, "val HR@10": val, "full HR@10": full})
         blocks[ds] = pd.DataFrame(shown).fillna("")
         warning = weak_first_stage(first["val HR@10"], first["random val HR@10"])
         if warning:
@@ -59,7 +62,7 @@ def first_stage_table(frame: pd.DataFrame) -> Table:
         "BPR's HR@10 of each user's validation item among all warm items outside the user's "
         "training set (`full`, vs a popularity ranker), and the share of users whose test item "
         "is among BPR's top-C candidates. Ranker rows: the second-stage ranker's validation "
-        f"HR@10 (`{MISSING}`: not trained or not logged)."
+        f"HR@10, sampled and full (`{MISSING}`: not trained or not logged)."
     )
     title = "First stage and rankers"
     return Table("first_stage_and_rankers", title, note, blocks, pd.DataFrame(data), notes)

@@ -36,6 +36,7 @@ METRICS = [f"{g}/hr_at_{k}" for g in (*GROUPS, "random") for k in CUTOFFS] + [
     "first_stage/full_popularity_hr_at_10",
     "first_stage/test_in_top_c",
     "ranker/val_hr_at_10",
+    "ranker/full_hr_at_10",
 ]
 # Model settings (flattened ``model.*`` params) every frame has as columns, None where a run did
 # not log them; any other ``model.*`` param a run logged becomes a column too.
