@@ -60,13 +60,29 @@ def child_runs(sweep):
     return [r for r in runs if r.data.tags.get("aipray.role") == "trial"], runs
 
 
-def test_tiny_sweep_end_to_end(tmp_path, ray_local):
+@pytest.fixture(scope="module")
+def tiny_first(tmp_path_factory, ray_local):
+    """The tiny sweep, run once in a fresh store: ``(folder, yaml path, sweep, table, failed)``."""
+    tmp_path = tmp_path_factory.mktemp("first")
     path = tiny_sweep(tmp_path)
     sweep = load_sweep(path)
+    table, failed = run_sweep(sweep)
+    return tmp_path, path, sweep, table, failed
+
+
+def metrics_by_trial(sweep):
+    """Every trial's metrics but wall times, by run name."""
+    children, _ = child_runs(sweep)
+    return {
+        r.info.run_name: {k: v for k, v in r.data.metrics.items() if "seconds" not in k}
+        for r in children
+    }
+
+
+def test_tiny_sweep_end_to_end(tiny_first):
+    tmp_path, path, sweep, table, failed = tiny_first
     n_grid = len(sweep.trials())
     assert n_grid == 2 * 2 * 2
-
-    table, failed = run_sweep(sweep)
     assert failed == []
     assert len(table) == n_grid
     children, all_runs = child_runs(sweep)
@@ -104,12 +120,14 @@ def test_tiny_sweep_end_to_end(tmp_path, ray_local):
     assert {p: p.stat().st_mtime for p in (tmp_path / "store").rglob("*.pt")} == mtimes
 
 
-def test_rerun_after_lost_tracking_reuses_results(tmp_path, ray_local):
+def test_rerun_after_lost_tracking_reuses_results(tmp_path, ray_local, tiny_first):
     """If MLflow lost a trial's run (a crash between compute and logging), a re-run logs it again
-    from the stored result without recomputing it, and still one run per trial."""
+    from the stored result without recomputing it, and still one run per trial. And the same
+    sweep with the same seed in two fresh stores gives identical metrics (CPU)."""
     path = tiny_sweep(tmp_path)
     sweep = load_sweep(path)
     run_sweep(sweep)
+    assert metrics_by_trial(sweep) == metrics_by_trial(tiny_first[2])
     children, _ = child_runs(sweep)
     client = MlflowClient(sweep.tracking_uri())
     victim = children[0]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -80,20 +79,9 @@ class BPR(Recommender):
         device: torch.device,
         seed: int,
     ) -> tuple[BPR, dict[str, Any]]:
-        from aipray.models.train import fit_bpr
+        from aipray.models.train import fit_with
 
         torch.manual_seed(seed)
         model = cls(catalog.n_users, catalog.n_items, config.factors).to(device)
-        result = fit_bpr(
-            model,
-            catalog,
-            [{"params": model.parameters()}],
-            epochs=config.epochs,
-            batch_size=config.batch_size,
-            lr=config.lr,
-            optimizer=config.optimizer,
-            device=device,
-            seed=seed,
-            reg=config.reg,
-        )
-        return model, dataclasses.asdict(result)
+        groups = [{"params": model.parameters()}]
+        return fit_with(model, catalog, config, groups, device=device, seed=seed, reg=config.reg)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -105,7 +104,7 @@ class DVBPR(Recommender):
         device: torch.device,
         seed: int,
     ) -> tuple[DVBPR, dict[str, Any]]:
-        from aipray.models.train import fit_bpr
+        from aipray.models.train import fit_with
 
         torch.manual_seed(seed)
         size = catalog.image_shape[1]
@@ -115,15 +114,5 @@ class DVBPR(Recommender):
             {"params": model.cnn.parameters(), "weight_decay": config.lambda_cnn},
             {"params": model.theta.parameters(), "weight_decay": 0.0},
         ]
-        result = fit_bpr(
-            model,
-            catalog,
-            groups,
-            epochs=config.epochs,
-            batch_size=config.batch_size,
-            lr=config.lr,
-            device=device,
-            seed=seed,
-            reg=config.lambda_user,
-        )
-        return model, dataclasses.asdict(result)
+        reg = config.lambda_user
+        return fit_with(model, catalog, config, groups, device=device, seed=seed, reg=reg)

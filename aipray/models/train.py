@@ -7,6 +7,7 @@ accuracy for the classifier), which is what a grid search over hyper-parameters 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass, field
@@ -201,6 +202,36 @@ def fit_bpr(
     model.eval()
     result.seconds = time.perf_counter() - start
     return result
+
+
+def fit_with(
+    model: Recommender,
+    catalog: Catalog,
+    config: object,
+    param_groups: list[dict],
+    *,
+    device: torch.device,
+    seed: int,
+    reg: float,
+    adversary: FeatureAdversary | None = None,
+) -> tuple[Recommender, dict]:
+    """:func:`fit_bpr` with a model config's ``epochs``, ``batch_size``, ``lr`` (and
+    ``optimizer``, default Adam): the common part of the models' training recipes. Returns the
+    trained model and what training recorded."""
+    result = fit_bpr(
+        model,
+        catalog,
+        param_groups,
+        epochs=config.epochs,
+        batch_size=config.batch_size,
+        lr=config.lr,
+        optimizer=getattr(config, "optimizer", "adam"),
+        device=device,
+        seed=seed,
+        reg=reg,
+        adversary=adversary,
+    )
+    return model, dataclasses.asdict(result)
 
 
 def validation_negatives(catalog: Catalog, n_negatives: int, seed: int) -> np.ndarray:

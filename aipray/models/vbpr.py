@@ -10,7 +10,6 @@ zero, so only its image counts.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -169,7 +168,7 @@ class VBPR(Recommender):
         device: torch.device,
         seed: int,
     ) -> tuple[VBPR, dict[str, Any]]:
-        from aipray.models.train import fit_bpr
+        from aipray.models.train import fit_with
 
         if extractor is None:
             raise ValueError(f"{cls.name} is built on the pretrained extractor; none was given")
@@ -185,19 +184,17 @@ class VBPR(Recommender):
             {"params": rows, "weight_decay": 0.0},
             {"params": shared, "weight_decay": config.reg_visual},
         ]
-        result = fit_bpr(
+        adversary = config.adversary()
+        return fit_with(
             model,
             catalog,
+            config,
             groups,
-            epochs=config.epochs,
-            batch_size=config.batch_size,
-            lr=config.lr,
             device=device,
             seed=seed,
             reg=config.reg,
-            adversary=config.adversary(),
+            adversary=adversary,
         )
-        return model, dataclasses.asdict(result)
 
 
 ROW_TABLES = ("gamma_user", "theta_user", "beta_item", "gamma_item")

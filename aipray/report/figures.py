@@ -190,20 +190,24 @@ def hr_vs_dim(d: pd.DataFrame, out: Path) -> FigureRef | None:
         return None
     fig, axes = _figure(1, len(panels), 4.2, 3.4)
     for ax, series in zip(axes[0], panels, strict=True):
-        rows = insa[insa["series"] == series]
-        for e in sorted(rows["eps"].unique()):
-            g = select(rows, eps=e).groupby("dim")["adversarial/hr_at_5"].mean()
-            ax.plot(g.index, g.to_numpy(), marker="o", label=f"INSA {eps_text(e)}")
-        coop = rows.groupby("dim")["cooperative/hr_at_5"].mean()
-        ax.plot(coop.index, coop.to_numpy(), color="k", ls="--", label="cooperative")
-        ax.set_xticks(list(coop.index), labels=[fmt_num(v) for v in coop.index])
-        ax.set_xlabel("embedding length K")
-        ax.set_ylabel("HR@5")
-        ax.set_title(series)
-        ax.legend(fontsize="small")
+        _insa_panel(ax, insa[insa["series"] == series], "dim", "embedding length K", series)
     dataset = d["dataset"].iloc[0]
     name = _save(fig, out, f"hr_vs_dim_{slug(dataset)}.png")
     return FigureRef(SECTIONS[2], dataset, name)
+
+
+def _insa_panel(ax: Any, rows: pd.DataFrame, x: str, xlabel: str, title: str) -> None:
+    """INSA's HR@5 against setting ``x``, one line per ε, and the cooperative HR@5 dashed."""
+    for e in sorted(rows["eps"].unique()):
+        g = select(rows, eps=e).groupby(x)["adversarial/hr_at_5"].mean()
+        ax.plot(g.index, g.to_numpy(), marker="o", label=f"INSA {eps_text(e)}")
+    coop = rows.groupby(x)["cooperative/hr_at_5"].mean()
+    ax.plot(coop.index, coop.to_numpy(), color="k", ls="--", label="cooperative")
+    ax.set_xticks(list(coop.index), labels=[fmt_num(v) for v in coop.index])
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("HR@5")
+    ax.set_title(title)
+    ax.legend(fontsize="small")
 
 
 def hr_vs_adv_eps(d: pd.DataFrame, out: Path) -> FigureRef | None:
@@ -217,16 +221,7 @@ def hr_vs_adv_eps(d: pd.DataFrame, out: Path) -> FigureRef | None:
     fig, axes = _figure(1, len(panels), 4.6, 3.4)
     for ax, series in zip(axes[0], panels, strict=True):
         rows = trials[trials["series"] == series]
-        for e in sorted(rows["eps"].unique()):
-            g = select(rows, eps=e).groupby("adv_eps")["adversarial/hr_at_5"].mean()
-            ax.plot(g.index, g.to_numpy(), marker="o", label=f"INSA {eps_text(e)}")
-        coop = rows.groupby("adv_eps")["cooperative/hr_at_5"].mean()
-        ax.plot(coop.index, coop.to_numpy(), color="k", ls="--", label="cooperative")
-        ax.set_xticks(list(coop.index), labels=[fmt_num(v) for v in coop.index])
-        ax.set_xlabel("ε_adv (fraction of the mean feature norm)")
-        ax.set_ylabel("HR@5")
-        ax.set_title(series)
-        ax.legend(fontsize="small")
+        _insa_panel(ax, rows, "adv_eps", "ε_adv (fraction of the mean feature norm)", series)
     dataset = d["dataset"].iloc[0]
     names = ", ".join(dict.fromkeys(model_name(m) for m in models_in(trials)))
     fig.suptitle(f"{dataset}: HR@5 under INSA vs {names}'s ε")
