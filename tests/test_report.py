@@ -673,3 +673,25 @@ def test_examples_of_every_attack_per_dataset(variants):
         assert im.height == 360  # two rows: INSA and c-SEMA (no ε), 1.8 in at 100 dpi each
         assert len(set(im.convert("L").getdata())) > 10
     assert "examples_synthetic_large_vbpr.png" in variants["text"]
+
+
+def test_datasets_with_different_settings_get_different_labels():
+    import pandas as pd
+
+    from aipray.report.runs import distinguish_datasets
+
+    frame = pd.DataFrame(
+        {
+            "dataset": ["synthetic", "synthetic", "synthetic", "amazon_men"],
+            "dataset.image_size": ["32", "64", "32", "224"],
+            "dataset.n_users": ["1200", "1200", "1200", None],
+        }
+    )
+    out = distinguish_datasets(frame)
+    assert list(out["dataset"]) == [
+        "synthetic (image_size=32)",
+        "synthetic (image_size=64)",
+        "synthetic (image_size=32)",
+        "amazon_men",
+    ]
+    assert list(frame["dataset"])[0] == "synthetic"  # the input is left as it was

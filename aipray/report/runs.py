@@ -183,9 +183,27 @@ def run_row(run: Any) -> dict[str, Any]:
         "level": _level(family, params, defense),
     }
     row.update(dict.fromkeys(MODEL_SETTINGS))
-    row.update({k: v for k, v in params.items() if k.startswith("model.")})
+    row.update({k: v for k, v in params.items() if k.startswith(("model.", "dataset."))})
     row.update({m: float(run.data.metrics.get(m, math.nan)) for m in METRICS})
     return row
+
+
+def distinguish_datasets(frame: pd.DataFrame) -> pd.DataFrame:
+    """Give runs of one dataset name with different settings (e.g. the synthetic marketplace at
+    32 and at 64 px) different dataset labels: ``synthetic (image_size=64)``. Settings every run
+    of the name shares stay out of the label."""
+    frame = frame.copy()
+    columns = [c for c in frame.columns if c.startswith("dataset.")]
+    for name, group in frame.groupby("dataset", sort=False):
+        varying = [c for c in columns if group[c].dropna().nunique() > 1]
+        if not varying:
+            continue
+        for index, run in group.iterrows():
+            parts = ", ".join(
+                f"{c.split('.', 1)[1]}={run[c]}" for c in varying if isinstance(run[c], str)
+            )
+            frame.at[index, "dataset"] = f"{name} ({parts})" if parts else name
+    return frame
 
 
 def _parent(client: MlflowClient, experiment_id: str, source: Source) -> Any:
@@ -245,7 +263,7 @@ def load_runs(source: Source) -> SweepRuns:
             f"({len(trials)} unfinished or failed)"
         )
     # in start order (ties by run id): the report's rows follow each model's first trial
-    frame = pd.DataFrame([run_row(r) for r in finished])
+    frame = distinguish_datasets(pd.DataFrame([run_row(r) for r in finished]))
     frame = frame.sort_values(["start_time", "run_id"], kind="stable", ignore_index=True)
     log.info(
         "sweep %s: %d finished trial runs, %d unfinished or failed ignored",
