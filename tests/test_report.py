@@ -694,4 +694,4 @@ def test_datasets_with_different_settings_get_different_labels():
         "synthetic (image_size=32)",
         "amazon_men",
     ]
-    assert list(frame["dataset"])[0] == "synthetic"  # the input is left as it was
+    assert frame["dataset"].iloc[0] == "synthetic"  # the input is left as it was
