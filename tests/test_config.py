@@ -170,11 +170,6 @@ def test_pretraining_needs_categories(tmp_path):
 
 
 # --- one validation path: configs check themselves when built, from Python or from YAML ---------
-#: Config classes that do not inherit ``aipray.params.Settings`` yet (their values are still
-#: checked when a sweep is parsed, but not when built from Python); remove a name once it does.
-NOT_YET_SETTINGS: tuple[str, ...] = ()
-
-
 def all_config_classes() -> list[type]:
     from aipray.attacks import ATTACKS
     from aipray.config import FirstStageConfig, MLflowConfig, ResourcesConfig
@@ -291,8 +286,6 @@ def test_every_config_checks_its_bounds(cls):
 
     from aipray.params import Settings
 
-    if cls.__name__ in NOT_YET_SETTINGS and not issubclass(cls, Settings):
-        pytest.skip(f"{cls.__name__} does not inherit Settings yet")
     assert issubclass(cls, Settings), f"{cls.__name__} must inherit aipray.params.Settings"
     cls()  # the defaults are allowed
     for f in dataclasses.fields(cls):
@@ -304,11 +297,3 @@ def test_every_config_checks_its_bounds(cls):
             with pytest.raises(ConfigError) as err:
                 cls(**{f.name: bad})
             assert str(err.value).startswith(f"{cls.__name__}.{f.name}: {bad!r} is not allowed")
-
-
-def test_not_yet_settings_list_is_current():
-    from aipray.params import Settings
-
-    classes = {c.__name__: c for c in all_config_classes()}
-    done = [n for n in NOT_YET_SETTINGS if n in classes and issubclass(classes[n], Settings)]
-    assert not done, f"{done} inherit Settings now: remove them from NOT_YET_SETTINGS"
