@@ -479,3 +479,163 @@ def test_valid_real_configs_parse(folder: Path, dvbpr_file: Path) -> None:
     assert configs["amazon_men"].n_cold == 2
     assert isinstance(configs["amazon_men"], AmazonMenConfig)
     assert not isinstance(configs["amazon_men"], TradesyConfig)
+
+
+# --- Perceptual-Rec folders: k-core until stable, time-aware split, expected counts ------------
+#: With k = 3 the core is u1..u3 × {A, B, C}. Around it removals cascade over four rounds:
+#: E (2 interactions) → u5 and u6 (2 left each) → D (1 left) → u4 (2 left). One pass over users
+#: and then items would stop after E and keep u4, u5, u6 and D.
+KCORE_LINES = [
+    ("u1", "A", "1"),
+    ("u1", "B", "2"),
+    ("u1", "C", "3"),
+    ("u2", "C", "1"),
+    ("u2", "A", "2"),
+    ("u2", "B", "3"),
+    ("u3", "B", "5"),  # u3's lines are not in time order
+    ("u3", "C", "4"),
+    ("u3", "A", "6"),
+    ("u4", "A", "1"),
+    ("u4", "B", "2"),
+    ("u4", "D", "3"),
+    ("u5", "D", "1"),
+    ("u5", "E", "2"),
+    ("u5", "C", "3"),
+    ("u6", "D", "1"),
+    ("u6", "E", "2"),
+    ("u6", "C", "3"),
+]
+KCORE = {(u, i) for u in ("u1", "u2", "u3") for i in "ABC"}
+
+
+def write_kcore_folder(root: Path) -> Path:
+    (root / "images").mkdir(parents=True)
+    lines = ["user\titem\ttimestamp"] + ["\t".join(line) for line in KCORE_LINES]
+    (root / "interactions.tsv").write_text("\n".join(lines) + "\n")
+    for n, item in enumerate("ABCDE"):
+        (root / "images" / f"{item}.jpg").write_bytes(jpeg(color(n)))
+    return root
+
+
+def test_k_core_iterates_until_stable(tmp_path: Path) -> None:
+    from aipray.data.folder import k_core
+
+    frame = read_interactions(write_kcore_folder(tmp_path / "f") / "interactions.tsv")
+    core = k_core(frame, 3)
+    assert set(zip(core["user"], core["item"], strict=True)) == KCORE
+    assert k_core(core, 3).equals(core)  # stable
+    assert core.groupby("user").size().min() >= 3 and core.groupby("item").size().min() >= 3
+    # one round of "users, then items" is not enough here
+    once = frame[frame.groupby("user")["item"].transform("size") >= 3]
+    once = once[once.groupby("item")["user"].transform("size") >= 3]
+    assert {"u4", "u5", "u6"} <= set(once["user"])
+    # with k = 2 nothing falls (E has exactly 2 interactions)
+    assert len(k_core(frame, 2)) == len(frame)
+
+
+def test_folder_kcore_and_time_aware_split(tmp_path: Path) -> None:
+    root = write_kcore_folder(tmp_path / "f")
+    out = tmp_path / "out"
+    out.mkdir()
+    cat = load_folder(folder_config(root, k_core=3, n_cold=0), "folder", out, workers=1)
+    info = cat.info
+    assert (info["kcore_users"], info["kcore_items"], info["kcore_interactions"]) == (3, 3, 9)
+    assert cat.cold_items.size == 0 and cat.warm_mask().all()  # n_cold: 0, as in Perceptual-Rec
+    assert info["count_check"] == "not checked"
+    ids = np.load(out / "source_ids.npz")
+    users, items = ids["users"].tolist(), ids["items"].tolist()
+    assert users == ["u1", "u2", "u3"] and items == ["A", "B", "C"]
+    # each user's last interaction (by time) is the test item, the one before the validation item
+    for u, user in enumerate(users):
+        mine = sorted((int(t), i) for v, i, t in KCORE_LINES if v == user and (v, i) in KCORE)
+        assert items[cat.test_items[u]] == mine[-1][1]
+        assert items[cat.val_items[u]] == mine[-2][1]
+        assert {items[i] for i in cat.train_items[cat.train_users == u]} == {
+            i for _, i in mine[:-2]
+        }
+    assert cat.test_items.tolist() == [2, 1, 0]  # u1: C@3, u2: B@3, u3: A@6
+    assert cat.val_items.tolist() == [1, 0, 1]  # u1: B@2, u2: A@2, u3: B@5 (line before C@4)
+
+
+def test_expected_counts_table_and_check(monkeypatch: pytest.MonkeyPatch, caplog) -> None:
+    from aipray.data import folder as folder_mod
+
+    assert folder_mod.EXPECTED_COUNTS == {
+        "amazon_men_5core": {"users": 24_379, "items": 7_371, "interactions": 89_020},
+        "amazon_women_10core": {"users": 16_668, "items": 2_981, "interactions": 54_473},
+    }
+    men = {"users": 24_379, "items": 7_371, "interactions": 89_020}
+    assert folder_mod.check_counts(men, "amazon_men_5core", on_mismatch="fail") == []
+    with caplog.at_level("WARNING", logger="aipray.data.folder"):
+        diffs = folder_mod.check_counts({**men, "items": 7_000}, "amazon_men_5core")
+    assert diffs == ["items: 7,000 (expected 7,371)"]
+    assert "differ from amazon_men_5core: items: 7,000 (expected 7,371)" in caplog.text
+    with pytest.raises(ValueError, match="on_count_mismatch: warn"):
+        folder_mod.check_counts({**men, "users": 1}, "amazon_men_5core", on_mismatch="fail")
+    with pytest.raises(ValueError, match="unknown; allowed: amazon_men_5core"):
+        folder_mod.check_counts(men, "amazon_men")
+    monkeypatch.setitem(folder_mod.EXPECTED_COUNTS, "tiny", {"users": 3, "items": 3})
+    assert folder_mod.check_counts({"users": 3, "items": 3}, "tiny", on_mismatch="fail") == []
+
+
+def test_folder_counts_checked_when_loading(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog
+) -> None:
+    from aipray.data import folder as folder_mod
+
+    root = write_kcore_folder(tmp_path / "f")
+    settings = {"k_core": 3, "n_cold": 0, "expected_counts": "amazon_women_10core"}
+    out = tmp_path / "warn"
+    out.mkdir()
+    with caplog.at_level("WARNING", logger="aipray.data.folder"):
+        cat = load_folder(folder_config(root, **settings), "women", out, workers=1)
+    assert "women: the prepared counts differ from amazon_women_10core" in caplog.text
+    assert "users: 3 (expected 16,668)" in cat.info["count_check"]
+    assert folder_mod.check_counts(folder_mod.kcore_counts(cat.info), "amazon_women_10core")
+    out = tmp_path / "fail"
+    out.mkdir()
+    config = folder_config(root, **settings, on_count_mismatch="fail")
+    with pytest.raises(ValueError, match=r"interactions: 9 \(expected 54,473\)"):
+        load_folder(config, "women", out, workers=1)
+    # the preset, with the table entry matching this folder: checked and fine
+    monkeypatch.setitem(
+        folder_mod.EXPECTED_COUNTS, "amazon_men_5core", {"users": 3, "items": 3, "interactions": 9}
+    )
+    out = tmp_path / "ok"
+    out.mkdir()
+    preset = folder_mod.AmazonMen5CoreConfig(
+        path=str(root), k_core=3, image_size=SIZE, on_count_mismatch="fail"
+    )
+    cat = load_folder(preset, "amazon_men_5core", out, workers=1)
+    assert cat.info["count_check"] == "ok" and cat.info["expected_counts"] == "amazon_men_5core"
+    with pytest.raises(ValueError, match="not prepared from a folder"):
+        folder_mod.kcore_counts({"source": "dvbpr"})
+
+
+def test_perceptual_rec_presets(folder: Path) -> None:
+    men = DATASETS.get("amazon_men_5core").Config()
+    women = DATASETS.get("amazon_women_10core").Config()
+    assert (men.k_core, men.n_cold, men.expected_counts) == (5, 0, "amazon_men_5core")
+    assert (women.k_core, women.n_cold, women.expected_counts) == (10, 0, "amazon_women_10core")
+    assert men.path.endswith("data/amazon_men") and women.path.endswith("data/amazon_women")
+    # AIP's protocol attacks cold items: the presets' n_cold 0 fails there before any work
+    with pytest.raises(ConfigError, match=r"amazon_men_5core\.n_cold: 0 is not allowed"):
+        parse_sweep(sweep_with({"amazon_men_5core": {"path": str(folder)}}))
+    sweep = parse_sweep(
+        sweep_with(
+            {
+                "amazon_men_5core": {"path": str(folder), "n_cold": 5},
+                "amazon_women_10core": {
+                    "path": str(folder),
+                    "n_cold": 5,
+                    "on_count_mismatch": "fail",
+                },
+            }
+        )
+    )
+    configs = {d.name: d.config for d in sweep.datasets}
+    assert configs["amazon_men_5core"].k_core == 5
+    assert configs["amazon_women_10core"].on_count_mismatch == "fail"
+    message = config_error({"folder": {"path": str(folder), "expected_counts": "amazon_men"}})
+    assert "datasets.folder.expected_counts: 'amazon_men' is not allowed" in message
+    assert "amazon_men_5core" in message

@@ -7,7 +7,12 @@ from typing import Any, ClassVar
 
 from aipray.data.catalog import Catalog
 from aipray.data.dvbpr import AmazonMenConfig, DVBPRConfig, TradesyConfig, load_dvbpr
-from aipray.data.folder import FolderConfig, load_folder
+from aipray.data.folder import (
+    AmazonMen5CoreConfig,
+    AmazonWomen10CoreConfig,
+    FolderConfig,
+    load_folder,
+)
 from aipray.data.synthetic import SyntheticConfig, make_synthetic
 from aipray.registry import Registry
 
@@ -77,6 +82,20 @@ class Folder(Dataset):
     def build(config: FolderConfig, name: str, workdir: Path) -> Catalog:
         """Filter, split and decode the folder into ``workdir``."""
         return load_folder(config, name, workdir)
+
+
+@DATASETS.register("amazon_men_5core")
+class AmazonMen5Core(Folder):
+    """Perceptual-Rec's Amazon Men folder: 5-core, time-aware leave-one-out, counts checked."""
+
+    Config = AmazonMen5CoreConfig
+
+
+@DATASETS.register("amazon_women_10core")
+class AmazonWomen10Core(Folder):
+    """Perceptual-Rec's Amazon Women folder: 10-core, time-aware leave-one-out, counts checked."""
+
+    Config = AmazonWomen10CoreConfig
 
 
 __all__ = ["DATASETS", "Catalog", "Dataset"]

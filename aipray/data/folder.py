@@ -9,23 +9,33 @@ Preparation, deterministic given the config:
 
 1. repeated ``(user, item)`` pairs keep their earliest occurrence (time, then file order); items
    with no image file are excluded (counted as missing images);
-2. k-core filtering (every user and item keeps ``>= k_core`` interactions), iterated until stable;
+2. k-core filtering (every user and item keeps ``>= k_core`` interactions), iterated until stable
+   as in the sisinflab preprocessing (users and items below k removed round after round; the
+   result, the largest such subset, does not depend on the order of removal);
 3. the images of the remaining items are decoded once, resized to ``image_size`` (bicubic, RGB)
    and streamed into ``images.npy``; items whose image is corrupt or truncated are excluded and
-   the k-core filter runs again (rows of items it removes are compacted out of the file);
-4. ``n_cold`` cold items are drawn by :data:`~aipray.data.common.COLD_RULE` (seeded by ``seed``)
-   among the remaining items and all their interactions are removed; users left with fewer than
-   3 interactions are dropped (no further k-core: the items keep their images);
+   the k-core filter runs again (rows of items it removes are compacted out of the file); the
+   resulting users, items and interactions are checked against :data:`EXPECTED_COUNTS` when
+   ``expected_counts`` names an entry (a warning or an error, ``on_count_mismatch``);
+4. ``n_cold`` cold items (none when 0, as in Perceptual-Rec) are drawn by
+   :data:`~aipray.data.common.COLD_RULE` (seeded by ``seed``) among the remaining items and all
+   their interactions are removed; users left with fewer than 3 interactions are dropped (no
+   further k-core: the items keep their images);
 5. time-aware leave-one-out: each user's last interaction is the test item, the second-to-last
    the validation item, the rest are for training (ties and missing timestamps: file order).
 
 Users and items are numbered in the sorted order of their ids; ``source_ids.npz`` in the output
 maps catalog ids back to the ids of the file.
+
+The Perceptual-Rec datasets have presets (:class:`AmazonMen5CoreConfig`,
+:class:`AmazonWomen10CoreConfig`): k-core 5 / 10, time-aware leave-one-out, no cold items, counts
+checked against the paper's.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -58,6 +68,18 @@ IMAGE_SUFFIX = ".jpg"
 #: A user needs a training, a validation and a test interaction.
 MIN_USER_INTERACTIONS = 3
 
+#: Users, items and interactions of the Perceptual-Rec datasets after k-core filtering (the
+#: sisinflab releases; REFERENCE.md "Data"). A prepared folder is compared with these at the same
+#: point: after the k-core filter and the exclusion of items without a usable image, before any
+#: cold items are removed.
+EXPECTED_COUNTS: dict[str, dict[str, int]] = {
+    "amazon_men_5core": {"users": 24_379, "items": 7_371, "interactions": 89_020},
+    "amazon_women_10core": {"users": 16_668, "items": 2_981, "interactions": 54_473},
+}
+NO_CHECK = "none"
+COUNT_CHOICES = (NO_CHECK, *EXPECTED_COUNTS)
+ON_MISMATCH = ("warn", "fail")
+
 
 @dataclass(frozen=True)
 class FolderConfig(Settings):
@@ -69,9 +91,17 @@ class FolderConfig(Settings):
     path: str = param("", doc="folder with the interactions TSV and images/<item>.jpg")
     interactions: str = param("interactions.tsv", doc="interactions file name inside path")
     k_core: int = param(5, min=1, doc="k-core filter: users and items keep >= k interactions")
-    n_cold: int = param(1000, min=1, doc="cold items")
+    n_cold: int = param(1000, min=0, doc="cold items (AIP: 1000; 0: none, as in Perceptual-Rec)")
     image_size: int = param(224, min=16, doc="images are resized to image_size × image_size")
     seed: int = param(0, doc="seed of the cold-item draw")
+    expected_counts: str = param(
+        NO_CHECK,
+        choices=COUNT_CHOICES,
+        doc="check the k-core users/items/interactions against this entry of EXPECTED_COUNTS",
+    )
+    on_count_mismatch: str = param(
+        "warn", choices=ON_MISMATCH, doc="when expected_counts differ: log a warning or fail"
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -91,6 +121,82 @@ class FolderConfig(Settings):
         if not (root / IMAGE_DIR).is_dir():
             bad.append(("path", self.path, f"{layout}, but it has no {IMAGE_DIR}/ folder"))
         return bad
+
+
+@dataclass(frozen=True)
+class AmazonMen5CoreConfig(FolderConfig):
+    """Perceptual-Rec's Amazon Men: 5-core, time-aware leave-one-out, no cold items; checked
+    against 24,379 users, 7,371 items, 89,020 interactions (set ``n_cold`` to run AIP on it)."""
+
+    path: str = param("data/amazon_men", doc="the sisinflab Amazon Men folder")
+    k_core: int = param(5, min=1, doc="k-core filter: users and items keep >= k interactions")
+    n_cold: int = param(0, min=0, doc="cold items (Perceptual-Rec: none)")
+    expected_counts: str = param(
+        "amazon_men_5core", choices=COUNT_CHOICES, doc="counts checked (EXPECTED_COUNTS)"
+    )
+
+
+@dataclass(frozen=True)
+class AmazonWomen10CoreConfig(FolderConfig):
+    """Perceptual-Rec's Amazon Women: 10-core, time-aware leave-one-out, no cold items; checked
+    against 16,668 users, 2,981 items, 54,473 interactions (set ``n_cold`` to run AIP on it)."""
+
+    path: str = param("data/amazon_women", doc="the sisinflab Amazon Women folder")
+    k_core: int = param(10, min=1, doc="k-core filter: users and items keep >= k interactions")
+    n_cold: int = param(0, min=0, doc="cold items (Perceptual-Rec: none)")
+    expected_counts: str = param(
+        "amazon_women_10core", choices=COUNT_CHOICES, doc="counts checked (EXPECTED_COUNTS)"
+    )
+
+
+def check_counts(
+    found: Mapping[str, int],
+    expected: str,
+    *,
+    on_mismatch: str = "warn",
+    where: str = "dataset",
+) -> list[str]:
+    """Compare ``found`` (``users``, ``items``, ``interactions``) with
+    ``EXPECTED_COUNTS[expected]``.
+
+    Returns one ``"users: 24,000 (expected 24,379)"`` line per difference (empty when all agree).
+    On a difference, ``on_mismatch="warn"`` logs one warning, ``"fail"`` raises ``ValueError``.
+    For a catalog prepared earlier, pass ``kcore_counts(catalog.info)``.
+    """
+    if expected not in EXPECTED_COUNTS:
+        raise ValueError(
+            f"expected counts {expected!r} are unknown; allowed: {', '.join(EXPECTED_COUNTS)}"
+        )
+    if on_mismatch not in ON_MISMATCH:
+        raise ValueError(f"on_mismatch: {on_mismatch!r}; allowed: {', '.join(ON_MISMATCH)}")
+    want = EXPECTED_COUNTS[expected]
+    diffs = [
+        f"{key}: {int(found[key]):,} (expected {value:,})"
+        for key, value in want.items()
+        if int(found[key]) != value
+    ]
+    if diffs:
+        message = (
+            f"{where}: the prepared counts differ from {expected}: {'; '.join(diffs)}. Check "
+            "that the folder holds that release, k_core, and the excluded items (missing or "
+            "corrupt images)"
+        )
+        if on_mismatch == "fail":
+            raise ValueError(message + "; or set on_count_mismatch: warn to go on")
+        log.warning("%s", message)
+    return diffs
+
+
+def kcore_counts(info: Mapping[str, object]) -> dict[str, int]:
+    """``users``, ``items``, ``interactions`` after the k-core filter, from a folder catalog's
+    ``info`` (the numbers :data:`EXPECTED_COUNTS` is about)."""
+    keys = {"users": "kcore_users", "items": "kcore_items", "interactions": "kcore_interactions"}
+    missing = [k for k in keys.values() if k not in info]
+    if missing:
+        raise ValueError(
+            f"catalog info lacks {', '.join(missing)}: it was not prepared from a folder"
+        )
+    return {name: int(info[key]) for name, key in keys.items()}  # type: ignore[call-overload]
 
 
 def _is_header(first: list[str], second: list[str] | None) -> bool:
@@ -212,6 +318,17 @@ def load_folder(
     if items.size == 0:
         raise ValueError(f"{name}: no item is left after excluding items with bad images")
     n_kcore_interactions = len(frame)
+    counts = {
+        "users": int(frame["user"].nunique()),
+        "items": int(items.size),
+        "interactions": n_kcore_interactions,
+    }
+    count_check = "not checked"
+    if config.expected_counts != NO_CHECK:
+        diffs = check_counts(
+            counts, config.expected_counts, on_mismatch=config.on_count_mismatch, where=name
+        )
+        count_check = "; ".join(diffs) or "ok"
 
     # 4 cold items; their interactions removed; users with too few interactions left dropped.
     item_ids = pd.Index(items)
@@ -251,6 +368,8 @@ def load_folder(
         "kcore_users": int(users_before),
         "kcore_items": int(items.size),
         "kcore_interactions": n_kcore_interactions,
+        "expected_counts": config.expected_counts,
+        "count_check": count_check,
         "interactions_removed_cold": n_removed_cold,
         "users_dropped_too_few": int(users_before - users.size),
         "user_rule": f"after cold removal, users with < {MIN_USER_INTERACTIONS} interactions "
