@@ -13,6 +13,12 @@ def linf_255(clean: torch.Tensor, perturbed: torch.Tensor) -> torch.Tensor:
     return (a - b).abs().flatten(1).amax(1)
 
 
+def l2(clean: torch.Tensor, perturbed: torch.Tensor) -> torch.Tensor:
+    """L2 norm of the perturbation per image in [0, 1] units, over all pixels and channels:
+    ``[B]``."""
+    return (perturbed - clean).flatten(1).norm(dim=1)
+
+
 def psnr(clean: torch.Tensor, perturbed: torch.Tensor) -> torch.Tensor:
     """Peak signal-to-noise ratio in dB (data range 1); ``inf`` for identical images: ``[B]``."""
     mse = (clean - perturbed).pow(2).flatten(1).mean(1)
