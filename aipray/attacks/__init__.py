@@ -1,12 +1,13 @@
 """Attacks on item images; importing this package registers them."""
 
-from aipray.attacks import expa, insa, sema, taamr
+from aipray.attacks import cw, expa, insa, sema, taamr
 from aipray.attacks.base import ATTACKS, Attack, AttackInputs, linf_ascent, quantize_within
 
 __all__ = [
     "ATTACKS",
     "Attack",
     "AttackInputs",
+    "cw",
     "expa",
     "insa",
     "linf_ascent",

@@ -67,15 +67,30 @@ class FGSM(_ClassifierAttack):
 
 @dataclass(frozen=True)
 class PGDConfig(Settings):
-    """eps in 0..255 pixel units; AIP/TAaMR: 20 steps; step ``None`` = 2.5·ε/steps (Madry et al.),
-    in pixel units; no random start (as the Perceptual-Rec code)."""
+    """eps in 0..255 pixel units; AIP/TAaMR: 20 steps. The step is ``step_size`` (pixel units),
+    or ``step_ratio``·ε (Perceptual-Rec: 10 steps of ε/6, ``step_ratio: 0.1667``), or by default
+    2.5·ε/steps (Madry et al.); no random start (as the Perceptual-Rec code)."""
 
     eps: float = param(8.0, axis=True, min=0, max=255)
     steps: int = param(20, min=1)
     step_size: float | None = param(None, min=0)
+    step_ratio: float | None = param(None, min=0)
     random_start: bool = False
     target: int | None = param(None, min=0)
     seed: int = 0
+
+    def cross_checks(self) -> list[tuple[str, object, str]]:
+        if self.step_size is not None and self.step_ratio is not None:
+            return [("step_ratio", self.step_ratio, "null when step_size is set (give one)")]
+        return []
+
+    def step(self) -> float:
+        """The step in pixel units."""
+        if self.step_size is not None:
+            return self.step_size
+        if self.step_ratio is not None:
+            return self.step_ratio * self.eps
+        return 2.5 * self.eps / self.steps
 
 
 @ATTACKS.register("pgd")
@@ -86,7 +101,7 @@ class PGD(_ClassifierAttack):
 
     def __call__(self, images: torch.Tensor, item_ids: torch.Tensor | None = None) -> torch.Tensor:
         cfg = self.config
-        step = cfg.step_size if cfg.step_size is not None else 2.5 * cfg.eps / cfg.steps
+        step = cfg.step()
         return linf_ascent(
             images,
             _targeted_objective(self.inputs.classifier, self.target),
