@@ -13,6 +13,7 @@ from aipray.params import Settings, param
 from aipray.store import file_sha256
 
 ARCHS = ("alexnet", "resnet50")
+TRAININGS = ("standard", "adversarial", "free")
 SPEC_VERSION = 1
 CHECKPOINT_FORMAT = "aipray-extractor"
 MODEL_FILE = "model.pt"
@@ -25,13 +26,30 @@ class ExtractorConfig(Settings):
 
     ``arch``: network layout. ``weights``: ``pretrain`` (train on the item categories in-process),
     ``imagenet`` (torchvision's ImageNet weights) or the path of a local checkpoint (file or
-    folder written by :func:`save_extractor`). ``download``: whether missing ImageNet weights may
-    be downloaded into torch's hub cache. ``input_size``: side the extractor resizes images to
-    (0: 224 for ImageNet weights and torchvision checkpoints, the catalog's image size, i.e. no
-    resizing, for ``pretrain``). ``preprocess``: ``resize`` stretches the whole image to the input
-    size; ``resize_crop`` is torchvision's evaluation preset (shorter side to 256/224 of the input
-    size, then the centre crop). ``width``: layer-width multiplier of the pretrained AlexNet layout;
-    ``epochs``, ``lr``, ``batch_size``: in-process pretraining.
+    folder written by :func:`save_extractor`, a torchvision state dict, or one of the published
+    robust ResNet50s: MadryLab's ``imagenet_linf_4.pt``, Free-AT's ``model_best.pth.tar``).
+    ``download``: whether missing ImageNet weights may be downloaded into torch's hub cache.
+    ``input_size``: side the extractor resizes images to (0: 224 for ImageNet weights and
+    torchvision checkpoints, the catalog's image size, i.e. no resizing, for ``pretrain``).
+    ``preprocess``: ``resize`` stretches the whole image to the input size; ``resize_crop`` is
+    torchvision's evaluation preset (shorter side to 256/224 of the input size, then the centre
+    crop). ``width``: layer-width multiplier of the pretrained AlexNet layout; ``epochs``, ``lr``,
+    ``batch_size``: in-process pretraining.
+
+    ``training`` (a sweep axis: Perceptual-Rec's defended extractors, Anelli et al.):
+    ``standard`` (cross-entropy on clean images), ``adversarial`` (Madry et al., ICLR 2018: PGD
+    L∞ adversarial training) or ``free`` (Shafahi et al., NeurIPS 2019: Free Adversarial
+    Training). With ``weights: pretrain`` a robust ``training`` trains robustly in-process
+    (:func:`~aipray.models.extractor.robust.fit_robust_classifier`); with a checkpoint path it
+    declares how the checkpoint was trained (``imagenet_linf_4.pt`` is ``adversarial``,
+    ``model_best.pth.tar`` is ``free``) and is recorded; ``imagenet`` weights are ``standard``.
+    ``adv_eps``: the L∞ bound in 0..255 pixel units (Perceptual-Rec's defences: 4).
+    ``adv_steps``/``adv_step_size``: the PGD of Madry training, and of the held-out robustness
+    check of both methods (default 7 steps, the ``robustness`` library's ``--attack-steps``
+    default and Madry et al.'s CIFAR-10 recipe; step ``null`` = 2.5·ε/steps, the rule MadryLab's
+    ``robustness`` library uses). ``free_replays``: Free-AT's ``m`` (4, the
+    Perceptual-Rec defence and Free-AT's ImageNet setting); its step is ε (Free-AT's ImageNet
+    setting) and it runs ``ceil(epochs / m)`` epochs.
     """
 
     arch: str = param("alexnet", choices=ARCHS)
@@ -43,6 +61,11 @@ class ExtractorConfig(Settings):
     epochs: int = param(10, min=1)
     lr: float = param(1e-3, min=0)
     batch_size: int = param(64, min=1)
+    training: str = param("standard", choices=TRAININGS, axis=True)
+    adv_eps: float = param(4.0, min=0, max=255, doc="L∞ bound in 0..255 pixel units")
+    adv_steps: int = param(7, min=1)
+    adv_step_size: float | None = param(None, min=0, doc="pixel units; null: 2.5·eps/steps")
+    free_replays: int = param(4, min=1)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -55,11 +78,32 @@ class ExtractorConfig(Settings):
         """The checkpoint path, or ``None`` for ``pretrain`` and ``imagenet``."""
         return None if self.weights in ("pretrain", "imagenet") else Path(self.weights)
 
+    def adv_step(self) -> float:
+        """PGD's step in 0..255 pixel units: ``adv_step_size``, or 2.5·ε/steps."""
+        if self.adv_step_size is not None:
+            return self.adv_step_size
+        return 2.5 * self.adv_eps / self.adv_steps
+
     def cross_checks(self) -> list[tuple[str, object, str]]:
         """``(key, value, allowed)`` for each constraint between fields that fails."""
+        bad: list[tuple[str, object, str]] = []
         if 0 < self.input_size < 16:
-            return [("input_size", self.input_size, "0 (automatic) or an integer in 16..1024")]
-        return []
+            bad.append(("input_size", self.input_size, "0 (automatic) or an integer in 16..1024"))
+        if self.weights == "imagenet" and self.training != "standard":
+            bad.append(
+                (
+                    "training",
+                    self.training,
+                    "standard with weights: imagenet (torchvision's ImageNet weights are "
+                    "standardly trained; for a robust extractor give weights: pretrain, or the "
+                    "path of a robust checkpoint such as imagenet_linf_4.pt)",
+                )
+            )
+        if self.weights == "pretrain" and self.training != "standard" and self.adv_eps == 0:
+            bad.append(
+                ("adv_eps", self.adv_eps, f"a number in (0, 255] with {self.training} training")
+            )
+        return bad
 
     def file_checks(self) -> list[tuple[str, object, str]]:
         """The checkpoint ``weights`` names must exist (run by the sweep parser)."""
@@ -79,11 +123,22 @@ class ExtractorConfig(Settings):
     def fingerprint(self) -> dict[str, Any]:
         """What determines the extractor's weights, for cache keys: the fields that matter for
         this ``weights`` source, plus the SHA-256 of a checkpoint file (so a replaced file with
-        the same name is not mistaken for the old one). ``download`` never matters."""
+        the same name is not mistaken for the old one). ``download`` never matters. A robust
+        ``training`` adds itself and, for ``pretrain``, its settings (ε, steps and the resolved
+        step, which also set the recorded held-out robustness, plus ``m`` for ``free``);
+        ``standard`` adds no key, so standard fingerprints are those of before the setting."""
         out: dict[str, Any] = {"arch": self.arch, "weights": self.weights}
         out.update(input_size=self.input_size, preprocess=self.preprocess)
         if self.weights == "pretrain":
             out.update(width=self.width, epochs=self.epochs, lr=self.lr, batch_size=self.batch_size)
+        # Standard training adds nothing, so that existing cache keys stay valid.
+        if self.training != "standard":
+            out["training"] = self.training
+            if self.weights == "pretrain":
+                out.update(adv_eps=self.adv_eps, adv_steps=self.adv_steps)
+                out["adv_step_size"] = self.adv_step()
+                if self.training == "free":
+                    out["free_replays"] = self.free_replays
         path = self.weights_path
         if path is not None:
             out["weights_sha256"] = file_sha256(path / MODEL_FILE if path.is_dir() else path)

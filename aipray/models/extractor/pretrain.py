@@ -1,5 +1,7 @@
 """In-process pretraining (``extractor.weights: pretrain``): the extractor's classifier is trained
-on the catalog's item categories, standing in for ImageNet pretraining."""
+on the catalog's item categories, standing in for ImageNet pretraining, with cross-entropy on
+clean images (``training: standard``) or adversarially (``adversarial``, ``free``: see
+:mod:`~aipray.models.extractor.robust`)."""
 
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ import torch
 
 from aipray.models.extractor.config import ExtractorConfig, make_spec
 from aipray.models.extractor.network import Extractor, build_extractor
+from aipray.models.extractor.robust import fit_robust_classifier
 from aipray.models.train import fit_classifier
 
 log = logging.getLogger(__package__)  # "aipray.models.extractor", as before the split
@@ -63,19 +66,37 @@ def _pretrain(
     )
     torch.manual_seed(seed)
     extractor = build_extractor(spec).to(device)
-    result = fit_classifier(
-        extractor,
-        images[keep],
-        labels,
-        epochs=config.epochs,
-        batch_size=config.batch_size,
-        lr=config.lr,
-        device=device,
-        seed=seed,
-    )
+    if config.training == "standard":
+        result = fit_classifier(
+            extractor,
+            images[keep],
+            labels,
+            epochs=config.epochs,
+            batch_size=config.batch_size,
+            lr=config.lr,
+            device=device,
+            seed=seed,
+        )
+    else:
+        result = fit_robust_classifier(
+            extractor,
+            images[keep],
+            labels,
+            method=config.training,
+            eps=config.adv_eps,
+            steps=config.adv_steps,
+            step_size=config.adv_step(),
+            replays=config.free_replays,
+            epochs=config.epochs,
+            batch_size=config.batch_size,
+            lr=config.lr,
+            device=device,
+            seed=seed,
+        )
     counts = np.bincount(labels, minlength=n_classes)
-    info = {
+    info: dict[str, Any] = {
         "source": "pretrain",
+        "training": config.training,
         "holdout_accuracy": float(result.best_score),
         "chance_accuracy": float(counts.max() / counts.sum()),
         "best_epoch": int(result.best_epoch),
@@ -83,8 +104,18 @@ def _pretrain(
         "seconds": float(result.seconds),
         "n_images": int(keep.size),
     }
+    if config.training != "standard":
+        best = result.history[result.best_epoch - 1]
+        info["robust_holdout_accuracy"] = float(best["robust_holdout_accuracy"])
+        info["adv_eps"] = config.adv_eps
+        info["adv_steps"] = config.adv_steps
+        info["adv_step_size"] = config.adv_step()
+        info["epochs_run"] = len(result.history)
+        if config.training == "free":
+            info["free_replays"] = config.free_replays
     log.info(
-        "extractor pretrained on %d images, %d categories: held-out accuracy %.3f (%.0fs)",
+        "extractor pretrained (%s) on %d images, %d categories: held-out accuracy %.3f (%.0fs)",
+        config.training,
         keep.size,
         n_classes,
         result.best_score,

@@ -11,7 +11,12 @@ Where the weights come from (``ExtractorConfig.weights``):
   (``torch.hub.get_dir()/checkpoints``) and downloaded there only if ``download`` is true.
 - a path: a torchvision state dict of ``arch`` (any number of classes), a ``model.pt`` written by
   :func:`save_extractor`, or the folder :func:`save_extractor` wrote (e.g. an adversarially
-  trained extractor).
+  trained extractor). The published robust ResNet50s of Perceptual-Rec's defences load as they
+  are: MadryLab's ``robustness`` release (``imagenet_linf_4.pt``: ``{"model": state dict under
+  module.model., with module.attacker.model.* copies and module.normalizer.*, "optimizer",
+  "schedule", "epoch"}``) and Free-AT's ``model_best.pth.tar`` (``{"epoch", "arch",
+  "state_dict": state dict under module., "best_prec1", "optimizer"}``); ``extractor.training``
+  declares how a checkpoint was trained and is recorded.
 
 This module reads ImageNet weights from torch's hub cache (downloading them there if allowed) and
 local checkpoints, unwrapping common checkpoint wrappers; in-process pretraining lives in
@@ -20,6 +25,7 @@ local checkpoints, unwrapping common checkpoint wrappers; in-process pretraining
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -29,9 +35,16 @@ from urllib.parse import urlparse
 import numpy as np
 import torch
 
-from aipray.models.extractor.config import CHECKPOINT_FORMAT, MODEL_FILE, ExtractorConfig, make_spec
+from aipray.models.extractor.config import (
+    CHECKPOINT_FORMAT,
+    META_FILE,
+    MODEL_FILE,
+    ExtractorConfig,
+    make_spec,
+)
 from aipray.models.extractor.network import _IMAGENET_WEIGHTS, Extractor, build_extractor
 from aipray.models.extractor.pretrain import _pretrain
+from aipray.models.nets import IMAGENET_MEAN, IMAGENET_STD
 from aipray.store import file_sha256
 
 log = logging.getLogger(__package__)  # "aipray.models.extractor", as before the split
@@ -83,27 +96,127 @@ def _imagenet_state_dict(arch: str, download: bool) -> tuple[dict[str, torch.Ten
     ) from cause
 
 
-def _unwrap_state_dict(obj: Any, head_key: str) -> dict[str, torch.Tensor] | None:
-    """The torchvision state dict inside common checkpoint wrappers, or ``None``.
-
-    Handles ``{"state_dict"|"model_state_dict"|"model": ...}`` nesting and any key prefix before
-    the network's own names (``module.`` of DataParallel, ``module.model.`` of the robustness
-    library, whose other entries such as its normaliser and attacker copy are dropped).
-    """
+def _state_container(obj: Any) -> Any:
+    """What ``{"state_dict"|"model_state_dict"|"model": ...}`` nesting wraps (Free-AT's
+    ``model_best.pth.tar`` keeps its net under ``state_dict``, the robustness library's
+    ``imagenet_linf_4.pt`` under ``model``, next to ``optimizer``, ``epoch`` ...)."""
     for key in ("state_dict", "model_state_dict", "model"):
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
             obj = obj[key]
+    return obj
+
+
+def _unwrap_state_dict(obj: Any, head_key: str) -> tuple[dict[str, torch.Tensor], str] | None:
+    """``(state dict, key prefix)`` of the torchvision network inside common checkpoint
+    wrappers, or ``None``.
+
+    Handles ``{"state_dict"|"model_state_dict"|"model": ...}`` nesting and any key prefix before
+    the network's own names (``module.`` of DataParallel, as Free-AT's ``model_best.pth.tar``;
+    ``module.model.`` of the robustness library's ``imagenet_linf_4.pt``, whose other entries,
+    its normaliser and the attacker's copy ``module.attacker.model.``, are dropped): the
+    shortest prefix before the head's name.
+    """
+    obj = _state_container(obj)
     if not isinstance(obj, dict):
         return None
     prefixes = [k[: -len(head_key)] for k in obj if isinstance(k, str) and k.endswith(head_key)]
     if not prefixes:
         return None
     prefix = min(prefixes, key=len)
-    return {
+    state = {
         k[len(prefix) :]: v
         for k, v in obj.items()
         if k.startswith(prefix) and isinstance(v, torch.Tensor)
     }
+    return state, prefix
+
+
+def _found(obj: Any) -> str:
+    """A short description of what a checkpoint file holds, for error messages."""
+    inner = _state_container(obj)
+    if not isinstance(inner, dict):
+        return f"a {type(obj).__name__}"
+    keys = [str(k) for k in inner]
+    shown = ", ".join(keys[:4]) + (", ..." if len(keys) > 4 else "")
+    n_tensors = sum(isinstance(v, torch.Tensor) for v in inner.values())
+    return f"a dict of {len(keys)} entries ({n_tensors} tensors): {shown}"
+
+
+def _some(keys: Sequence[str], n: int = 3) -> str:
+    return ", ".join(sorted(keys)[:n]) + (", ..." if len(keys) > n else "")
+
+
+def _check_fit(
+    file: Path, arch: str, state: dict[str, torch.Tensor], expected: dict[str, torch.Tensor]
+) -> None:
+    """ONE ``ValueError`` naming ``file``, what ``arch`` expects and what was found, unless every
+    tensor of the network is there with its shape and nothing else is."""
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    shapes = [
+        f"{k}: expected {tuple(v.shape)}, found {tuple(state[k].shape)}"
+        for k, v in expected.items()
+        if k in state and state[k].shape != v.shape
+    ]
+    if not (missing or unexpected or shapes):
+        return
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} missing ({_some(missing)})")
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected ({_some(unexpected)})")
+    if shapes:
+        parts.append(f"{len(shapes)} of another shape ({'; '.join(shapes[:2])})")
+    raise ValueError(
+        f"extractor.weights: {file} does not fit torchvision's {arch}: expected its "
+        f"{len(expected)} tensors, found {len(state)}: {', '.join(parts)}; is it a {arch} "
+        "checkpoint (extractor.arch)?"
+    )
+
+
+def _check_normalizer(file: Path, obj: Any) -> None:
+    """The robustness library stores its input normaliser (``normalizer.new_mean``/``new_std``)
+    next to the net; aipray's Extractor normalises with ImageNet's statistics: say so if the
+    checkpoint's differ."""
+    inner = _state_container(obj)
+    if not isinstance(inner, dict):
+        return
+    for suffix, stats in (
+        ("normalizer.new_mean", IMAGENET_MEAN),
+        ("normalizer.new_std", IMAGENET_STD),
+    ):
+        for key, value in inner.items():
+            if isinstance(key, str) and key.endswith(suffix) and isinstance(value, torch.Tensor):
+                if value.numel() != 3 or not torch.allclose(
+                    value.flatten().float(), torch.tensor(stats), atol=1e-3
+                ):
+                    log.warning(
+                        "%s: %s is %s, not ImageNet's %s, which the extractor normalises with",
+                        file,
+                        key,
+                        value.flatten().tolist(),
+                        list(stats),
+                    )
+
+
+def _checkpoint_meta(obj: Any) -> dict[str, Any]:
+    """JSON-able scalars a training checkpoint keeps beside the weights (``epoch``, ``arch``,
+    Free-AT's ``best_prec1``), as ``checkpoint_<key>``."""
+    meta: dict[str, Any] = {}
+    if not isinstance(obj, dict):
+        return meta
+    for key in ("epoch", "arch", "best_prec1"):
+        value = obj.get(key)
+        if isinstance(value, torch.Tensor) and value.numel() == 1:
+            value = value.item()
+        if isinstance(value, bool | int | float | str):
+            meta[f"checkpoint_{key}"] = value
+    return meta
+
+
+def _first_line(err: Exception) -> str:
+    lines = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {lines[0][:200]}" if lines else type(err).__name__
 
 
 def _load_checkpoint(config: ExtractorConfig) -> tuple[Extractor, dict[str, Any]]:
@@ -111,18 +224,27 @@ def _load_checkpoint(config: ExtractorConfig) -> tuple[Extractor, dict[str, Any]
     assert path is not None
     file = path / MODEL_FILE if path.is_dir() else path
     if not file.is_file():
-        raise FileNotFoundError(f"extractor.weights: {path} is not a checkpoint file or folder")
+        raise FileNotFoundError(
+            f"extractor.weights: {path} is not a checkpoint file or a folder holding {MODEL_FILE}"
+        )
     try:
         obj = torch.load(file, map_location="cpu", weights_only=True)
     except Exception as err:
         raise ValueError(
             f"extractor.weights: cannot read {file} with torch.load(weights_only=True) "
-            f"({type(err).__name__}); save the bare state dict with torch.save(model.state_dict())"
+            f"({_first_line(err)}); is the file complete? Else save the bare state "
+            "dict with torch.save(model.state_dict())"
         ) from err
     info: dict[str, Any] = {"source": "checkpoint", "path": str(file), "sha256": file_sha256(file)}
     if isinstance(obj, dict) and obj.get("format") == CHECKPOINT_FORMAT:
-        extractor = build_extractor(obj["spec"])
-        extractor.load_state_dict(obj["state_dict"])
+        try:
+            extractor = build_extractor(obj["spec"])
+            extractor.load_state_dict(obj["state_dict"])
+        except (KeyError, TypeError, ValueError, RuntimeError) as err:
+            raise ValueError(
+                f"extractor.weights: {file} claims to be written by save_extractor but its spec "
+                f"and weights do not fit ({_first_line(err)})"
+            ) from err
         if extractor.arch != config.arch:
             raise ValueError(
                 f"extractor.weights: {file} holds a {extractor.arch} extractor but extractor.arch "
@@ -135,16 +257,25 @@ def _load_checkpoint(config: ExtractorConfig) -> tuple[Extractor, dict[str, Any]
                 file,
                 extractor.input_size,
             )
+        _warn_training_mismatch(config, file)
         info["checkpoint"] = CHECKPOINT_FORMAT
         return extractor, info
     head_key = _TORCHVISION_HEAD[config.arch]
-    state = _unwrap_state_dict(obj, head_key)
-    if state is None:
+    unwrapped = _unwrap_state_dict(obj, head_key)
+    if unwrapped is None:
         raise ValueError(
-            f"extractor.weights: {file} is neither a torchvision {config.arch} state dict (no "
-            f"{head_key!r}) nor a checkpoint written by save_extractor"
+            f"extractor.weights: {file} is neither a torchvision {config.arch} state dict "
+            f"(expected a {head_key!r} entry, possibly under a prefix such as 'module.') nor a "
+            f"checkpoint written by save_extractor; found {_found(obj)}"
         )
-    n_classes = int(state[head_key].shape[0])
+    state, prefix = unwrapped
+    head = state[head_key]
+    if head.ndim != 2:
+        raise ValueError(
+            f"extractor.weights: {file}: {prefix}{head_key} should be a [classes, features] "
+            f"matrix, found shape {tuple(head.shape)}"
+        )
+    n_classes = int(head.shape[0])
     spec = make_spec(
         config.arch,
         n_classes,
@@ -153,14 +284,31 @@ def _load_checkpoint(config: ExtractorConfig) -> tuple[Extractor, dict[str, Any]
         labels="imagenet1k" if n_classes == 1000 else "unknown",
     )
     extractor = build_extractor(spec)
-    missing, unexpected = extractor.net.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise ValueError(
-            f"extractor.weights: {file} does not fit torchvision's {config.arch}: "
-            f"missing {sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]}"
-        )
+    _check_fit(file, config.arch, state, extractor.net.state_dict())
+    extractor.net.load_state_dict(state)
+    _check_normalizer(file, obj)
     info["checkpoint"] = "torchvision"
+    info["key_prefix"] = prefix
+    info.update(_checkpoint_meta(obj))
     return extractor, info
+
+
+def _warn_training_mismatch(config: ExtractorConfig, file: Path) -> None:
+    """An extractor folder records how it was trained: say so when ``training`` disagrees."""
+    meta = file.parent / META_FILE
+    if not meta.is_file():
+        return
+    try:
+        recorded = json.loads(meta.read_text()).get("info", {}).get("training")
+    except (OSError, ValueError, AttributeError):
+        return
+    if recorded is not None and recorded != config.training:
+        log.warning(
+            "extractor.training is %r but %s records training %r",
+            config.training,
+            meta,
+            recorded,
+        )
 
 
 def make_extractor(
@@ -185,12 +333,20 @@ def make_extractor(
 
     Returns:
         ``(extractor, info)``: ``info`` is JSON-able and records where the weights came from
-        (``source``: ``pretrain`` | ``imagenet`` | ``checkpoint``, with file, URL, path or SHA-256)
-        and, for pretraining, ``holdout_accuracy``, ``best_epoch``, ``history``, ``seconds``,
-        ``n_images`` and ``chance_accuracy``.
+        (``source``: ``pretrain`` | ``imagenet`` | ``checkpoint``, with file, URL, path or SHA-256;
+        for a torchvision-style checkpoint the ``key_prefix`` it was found under and the
+        ``checkpoint_epoch``/``_arch``/``_best_prec1`` it records), ``training``
+        (``config.training``: how the weights were trained, here or as declared for a
+        checkpoint) and, for pretraining, ``holdout_accuracy``, ``best_epoch``, ``history``,
+        ``seconds``, ``n_images`` and ``chance_accuracy`` (robust training adds
+        ``robust_holdout_accuracy``, ``adv_eps``, ``adv_steps``, ``adv_step_size``,
+        ``epochs_run`` and for ``free`` ``free_replays``).
 
     Raises:
         WeightsUnavailableError: ImageNet weights neither cached nor downloadable.
+        FileNotFoundError: the checkpoint ``weights`` names does not exist.
+        ValueError: the checkpoint cannot be read or does not fit ``arch`` (one message naming
+            the file, what was expected and what was found).
     """
     device = torch.device(device)
     if config.weights == "pretrain":
@@ -215,6 +371,7 @@ def make_extractor(
         }
     else:
         extractor, info = _load_checkpoint(config)
+    info["training"] = config.training
     info["spec"] = extractor.spec
     extractor.to(device).eval().requires_grad_(False)
     log.info(
