@@ -21,6 +21,7 @@ import yaml
 from aipray.attacks import ATTACKS
 from aipray.data import DATASETS
 from aipray.defenses import DEFENSES
+from aipray.metrics.perceptual import LPIPSConfig
 from aipray.models import MODELS
 from aipray.models.bpr import BPRConfig
 from aipray.models.extractor import ExtractorConfig
@@ -106,13 +107,43 @@ class Component:
 
 
 @dataclass(frozen=True)
+class PerceptualConfig(Settings):
+    """Perceptual-Rec's category push (``protocol: perceptual``).
+
+    ``mode``: ``poisoning`` (the recommender is retrained on the attacked images, as the
+    authors' code runs it) or ``evasion`` (the clean-trained one scores them); a grid axis.
+    ``origin`` / ``target``: class ids or names of the extractor's classifier (ImageNet classes
+    with ImageNet weights; the catalog's categories for a pretrained extractor). When not given,
+    the rule of :func:`aipray.protocol.perceptual.choose_push` picks them from the first stage's
+    (BPR's) clean CHR@20 over the catalog's categories: target = the most recommended class,
+    origin = the least recommended one holding at least ``min_share`` of the warm items.
+    """
+
+    mode: str = param("poisoning", axis=True, choices=("poisoning", "evasion"))
+    origin: int | str | None = param(None, min=0)
+    target: int | str | None = param(None, min=0)
+    min_share: float = param(0.02, min=0, max=1)
+
+    def cross_checks(self) -> list[tuple[str, object, str]]:
+        if self.origin is not None and self.origin == self.target:
+            return [("target", self.target, f"a class other than the origin {self.origin!r}")]
+        return []
+
+
+PROTOCOLS = ("aip", "perceptual")
+
+
+@dataclass(frozen=True)
 class TrialSpec:
-    """One grid point: (dataset, model, attack, ε, defence)."""
+    """One grid point: (dataset, model, attack, ε, defence) under AIP's protocol; under
+    Perceptual-Rec's, the defence is the extractor's training and ``push`` holds the mode."""
 
     dataset: Component
     model: Component
     attack: Component
     defense: Component
+    extractor: Component | None = None
+    push: Component | None = None
 
     @property
     def eps(self) -> float | None:
@@ -127,33 +158,44 @@ class TrialSpec:
             or ATTACKS.get(self.attack.name).knowledge == "classifier"
         )
 
+    @property
+    def extractor_config(self) -> ExtractorConfig:
+        return self.extractor.config if self.extractor is not None else ExtractorConfig()
+
     def key(self) -> str:
         """Identity of the full configuration (two grids may name the same trial)."""
-        parts = (self.dataset, self.model, self.attack, self.defense)
-        return config_key([c.as_dict() for c in parts])
+        parts = (self.dataset, self.model, self.attack, self.defense, self.extractor, self.push)
+        return config_key([c.as_dict() for c in parts if c is not None])
 
     @property
     def name(self) -> str:
         eps = "" if self.eps is None else f"/eps={fmt(self.eps)}"
-        return (
-            f"{self.dataset.label}/{self.model.label}/{self.attack.name}{eps}/{self.defense.label}"
-        )
+        head = f"{self.dataset.label}/{self.model.label}"
+        if self.push is not None:
+            training = self.extractor_config.training
+            return f"{head}/{training}/{self.attack.name}{eps}/{self.push.config.mode}"
+        return f"{head}/{self.attack.name}{eps}/{self.defense.label}"
 
 
 @dataclass(frozen=True)
 class Grid:
-    """One full product of datasets × models × attacks (each ε) × defences."""
+    """One full product of datasets × models × attacks (each ε) × defences (× extractors ×
+    push modes)."""
 
     name: str
     datasets: tuple[Component, ...]
     models: tuple[Component, ...]
     attacks: tuple[Component, ...]
     defenses: tuple[Component, ...]
+    extractors: tuple[Component | None, ...] = (None,)
+    pushes: tuple[Component | None, ...] = (None,)
 
     def trials(self) -> list[TrialSpec]:
         return [
-            TrialSpec(d, m, a, f)
+            TrialSpec(d, m, a, f, e, p)
             for f in self.defenses
+            for e in self.extractors
+            for p in self.pushes
             for d in self.datasets
             for m in self.models
             for a in self.attacks
@@ -173,19 +215,31 @@ class SweepConfig:
     mlflow: MLflowConfig
     datasets: tuple[Component, ...]
     first_stage: FirstStageConfig
-    extractor: ExtractorConfig
+    extractors: tuple[Component, ...]
     models: tuple[Component, ...]
     attacks: tuple[Component, ...]
     defenses: tuple[Component, ...]
     resources: ResourcesConfig
     examples: int
     grids: tuple[Grid, ...] = ()
+    protocol: str = "aip"
+    pushes: tuple[Component, ...] = ()
+    lpips: LPIPSConfig = field(default_factory=LPIPSConfig)
+
+    @property
+    def extractor(self) -> ExtractorConfig:
+        """The first (under AIP's protocol: the only) extractor."""
+        return self.extractors[0].config
 
     def trials(self) -> list[TrialSpec]:
         """Every grid's trials, each once, defence-major within a grid so concurrent trials
         rarely compute the same attack (a non-adaptive attack's images serve every defence)."""
         grids = self.grids or (
             Grid("main", self.datasets, self.models, self.attacks, self.defenses),
+        )
+        pushes: tuple[Component | None, ...] = self.pushes or (None,)
+        grids = tuple(
+            dataclasses.replace(g, extractors=self.extractors, pushes=pushes) for g in grids
         )
         seen: set[str] = set()
         out: list[TrialSpec] = []
@@ -294,13 +348,17 @@ TOP_KEYS = {
     "mlflow": "tracking settings",
     "datasets": "datasets and their settings",
     "first_stage": "BPR candidate generation",
-    "extractor": "the pretrained feature extractor",
+    "extractor": "the pretrained feature extractor (a list of them: an axis of protocol: "
+    "perceptual)",
     "models": "visually-aware rankers",
     "attacks": "attacks with their eps lists",
     "defenses": "input defences",
     "resources": "cluster resources",
     "examples": "number of items in each trial's example image grid",
     "grids": "sub-grids that replace some of datasets/models/attacks/defenses each",
+    "protocol": "aip (cold items, two stages) or perceptual (category push)",
+    "perceptual": "the category push of protocol: perceptual",
+    "lpips": "the LPIPS network of the perceptual metrics",
 }
 GRID_KEYS = ("name", "datasets", "models", "attacks", "defenses")
 
@@ -358,11 +416,50 @@ def parse_sweep(raw: Any, source: Path | str = "<sweep>") -> SweepConfig:
             raise ConfigError(f"{at}: unknown key {bad[0]!r}; allowed: {', '.join(GRID_KEYS)}")
         merged = {k: g.get(k, raw.get(k)) for k in ("datasets", "models", "attacks", "defenses")}
         grids.append(Grid(str(g.get("name", f"grid{n}")), *_axes(merged, at)))
-    (extractor,), _ = build_dataclass(ExtractorConfig, raw.get("extractor"), f"{where}: extractor")
-    if extractor.weights == "pretrain":
-        _check_pretrain_possible(
-            grids or [Grid("main", datasets, models, attacks, defenses)], where
+    protocol = raw.get("protocol", "aip")
+    if protocol not in PROTOCOLS:
+        raise ConfigError(
+            f"{where}: protocol: {protocol!r} is not allowed; allowed: {', '.join(PROTOCOLS)}"
         )
+    raw_extractors = raw.get("extractor")
+    if not isinstance(raw_extractors, list):
+        raw_extractors = [raw_extractors]
+    if not raw_extractors:
+        raise ConfigError(f"{where}: extractor: an empty list is not allowed; give >= 1 mapping")
+    extractor_configs = []
+    for n, one in enumerate(raw_extractors):
+        at = f"{where}: extractor" + (f"[{n}]" if len(raw_extractors) > 1 else "")
+        extractor_configs += build_dataclass(ExtractorConfig, one, at, allow_axes=True)[0]
+    fingerprints = [repr(c.fingerprint()) for c in extractor_configs]
+    if len(set(fingerprints)) < len(fingerprints):
+        raise ConfigError(f"{where}: extractor: two entries describe the same extractor")
+    extractors = tuple(Component("extractor", c.arch, c) for c in extractor_configs)
+    if protocol == "aip" and len(extractors) > 1:
+        raise ConfigError(
+            f"{where}: extractor: a list is not allowed with protocol: aip; give one extractor "
+            "(several extractors are an axis of protocol: perceptual)"
+        )
+    all_grids = grids or [Grid("main", datasets, models, attacks, defenses)]
+    if any(c.weights == "pretrain" for c in extractor_configs):
+        _check_pretrain_possible(all_grids, where, force=protocol == "perceptual")
+    pushes: tuple[Component, ...] = ()
+    if protocol == "perceptual":
+        push_configs, _ = build_dataclass(
+            PerceptualConfig, raw.get("perceptual"), f"{where}: perceptual", allow_axes=True
+        )
+        pushes = tuple(Component("push", c.mode, c) for c in push_configs)
+        _check_perceptual(all_grids, push_configs, extractor_configs, where)
+    else:
+        if "perceptual" in raw:
+            raise ConfigError(f"{where}: perceptual: only allowed with protocol: perceptual")
+        for grid in all_grids:
+            for ds in grid.datasets:
+                if getattr(ds.config, "n_cold", 1) < 1:
+                    raise ConfigError(
+                        f"{where}: datasets.{ds.name}.n_cold: 0 is not allowed with protocol: "
+                        "aip; expected an integer >= 1 (its cold items are what it attacks)"
+                    )
+    (lpips_cfg,), _ = build_dataclass(LPIPSConfig, raw.get("lpips"), f"{where}: lpips")
     (first_stage,), _ = build_dataclass(
         FirstStageConfig, raw.get("first_stage"), f"{where}: first_stage"
     )
@@ -376,25 +473,90 @@ def parse_sweep(raw: Any, source: Path | str = "<sweep>") -> SweepConfig:
         mlflow=mlflow_cfg,
         datasets=datasets,
         first_stage=first_stage,
-        extractor=extractor,
+        extractors=extractors,
         models=models,
         attacks=attacks,
         defenses=defenses,
         resources=resources,
         examples=examples,
         grids=tuple(grids),
+        protocol=protocol,
+        pushes=pushes,
+        lpips=lpips_cfg,
     )
 
 
-def _check_pretrain_possible(grids: list[Grid], where: str) -> None:
+def _check_pretrain_possible(grids: list[Grid], where: str, force: bool = False) -> None:
     """``extractor.weights: pretrain`` trains on item categories: fail early on data without."""
     for trial in (t for grid in grids for t in grid.trials()):
-        if trial.needs_extractor and not DATASETS.get(trial.dataset.name).has_categories:
+        needs = force or trial.needs_extractor
+        if needs and not DATASETS.get(trial.dataset.name).has_categories:
             raise ConfigError(
                 f"{where}: extractor.weights: 'pretrain' is not allowed with dataset "
                 f"{trial.dataset.name!r} (its items have no categories to pretrain on); "
                 "allowed: imagenet or the path of a checkpoint"
             )
+
+
+def _check_perceptual(
+    grids: list[Grid], pushes: list[PerceptualConfig], extractors: list[ExtractorConfig], where: str
+) -> None:
+    """What the category push can run: classifier-targeted attacks whose target is the push's,
+    rankers on the extractor's features, no input defence (its defences are the extractors)."""
+    for grid in grids:
+        for attack in grid.attacks:
+            if ATTACKS.get(attack.name).knowledge != "classifier":
+                allowed = [n for n in ATTACKS.names() if ATTACKS.get(n).knowledge == "classifier"]
+                raise ConfigError(
+                    f"{where}: attacks.{attack.name}: not allowed with protocol: perceptual; "
+                    f"allowed: {', '.join(allowed)} (classifier-targeted attacks)"
+                )
+            if getattr(attack.config, "target", None) is not None:
+                raise ConfigError(
+                    f"{where}: attacks.{attack.name}.target: {attack.config.target!r} is not "
+                    "allowed with protocol: perceptual; set perceptual.target instead"
+                )
+        for model in grid.models:
+            if not MODELS.get(model.name).uses_extractor:
+                allowed = [n for n in MODELS.names() if MODELS.get(n).uses_extractor]
+                raise ConfigError(
+                    f"{where}: models.{model.name}: not allowed with protocol: perceptual; "
+                    f"allowed: {', '.join(allowed)} (rankers on the extractor's features)"
+                )
+        if any(d.name != "none" for d in grid.defenses):
+            raise ConfigError(
+                f"{where}: defenses: only none is allowed with protocol: perceptual (its "
+                "defences are extractors: list extractor.training values)"
+            )
+    for push in pushes:
+        for key in ("origin", "target"):
+            value = getattr(push, key)
+            if isinstance(value, str):
+                for ext in extractors:
+                    names = _known_class_names(ext, grids)
+                    if names is not None and value not in names:
+                        shown = ", ".join(names[:12]) + (" ..." if len(names) > 12 else "")
+                        raise ConfigError(
+                            f"{where}: perceptual.{key}: {value!r} is not a class of the "
+                            f"extractor; allowed: a class id or one of {shown}"
+                        )
+
+
+def _known_class_names(ext: ExtractorConfig, grids: list[Grid]) -> list[str] | None:
+    """Class names known before anything runs: ImageNet's, or a synthetic catalog's."""
+    from aipray.models.extractor import imagenet_class_names
+
+    if ext.weights == "imagenet":
+        return imagenet_class_names(ext.arch)
+    if ext.weights == "pretrain":
+        names: set[str] = set()
+        for trial in (t for grid in grids for t in grid.trials()):
+            known = getattr(trial.dataset.config, "category_names", None)
+            if known is None:
+                return None
+            names.update(known())
+        return sorted(names)
+    return None
 
 
 def _axes(raw: dict[str, Any], where: str) -> tuple[tuple[Component, ...], ...]:

@@ -27,6 +27,15 @@ from aipray.pipeline.stages import StagePaths, stage_paths, trial_key
 
 log = logging.getLogger("aipray")
 
+PUSH_COLUMNS = {
+    "clean/chr_count_at_20": "chr_at_20",
+    "attacked/chr_count_at_20": "att_chr_at_20",
+    "p_value_chr_at_20": "p",
+    "success_mean": "success",
+    "feature_loss_mean": "fl",
+    "lpips_mean": "lpips",
+    "linf_255_max": "linf",
+}
 TABLE_COLUMNS = {
     "cooperative/hr_at_5": "coop@5",
     "adversarial/hr_at_5": "adv@5",
@@ -68,9 +77,9 @@ def trial_payload(sweep: SweepConfig, trial: TrialSpec) -> dict[str, Any]:
     params.update(flatten("attack", trial.attack.config))
     params.update(flatten("defense", trial.defense.config))
     params.update(flatten("first_stage", sweep.first_stage))
-    if trial.needs_extractor:
-        params.update(flatten("extractor", sweep.extractor))
-    return {
+    if trial.needs_extractor or trial.push is not None:
+        params.update(flatten("extractor", trial.extractor_config))
+    payload = {
         "name": trial.name,
         "key": trial_key(paths),
         "paths": paths.as_dict(),
@@ -80,8 +89,18 @@ def trial_payload(sweep: SweepConfig, trial: TrialSpec) -> dict[str, Any]:
         "resources": dataclasses.asdict(sweep.resources),
         "examples": sweep.examples,
         "image_shape": None,
-        "params": params,
+        "protocol": sweep.protocol,
+        "seed": sweep.seed,
     }
+    if trial.push is not None:
+        params["protocol"] = "perceptual"
+        params["mode"] = trial.push.config.mode
+        params["extractor"] = trial.extractor_config.training
+        params.update(flatten("perceptual", trial.push.config))
+        params.update(flatten("lpips", sweep.lpips))
+        payload.update(mode=trial.push.config.mode, lpips=dataclasses.asdict(sweep.lpips))
+    payload["params"] = params
+    return payload
 
 
 # --- stages as Ray tasks -------------------------------------------------------------------------
@@ -95,9 +114,14 @@ def _stage(kind: str, sweep: SweepConfig, trial: TrialSpec, paths: StagePaths, t
         stages.prepare_dataset(trial.dataset, paths.dataset)
     elif kind == "first_stage":
         stages.train_bpr(sweep, paths, device)
-        stages.build_candidates(sweep, paths, device)
+        if trial.push is None:  # the category push ranks everything: no candidates
+            stages.build_candidates(sweep, paths, device)
     elif kind == "extractor":
-        stages.train_extractor(sweep, paths, device)
+        stages.train_extractor(sweep, trial, paths, device)
+    elif kind == "push":
+        from aipray.pipeline.push import build_push
+
+        build_push(sweep, trial, paths, device)
     elif kind == "ranker":
         stages.train_ranker(sweep, trial, paths, device)
     elif kind == "context":
@@ -116,19 +140,26 @@ def run_stages(sweep: SweepConfig, trials: list[TrialSpec]) -> None:
     res = sweep.resources
     task = ray.remote(_stage).options(num_cpus=res.train_cpus, num_gpus=res.train_gpus)
     threads = max(1, round(res.train_cpus))
-    waves: list[list[tuple[str, Path]]] = [
-        [("dataset", "dataset")],
-        [("first_stage", "candidates"), ("extractor", "extractor")],
-        [("ranker", "model")],
-        [("context", "context"), ("context_undefended", "context_undefended")],
-    ]
+    if sweep.protocol == "perceptual":
+        waves: list[list[tuple[str, str]]] = [
+            [("dataset", "dataset")],
+            [("first_stage", "bpr"), ("extractor", "extractor")],
+            [("ranker", "model"), ("push", "push")],
+        ]
+    else:
+        waves = [
+            [("dataset", "dataset")],
+            [("first_stage", "candidates"), ("extractor", "extractor")],
+            [("ranker", "model")],
+            [("context", "context"), ("context_undefended", "context_undefended")],
+        ]
     for wave in waves:
         refs, seen = [], set()
         for trial in trials:
             paths = stage_paths(sweep, trial)
             for kind, field in wave:
                 target = getattr(paths, field)
-                if kind == "extractor" and not trial.needs_extractor:
+                if kind == "extractor" and not (trial.needs_extractor or trial.push):
                     continue
                 if done(target) or target in seen:
                     continue
@@ -165,21 +196,25 @@ def run_grid(sweep: SweepConfig, payloads: list[dict[str, Any]], tracker) -> lis
             verbose=0,  # progress comes from TrackingCallback
         ),
     )
-    results = tuner.fit()
-    return [by_key[r.config["trial"]]["name"] for r in results if r.error is not None]
+    tuner.fit()
+    # A trial failed when it stored no result (a failed Tune result may carry no config).
+    from aipray.store import done
+
+    return [p["name"] for p in payloads if not done(Path(p["paths"]["result"]))]
 
 
-def summary_table(tracker, keys: set[str]) -> pd.DataFrame:
+def summary_table(tracker, keys: set[str], protocol: str = "aip") -> pd.DataFrame:
     """Main metrics of the sweep's current trials (runs of older settings are left out)."""
+    columns = PUSH_COLUMNS if protocol == "perceptual" else TABLE_COLUMNS
     rows = []
     for key, run in tracker.child_runs().items():
         if key not in keys:
             continue
         row = {"trial": run.info.run_name, "status": run.info.status}
-        row.update({short: run.data.metrics.get(key) for key, short in TABLE_COLUMNS.items()})
+        row.update({short: run.data.metrics.get(key) for key, short in columns.items()})
         rows.append(row)
     if not rows:
-        return pd.DataFrame(columns=["trial", "status", *TABLE_COLUMNS.values()])
+        return pd.DataFrame(columns=["trial", "status", *columns.values()])
     return pd.DataFrame(rows).sort_values("trial", ignore_index=True)
 
 
@@ -230,7 +265,7 @@ def run_sweep(sweep: SweepConfig, *, ray_address: str | None = None, num_cpus: i
         finally:
             if started_here:
                 ray.shutdown()
-    return summary_table(tracker, {p["key"] for p in payloads}), failed
+    return summary_table(tracker, {p["key"] for p in payloads}, sweep.protocol), failed
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -39,13 +39,14 @@ def test_grid_skips_missing_combinations():
         (
             ("datasets", "mnist"),
             {},
-            "unknown dataset 'mnist'; allowed: amazon_men, folder, synthetic, tradesy",
+            "unknown dataset 'mnist'; allowed: amazon_men, amazon_men_5core, "
+            "amazon_women_10core, folder, synthetic, tradesy",
         ),
         (("models", "resnet"), {}, "unknown model 'resnet'; allowed: alexrank, amr, dvbpr, vbpr"),
         (
             ("attacks", "fgsm2"),
             {},
-            "unknown attack 'fgsm2'; allowed: csema, expa, fgsm, insa, pgd, provided",
+            "unknown attack 'fgsm2'; allowed: csema, cw, expa, fgsm, insa, pgd, provided",
         ),
         (("defenses", "blur"), {}, "unknown defense 'blur'; allowed: bitdepth, jpeg, none"),
         (("attacks", "insa", "eps"), -4, "attacks.insa.eps: -4 is not allowed"),
@@ -82,7 +83,15 @@ def test_shipped_sweeps_parse(tmp_path, monkeypatch):
     (tmp_path / "data").mkdir()
     for name in ("AmazonMenWithImgPartitioned.npy", "TradesyImgPartitioned.npy"):
         np.save(tmp_path / "data" / name, np.zeros(1))
+    # perceptual.yaml: a folder dataset and the robust ResNet50 checkpoints under models/
+    (tmp_path / "data" / "amazon_men" / "images").mkdir(parents=True)
+    (tmp_path / "data" / "amazon_men" / "interactions.tsv").write_text("u\ti\t1\n")
+    (tmp_path / "models").mkdir()
+    for name in ("imagenet_linf_4.pt", "model_best.pth.tar"):
+        (tmp_path / "models" / name).write_bytes(b"stand-in")
     counts = {p.name: len(load_sweep(p).trials()) for p in sweeps}
+    # 2 rankers x 3 extractors x (FGSM, PGD at 2 eps + C&W)
+    assert counts["perceptual_synthetic.yaml"] == counts["perceptual.yaml"] == 2 * 3 * 5
     assert counts["quick.yaml"] == 16
     # the AIP grids (172) + VBPR with β′ x INSA (4) + AMR's ε axis (6 x 2 ε, 2 shared) + c-SEMA
     # at 64 px on 4 rankers

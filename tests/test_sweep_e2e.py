@@ -253,3 +253,57 @@ def test_folder_dataset_sweep_end_to_end(tmp_path, ray_local):
     assert run.data.metrics["n_items"] == 6
     assert run.data.metrics["linf_255_max"] <= 16
     assert 0 <= run.data.metrics["ordinary/hr_at_20"] <= 1
+
+
+def test_perceptual_sweep_poisoning_and_evasion(tmp_path, ray_local):
+    """Perceptual-Rec's category push through Ray: two extractors × two attacks × both modes;
+    the attacked images are made once per (extractor, attack) and shared by the modes."""
+    from aipray.report import build_report
+
+    cfg = {
+        "name": "push",
+        "protocol": "perceptual",
+        "storage": str(tmp_path / "store"),
+        "mlflow": {
+            "tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}",
+            "artifact_location": (tmp_path / "artifacts").as_uri(),
+        },
+        "examples": 2,
+        "datasets": {"synthetic": {"n_users": 300, "n_items": 260, "n_cold": 1, "image_size": 16}},
+        "first_stage": {"bpr": {"epochs": 5, "batch_size": 512}},
+        "extractor": {"width": 0.1, "epochs": 2, "training": ["standard", "free"]},
+        "perceptual": {"mode": ["poisoning", "evasion"]},
+        "lpips": {"net": "alex", "backbone": "random"},
+        "models": {"vbpr": {"dim": 10, "lr": 0.003, "epochs": 5, "batch_size": 256}},
+        "attacks": {"pgd": {"eps": [8], "steps": 5}, "fgsm": {"eps": [8]}},
+        "resources": {"max_concurrent_trials": 2, "actor_cpus": 0.5, "batch_size": 16},
+    }
+    path = tmp_path / "push.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    sweep = load_sweep(path)
+    table, failed = run_sweep(sweep)
+    assert failed == []
+    children, _ = child_runs(sweep)
+    assert len(children) == 8
+    assert {r.info.status for r in children} == {"FINISHED"}
+    runs = {
+        (r.data.params["extractor"], r.data.params["attack"], r.data.params["mode"]): r.data.metrics
+        for r in children
+    }
+    assert len(runs) == 8
+    for extractor in ("standard", "free"):
+        for attack in ("pgd", "fgsm"):
+            poison, evade = runs[extractor, attack, "poisoning"], runs[extractor, attack, "evasion"]
+            # one set of attacked images serves both modes; the clean ranking is the same model
+            for key in ("success_mean", "feature_loss_mean", "lpips_mean", "n_items"):
+                assert poison[key] == evade[key]
+            assert poison["clean/chr_count_at_20"] == evade["clean/chr_count_at_20"]
+            assert poison["linf_255_max"] <= 8
+            assert 0 <= poison["success_mean"] <= 1
+    for attack in ("pgd", "fgsm"):
+        assert len(list((tmp_path / "store" / "pushes").glob(f"{attack}-*"))) == 2
+    assert runs["standard", "pgd", "poisoning"]["success_mean"] > 0.5
+    folder = build_report(str(path), out=tmp_path / "report", log_to_mlflow=False)
+    text = (folder / "report.md").read_text()
+    assert "Table 1: CHR@20 of the origin class" in text and "evasion" in text
+    assert (folder / "tables" / "perceptual_table2.csv").is_file()

@@ -53,6 +53,10 @@ class SyntheticConfig(Settings):
     hook_boost: float = param(40.0, min=1)
     seed: int = 0
 
+    def category_names(self) -> tuple[str, ...]:
+        """The names of the catalog's categories (known before it is built)."""
+        return CATEGORY_NAMES[: self.n_categories]
+
     def cross_checks(self) -> list[tuple[str, object, str]]:
         """``(key, value, allowed)`` for each constraint between fields that fails."""
         bad: list[tuple[str, object, str]] = []
@@ -212,5 +216,5 @@ def make_synthetic(config: SyntheticConfig, name: str = "synthetic") -> Catalog:
         cold_items=cold.astype(np.int64),
         categories=categories.astype(np.int64),
         images=images,
-        category_names=CATEGORY_NAMES[:n_cat],
+        category_names=config.category_names(),
     )

@@ -47,6 +47,8 @@ NO_DEFENSE = Component("defense", "none", DEFENSES.get("none").Config())
 TRAINING_VERSION = 2
 #: bumped when a trial's stored result changes meaning, so old results are not reused
 RESULT_VERSION = 3
+#: bumped when how the category push picks its classes changes
+PUSH_VERSION = 1
 
 
 def pick_device(gpus: float) -> torch.device:
@@ -67,9 +69,11 @@ class StagePaths:
     context_undefended: Path
     attack: Path
     result: Path
+    #: protocol perceptual: item classes, origin and target (unused under AIP's protocol)
+    push: Path | None = None
 
     def as_dict(self) -> dict[str, str]:
-        return {k: str(v) for k, v in dataclasses.asdict(self).items()}
+        return {k: str(v) for k, v in dataclasses.asdict(self).items() if v is not None}
 
     @classmethod
     def from_dict(cls, d: dict[str, str]) -> StagePaths:
@@ -79,7 +83,8 @@ class StagePaths:
 def stage_paths(sweep: SweepConfig, trial: TrialSpec) -> StagePaths:
     store = Store(sweep.storage)
     ds_key = config_key(trial.dataset.as_dict())
-    ext_key = config_key([ds_key, sweep.extractor.fingerprint(), sweep.seed])
+    extractor = trial.extractor_config
+    ext_key = config_key([ds_key, extractor.fingerprint(), sweep.seed])
     bpr_key = config_key([ds_key, dataclasses.asdict(sweep.first_stage.bpr), sweep.seed])
     cand_key = config_key([bpr_key, sweep.first_stage.candidates])
     uses_extractor = MODELS.get(trial.model.name).uses_extractor
@@ -92,6 +97,8 @@ def stage_paths(sweep: SweepConfig, trial: TrialSpec) -> StagePaths:
             TRAINING_VERSION,
         ]
     )
+    if trial.push is not None:
+        return _push_paths(sweep, trial, store, ds_key, ext_key, bpr_key, model_key)
     ctx_key = config_key([model_key, cand_key, trial.defense.as_dict()])
     bare_key = config_key([model_key, cand_key, NO_DEFENSE.as_dict()])
     # an attack's images depend on what the attacker knows, and are shared accordingly
@@ -108,7 +115,7 @@ def stage_paths(sweep: SweepConfig, trial: TrialSpec) -> StagePaths:
     result_key = config_key([ctx_key, bare_key, attack_key, sweep.examples, RESULT_VERSION])
     return StagePaths(
         dataset=store.path("datasets", trial.dataset.name, ds_key),
-        extractor=store.path("extractors", sweep.extractor.arch, ext_key),
+        extractor=store.path("extractors", extractor.arch, ext_key),
         bpr=store.path("models", "bpr", bpr_key),
         candidates=store.path("candidates", "bpr", cand_key),
         model=store.path("models", trial.model.name, model_key),
@@ -116,6 +123,47 @@ def stage_paths(sweep: SweepConfig, trial: TrialSpec) -> StagePaths:
         context_undefended=store.path("contexts", trial.model.name, bare_key),
         attack=store.path("attacks", trial.attack.name, attack_key),
         result=store.path("trials", trial.model.name, result_key),
+    )
+
+
+def _push_paths(
+    sweep: SweepConfig,
+    trial: TrialSpec,
+    store: Store,
+    ds_key: str,
+    ext_key: str,
+    bpr_key: str,
+    model_key: str,
+) -> StagePaths:
+    """Perceptual-Rec's category push: the item classes and the (origin, target) pair per
+    extractor, the attacked origin images per attack (shared by every ranker and mode), the
+    result per (ranker, attack, mode)."""
+    push = trial.push.config
+    rule = {k: getattr(push, k) for k in ("origin", "target", "min_share")}
+    push_key = config_key([ext_key, bpr_key, rule, PUSH_VERSION])
+    attack_cls = ATTACKS.get(trial.attack.name)
+    attack_key = config_key(
+        [
+            push_key,
+            trial.attack.as_dict(),
+            attack_cls.version,
+            attack_cls.fingerprint(trial.attack.config),
+            sweep.lpips.fingerprint(),
+        ]
+    )
+    result_key = config_key([model_key, attack_key, push.mode, RESULT_VERSION])
+    unused = store.path("contexts", "unused", model_key)
+    return StagePaths(
+        dataset=store.path("datasets", trial.dataset.name, ds_key),
+        extractor=store.path("extractors", trial.extractor_config.arch, ext_key),
+        bpr=store.path("models", "bpr", bpr_key),
+        candidates=unused,
+        model=store.path("models", trial.model.name, model_key),
+        context=unused,
+        context_undefended=unused,
+        attack=store.path("pushes", trial.attack.name, attack_key),
+        result=store.path("trials", trial.model.name, result_key),
+        push=store.path("pushes", "classes", push_key),
     )
 
 
@@ -159,14 +207,16 @@ def write_cold_items(catalog: Catalog, folder: Path, shard_size: int = 256) -> N
 
 
 # --- 2 train ------------------------------------------------------------------------------------
-def train_extractor(sweep: SweepConfig, paths: StagePaths, device: torch.device) -> Path:
-    """The sweep's extractor (pretrained here, ImageNet weights or a checkpoint), with the class
+def train_extractor(
+    sweep: SweepConfig, trial: TrialSpec, paths: StagePaths, device: torch.device
+) -> Path:
+    """The trial's extractor (pretrained here, ImageNet weights or a checkpoint), with the class
     TAaMR's attacks target: the one it predicts most often over the training interactions."""
     out = paths.extractor
     if done(out):
         return out
     catalog = Catalog.load(paths.dataset)
-    cfg = sweep.extractor
+    cfg = trial.extractor_config
     warm = np.flatnonzero(catalog.warm_mask())
     pretrain = cfg.weights == "pretrain"
     extractor, info = make_extractor(

@@ -111,6 +111,20 @@ class Tracker:
         self.client.set_terminated(run_id, "FAILED")
 
 
+def headline(metrics: dict[str, float]) -> str:
+    """A finished trial's main numbers, for its console line."""
+    if "clean/chr_count_at_20" in metrics:
+        return (
+            f"CHR@20 (count) clean {metrics['clean/chr_count_at_20']:.3f} attacked "
+            f"{metrics['attacked/chr_count_at_20']:.3f} (p {metrics['p_value_chr_at_20']:.2g}), "
+            f"success {metrics.get('success_mean', float('nan')):.2f}"
+        )
+    return (
+        f"HR@5 cooperative {metrics['cooperative/hr_at_5']:.3f} "
+        f"adversarial {metrics['adversarial/hr_at_5']:.3f} (p {metrics['p_value_hr_at_5']:.2g})"
+    )
+
+
 class TrackingCallback(Callback):
     """Mirrors Tune trials into MLflow child runs (driver side), with a progress bar that names
     each finished trial and its headline numbers (Tune's own console output is turned off: its
@@ -153,11 +167,7 @@ class TrackingCallback(Callback):
         self.tracker.log_result(run_id, metrics, files)
         if self.bar is not None:
             self.bar.update(1)
-        self._say(
-            f"done {p['name']}: HR@5 cooperative {metrics['cooperative/hr_at_5']:.3f} "
-            f"adversarial {metrics['adversarial/hr_at_5']:.3f} "
-            f"(p {metrics['p_value_hr_at_5']:.2g})"
-        )
+        self._say(f"done {p['name']}: {headline(metrics)}")
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
         p = self._payload(trial)

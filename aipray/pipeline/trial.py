@@ -76,7 +76,13 @@ def run_trial(config: dict[str, Any], payloads: dict[str, dict[str, Any]]) -> No
     the key is a Tune parameter, so Tune's console and result files stay small."""
     from ray import tune
 
-    tune.report(evaluate(payloads[config["trial"]]))
+    payload = payloads[config["trial"]]
+    if payload.get("protocol") == "perceptual":
+        from aipray.pipeline import push
+
+        tune.report(push.evaluate(payload))
+    else:
+        tune.report(evaluate(payload))
 
 
 def evaluate(payload: dict[str, Any]) -> dict[str, float]:

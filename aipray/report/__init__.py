@@ -110,6 +110,8 @@ def build_report(
         folder = Path(out) if out is not None else Path("reports") / runs.sweep
         folder.mkdir(parents=True, exist_ok=True)
         _clear(folder)
+        if (runs.frame["protocol"] == "perceptual").all():
+            return _perceptual_report(runs, folder, log_to_mlflow)
         frame = prepare(runs.frame)
         chosen = choose_eps(frame, eps)
         log.info("building tables")
@@ -127,6 +129,25 @@ def build_report(
             log.info("logged %s to run %s under report/", folder, runs.parent_id)
     finally:
         runs.close()
+    return folder
+
+
+def _perceptual_report(runs: SweepRuns, folder: Path, log_to_mlflow: bool) -> Path:
+    """Perceptual-Rec's tables and figures for a ``protocol: perceptual`` sweep."""
+    from aipray.report.perceptual import perceptual_figures, perceptual_tables
+
+    frame = runs.frame
+    tables = perceptual_tables(frame)
+    (folder / "tables").mkdir(exist_ok=True)
+    for table in tables:
+        table.data.to_csv(folder / "tables" / f"{table.slug}.csv", index=False)
+    figures = perceptual_figures(frame, runs.artifact, folder)
+    text = render(runs, {}, tables, figures).replace(
+        "# Adversarial item promotion report", "# Category push report (Perceptual-Rec)"
+    )
+    (folder / "report.md").write_text(text)
+    if log_to_mlflow:
+        runs.client.log_artifacts(runs.parent_id, str(folder), artifact_path="report")
     return folder
 
 

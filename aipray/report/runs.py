@@ -185,6 +185,11 @@ def run_row(run: Any) -> dict[str, Any]:
     row.update(dict.fromkeys(MODEL_SETTINGS))
     row.update({k: v for k, v in params.items() if k.startswith(("model.", "dataset."))})
     row.update({m: float(run.data.metrics.get(m, math.nan)) for m in METRICS})
+    row["protocol"] = params.get("protocol", "aip")
+    if row["protocol"] == "perceptual":  # its metrics are another set: keep them all
+        row.update({m: float(v) for m, v in run.data.metrics.items()})
+        row["extractor"] = params.get("extractor", "standard")
+        row["mode"] = params.get("mode", "poisoning")
     return row
 
 
