@@ -57,6 +57,12 @@ def test_rule_picks_least_recommended_sizeable_origin_and_most_recommended_targe
     assert perceptual.choose_push(shares, labels, warm, min_share=0.1) == (1, 2)
     # class 1 holds 1 of 10 warm items: below a 20 % floor, so the next least recommended
     assert perceptual.choose_push(shares, labels, warm, min_share=0.2) == (3, 2)
+    # an extractor that puts no item in class 1 cannot push it: the next one is taken
+    predicted = np.array([0, 0, 0, 2, 2, 2, 3, 3, 3, 3])
+    assert perceptual.choose_push(shares, labels, warm, min_share=0.1, predicted=predicted) == (
+        3,
+        2,
+    )
 
 
 def test_class_shares_agree_with_the_per_category_metric(world):

@@ -47,8 +47,9 @@ NO_DEFENSE = Component("defense", "none", DEFENSES.get("none").Config())
 TRAINING_VERSION = 2
 #: bumped when a trial's stored result changes meaning, so old results are not reused
 RESULT_VERSION = 3
-#: bumped when how the category push picks its classes changes
-PUSH_VERSION = 1
+#: bumped when how the category push picks its classes changes (2: by the catalog's categories
+#: with at least one predicted item, not by the predicted counts)
+PUSH_VERSION = 2
 
 
 def pick_device(gpus: float) -> torch.device:

@@ -87,15 +87,19 @@ def choose_push(
     """The stated rule for a dataset without a configured origin and target (as the authors
     chose theirs from their clean lists): target = the class with the highest clean CHR@20;
     origin = the class with the lowest clean CHR@20 among the others that hold at least
-    ``min_share`` of the warm items (so that the push concerns a real category) — by ``labels``
-    and, when given, by the extractor's ``predicted`` classes too (the items it attacks)."""
+    ``min_share`` of the warm items by ``labels`` (so that the push concerns a real category)
+    and, when ``predicted`` is given, at least one warm item the extractor puts in it (the items
+    it attacks). With ``labels`` the catalog's categories, every extractor that predicts the
+    class at all gets the same pair, so tables compare one push across extractors."""
     n = shares.size
     counts = np.bincount(np.asarray(labels)[warm].clip(min=0), minlength=n)[:n]
+    own = np.ones(n, dtype=np.int64)
     if predicted is not None:
         own = np.bincount(np.asarray(predicted)[warm].clip(min=0), minlength=n)[:n]
-        counts = np.minimum(counts, own)
     target = int(np.argmax(shares))
-    eligible = [c for c in range(n) if c != target and counts[c] >= min_share * warm.sum()]
+    eligible = [
+        c for c in range(n) if c != target and counts[c] >= min_share * warm.sum() and own[c] > 0
+    ]
     if not eligible:
         raise ValueError(
             f"no class other than the target holds >= {min_share:.0%} of the warm items"
