@@ -224,7 +224,8 @@ class SweepConfig:
     grids: tuple[Grid, ...] = ()
     protocol: str = "aip"
     pushes: tuple[Component, ...] = ()
-    lpips: LPIPSConfig = field(default_factory=LPIPSConfig)
+    #: the LPIPS network; ``None`` (no ``lpips`` key) = LPIPS is not measured
+    lpips: LPIPSConfig | None = None
 
     @property
     def extractor(self) -> ExtractorConfig:
@@ -358,7 +359,7 @@ TOP_KEYS = {
     "grids": "sub-grids that replace some of datasets/models/attacks/defenses each",
     "protocol": "aip (cold items, two stages) or perceptual (category push)",
     "perceptual": "the category push of protocol: perceptual",
-    "lpips": "the LPIPS network of the perceptual metrics",
+    "lpips": "the LPIPS network of the perceptual metrics (absent: LPIPS is not measured)",
 }
 GRID_KEYS = ("name", "datasets", "models", "attacks", "defenses")
 
@@ -459,7 +460,9 @@ def parse_sweep(raw: Any, source: Path | str = "<sweep>") -> SweepConfig:
                         f"{where}: datasets.{ds.name}.n_cold: 0 is not allowed with protocol: "
                         "aip; expected an integer >= 1 (its cold items are what it attacks)"
                     )
-    (lpips_cfg,), _ = build_dataclass(LPIPSConfig, raw.get("lpips"), f"{where}: lpips")
+    lpips_cfg = None
+    if raw.get("lpips") is not None:
+        (lpips_cfg,), _ = build_dataclass(LPIPSConfig, raw["lpips"], f"{where}: lpips")
     (first_stage,), _ = build_dataclass(
         FirstStageConfig, raw.get("first_stage"), f"{where}: first_stage"
     )

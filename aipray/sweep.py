@@ -91,14 +91,16 @@ def trial_payload(sweep: SweepConfig, trial: TrialSpec) -> dict[str, Any]:
         "image_shape": None,
         "protocol": sweep.protocol,
         "seed": sweep.seed,
+        "lpips": None if sweep.lpips is None else dataclasses.asdict(sweep.lpips),
     }
+    if sweep.lpips is not None:
+        params.update(flatten("lpips", sweep.lpips))
     if trial.push is not None:
         params["protocol"] = "perceptual"
         params["mode"] = trial.push.config.mode
         params["extractor"] = trial.extractor_config.training
         params.update(flatten("perceptual", trial.push.config))
-        params.update(flatten("lpips", sweep.lpips))
-        payload.update(mode=trial.push.config.mode, lpips=dataclasses.asdict(sweep.lpips))
+        payload["mode"] = trial.push.config.mode
     payload["params"] = params
     return payload
 

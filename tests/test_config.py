@@ -306,3 +306,15 @@ def test_every_config_checks_its_bounds(cls):
             with pytest.raises(ConfigError) as err:
                 cls(**{f.name: bad})
             assert str(err.value).startswith(f"{cls.__name__}.{f.name}: {bad!r} is not allowed")
+
+
+def test_lpips_is_measured_only_when_named_and_missing_imagenet_weights_fail_early(
+    tmp_path, monkeypatch
+):
+    assert parse_sweep(dict(BASE)).lpips is None
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))  # an empty hub cache
+    raw = dict(BASE, lpips={"net": "vgg"})
+    with pytest.raises(ConfigError, match=r"lpips\.backbone: 'imagenet' is not allowed"):
+        parse_sweep(raw)
+    assert parse_sweep(dict(BASE, lpips={"net": "vgg", "download": True})).lpips.download
+    assert parse_sweep(dict(BASE, lpips={"backbone": "random"})).lpips.backbone == "random"

@@ -152,6 +152,7 @@ def test_every_ranker_attack_kind_and_defence_with_report(tmp_path, ray_local):
         "fgsm": {"eps": 8},
     }
     cfg["defenses"] = {"none": {}}
+    cfg["lpips"] = {"net": "alex", "backbone": "random"}  # no ImageNet weights offline
     cfg["grids"] = [
         {"name": "attacks"},
         {
@@ -185,6 +186,10 @@ def test_every_ranker_attack_kind_and_defence_with_report(tmp_path, ray_local):
     # c-SEMA and FGSM know no ranker: their images are computed once and shared by both rankers
     alex_fgsm = by_name["synthetic/alexrank/fgsm/eps=8/none"]
     assert alex_fgsm.metrics["ssim_mean"] == pytest.approx(fgsm.metrics["ssim_mean"])
+    # LPIPS is logged with its network for every trial of a sweep that names one
+    for run in by_name.values():
+        assert run.metrics["lpips_mean"] > 0 and run.params["lpips.backbone"] == "random"
+    assert alex_fgsm.metrics["lpips_mean"] == pytest.approx(fgsm.metrics["lpips_mean"])
     # the defence's cost is measured against the same ranker without it
     bits = by_name["synthetic/alexrank/insa/eps=16/bitdepth(bits=3)"]
     assert bits.metrics["ordinary_undefended/hr_at_5"] == pytest.approx(
@@ -283,6 +288,7 @@ def test_perceptual_sweep_poisoning_and_evasion(tmp_path, ray_local):
     sweep = load_sweep(path)
     table, failed = run_sweep(sweep)
     assert failed == []
+    assert len(table) == 8 and table["chr@20"].notna().all()  # the console's summary columns
     children, _ = child_runs(sweep)
     assert len(children) == 8
     assert {r.info.status for r in children} == {"FINISHED"}

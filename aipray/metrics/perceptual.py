@@ -22,7 +22,7 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
-from aipray.models.extractor.weights import WeightsUnavailableError
+from aipray.models.extractor.weights import WeightsUnavailableError, unwrap_state_dict
 from aipray.params import Settings, param
 from aipray.store import file_sha256
 
@@ -86,9 +86,19 @@ class LPIPSConfig(Settings):
         return out
 
     def file_checks(self) -> list[tuple[str, object, str]]:
-        """The state-dict file ``backbone`` names must exist (run by the sweep parser)."""
+        """The state-dict file ``backbone`` names must exist, and ImageNet weights must be in
+        torch's hub cache unless they may be downloaded (run by the sweep parser, so an offline
+        machine learns it before any work)."""
         if not self.backbone or (self.backbone_path and not self.backbone_path.is_file()):
             return [("backbone", self.backbone, "imagenet, random or an existing state-dict file")]
+        if self.backbone == "imagenet" and not self.download:
+            file = imagenet_backbone_file(self.net)
+            if not file.is_file():
+                allowed = (
+                    f"imagenet with {file} in torch's hub cache (or download: true), the path of "
+                    "a local state dict, or random (smoke runs only)"
+                )
+                return [("backbone", self.backbone, allowed)]
         return []
 
 
@@ -162,16 +172,11 @@ def _file_state(path: Path, net: str) -> dict[str, torch.Tensor]:
             f"lpips.backbone: cannot read {path} with torch.load(weights_only=True) "
             f"({type(err).__name__}); save it with torch.save(model.state_dict())"
         ) from err
-    for key in ("state_dict", "model_state_dict", "model"):  # common checkpoint wrappers
-        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
-            obj = obj[key]
-    obj = obj if isinstance(obj, dict) else {}
     first = "features.0.weight"  # any prefix before it (``module.``) is dropped
-    heads = [k for k in obj if isinstance(k, str) and k.endswith(first)]
-    if not heads:
+    unwrapped = unwrap_state_dict(obj, first)
+    if unwrapped is None:
         raise ValueError(f"lpips.backbone: {path} is not a torchvision {_ARCH[net]} state dict")
-    prefix = min(heads, key=len)[: -len(first)]
-    return {k[len(prefix) :]: v for k, v in obj.items() if str(k).startswith(prefix)}
+    return unwrapped[0]
 
 
 def _load_backbone(model: lpips.LPIPS, state: dict[str, torch.Tensor], where: str) -> None:

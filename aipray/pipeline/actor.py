@@ -10,6 +10,7 @@ import logging
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
 
 from aipray.attacks import ATTACKS, AttackInputs
@@ -53,6 +54,7 @@ class TrialActor:
         model: dict[str, Any],
         attack: dict[str, Any],
         defense: dict[str, Any],
+        lpips: dict[str, Any] | None = None,
         gpus: float = 0.0,
         threads: int = 1,
     ) -> None:
@@ -76,6 +78,7 @@ class TrialActor:
             load_context(self.paths.context_undefended, self.device) if defended else None,
             defender,
             load_served(self.paths.context, self.paths.model, self.device),
+            lpips=make_metric(lpips, self.device),
         )
         log.info("actor ready on %s", self.device)
 
@@ -86,6 +89,46 @@ class TrialActor:
         out, adv = self.evaluator(clean, ids, given)
         out["adv"] = encode_images(adv)
         return out
+
+
+def map_with_actors(
+    table: Any, actor: type, kwargs: dict[str, Any], resources: dict[str, Any]
+) -> pd.DataFrame:
+    """Run ``actor`` (a callable class built with ``kwargs``) over ``table`` (a pyarrow table) in
+    batches on a Ray Data actor pool sized by the sweep's ``resources``; its rows, all batches
+    concatenated.
+
+    The table is handed to Ray Data as blocks of one batch each: a file-listing read task would
+    need a whole CPU per trial, which concurrent trials on a small machine cannot get while their
+    actors hold theirs (measured: deadlock on 2 cores)."""
+    import ray
+
+    step = resources["batch_size"]
+    blocks = [table.slice(i, step) for i in range(0, table.num_rows, step)]
+    ds = ray.data.from_arrow(blocks).map_batches(
+        actor,
+        fn_constructor_kwargs={
+            **kwargs,
+            "gpus": resources["actor_gpus"],
+            "threads": max(1, round(resources["actor_cpus"])),
+        },
+        compute=ray.data.ActorPoolStrategy(size=resources["actors"]),
+        batch_size=step,
+        batch_format="numpy",
+        num_cpus=resources["actor_cpus"],
+        num_gpus=resources["actor_gpus"],
+    )
+    parts = [pd.DataFrame(dict(b)) for b in ds.iter_batches(batch_size=None, batch_format="numpy")]
+    return pd.concat(parts, ignore_index=True).sort_values("item_id", ignore_index=True)
+
+
+def make_metric(lpips: dict[str, Any] | None, device: torch.device):
+    """The sweep's LPIPS network on ``device``, or ``None`` when the sweep measures none."""
+    if lpips is None:
+        return None
+    from aipray.metrics.perceptual import LPIPSConfig, make_lpips
+
+    return make_lpips(LPIPSConfig(**lpips), device)
 
 
 def hook_item(attack: Component, catalog: Catalog) -> int:

@@ -23,11 +23,16 @@ import torch
 from aipray.attacks import ATTACKS, AttackInputs
 from aipray.config import SweepConfig, TrialSpec
 from aipray.data import Catalog
-from aipray.metrics.perceptual import LPIPSConfig, make_lpips
 from aipray.models import MODELS, load_recommender
 from aipray.models.base import model_meta
 from aipray.models.extractor import class_names, load_extractor
-from aipray.pipeline.actor import _component, decode_images, encode_images
+from aipray.pipeline.actor import (
+    _component,
+    decode_images,
+    encode_images,
+    make_metric,
+    map_with_actors,
+)
 from aipray.pipeline.stages import StagePaths, pick_device
 from aipray.protocol import perceptual
 from aipray.store import atomic_dir, done
@@ -124,7 +129,7 @@ class PushActor:
         self,
         paths: dict[str, str],
         attack: dict[str, Any],
-        lpips: dict[str, Any],
+        lpips: dict[str, Any] | None,
         gpus: float = 0.0,
         threads: int = 1,
     ) -> None:
@@ -137,7 +142,7 @@ class PushActor:
         attack_c = _component("attack", attack)
         inputs = AttackInputs(classifier=extractor, target_class=int(info["target"]))
         attacker = ATTACKS.get(attack_c.name)(attack_c.config, None, inputs)
-        metric = make_lpips(LPIPSConfig(**lpips), self.device)
+        metric = make_metric(lpips, self.device)
         self.attacker = perceptual.OriginItemAttacker(attacker, extractor, metric)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -159,32 +164,11 @@ def origin_table(catalog: Catalog, members: np.ndarray) -> pa.Table:
 def attack_origin(payload: dict[str, Any], paths: StagePaths) -> None:
     """Attack every origin-class item through Ray Data and store ``items.parquet`` (per-image
     measures with the adversarial images) under the attack's folder."""
-    import ray
-
-    res = payload["resources"]
     catalog = Catalog.load(paths.dataset)
     labels, info = load_push(paths.push)
     members = np.flatnonzero((labels == info["origin"]) & catalog.warm_mask())
-    table = origin_table(catalog, members)
-    step = res["batch_size"]
-    blocks = [table.slice(i, step) for i in range(0, table.num_rows, step)]
-    ds = ray.data.from_arrow(blocks).map_batches(
-        PushActor,
-        fn_constructor_kwargs={
-            "paths": payload["paths"],
-            "attack": payload["attack"],
-            "lpips": payload["lpips"],
-            "gpus": res["actor_gpus"],
-            "threads": max(1, round(res["actor_cpus"])),
-        },
-        compute=ray.data.ActorPoolStrategy(size=res["actors"]),
-        batch_size=step,
-        batch_format="numpy",
-        num_cpus=res["actor_cpus"],
-        num_gpus=res["actor_gpus"],
-    )
-    parts = [pd.DataFrame(dict(b)) for b in ds.iter_batches(batch_size=None, batch_format="numpy")]
-    items = pd.concat(parts, ignore_index=True).sort_values("item_id", ignore_index=True)
+    kwargs = {k: payload[k] for k in ("paths", "attack", "lpips")}
+    items = map_with_actors(origin_table(catalog, members), PushActor, kwargs, payload["resources"])
     with atomic_dir(paths.attack) as tmp:
         pq.write_table(pa.Table.from_pandas(items, preserve_index=False), tmp / "items.parquet")
 

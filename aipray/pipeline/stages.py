@@ -113,7 +113,10 @@ def stage_paths(sweep: SweepConfig, trial: TrialSpec) -> StagePaths:
             attack_cls.fingerprint(trial.attack.config),
         ]
     )
-    result_key = config_key([ctx_key, bare_key, attack_key, sweep.examples, RESULT_VERSION])
+    result_parts = [ctx_key, bare_key, attack_key, sweep.examples, RESULT_VERSION]
+    if sweep.lpips is not None:  # results without LPIPS keep their keys
+        result_parts.append(sweep.lpips.fingerprint())
+    result_key = config_key(result_parts)
     return StagePaths(
         dataset=store.path("datasets", trial.dataset.name, ds_key),
         extractor=store.path("extractors", extractor.arch, ext_key),
@@ -149,7 +152,7 @@ def _push_paths(
             trial.attack.as_dict(),
             attack_cls.version,
             attack_cls.fingerprint(trial.attack.config),
-            sweep.lpips.fingerprint(),
+            sweep.lpips.fingerprint() if sweep.lpips is not None else None,
         ]
     )
     result_key = config_key([model_key, attack_key, push.mode, RESULT_VERSION])

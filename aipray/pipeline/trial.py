@@ -26,7 +26,13 @@ from aipray.data import Catalog
 from aipray.defenses import DEFENSES
 from aipray.models import load_recommender
 from aipray.models.base import model_meta
-from aipray.pipeline.actor import TrialActor, _component, decode_images, hook_item
+from aipray.pipeline.actor import (
+    TrialActor,
+    _component,
+    decode_images,
+    hook_item,
+    map_with_actors,
+)
 from aipray.pipeline.stages import StagePaths, first_stage_health, load_context
 from aipray.protocol.aip import reduce_items
 from aipray.store import atomic_dir, done
@@ -94,12 +100,8 @@ def evaluate(payload: dict[str, Any]) -> dict[str, float]:
     paths = StagePaths.from_dict(payload["paths"])
     if done(paths.result):
         return json.loads((paths.result / "metrics.json").read_text())
-    res = payload["resources"]
     cached_attack = done(paths.attack)
     source = paths.attack if cached_attack else paths.dataset / "cold"
-    # The shard is read here and handed to Ray Data as blocks of one batch each: a file-listing
-    # read task would need a whole CPU per trial, which concurrent trials on a small machine
-    # cannot get while their actors hold theirs (measured: deadlock on 2 cores).
     table = pq.read_table(source)  # item_id, image (and adv when the attack is cached)
     attack = _component("attack", payload["attack"])
     keep = ATTACKS.get(attack.name).restrict(attack.config, table.column("item_id").to_pylist())
@@ -107,26 +109,8 @@ def evaluate(payload: dict[str, Any]) -> dict[str, float]:
         table = table.filter(pc.is_in(table.column("item_id"), pa.array(keep, pa.int64())))
     if table.num_rows == 0:
         raise ValueError(f"{payload['name']}: the attack left no cold item to evaluate")
-    step = res["batch_size"]
-    blocks = [table.slice(i, step) for i in range(0, table.num_rows, step)]
-    ds = ray.data.from_arrow(blocks).map_batches(
-        TrialActor,
-        fn_constructor_kwargs={
-            "paths": payload["paths"],
-            "model": payload["model"],
-            "attack": payload["attack"],
-            "defense": payload["defense"],
-            "gpus": res["actor_gpus"],
-            "threads": max(1, round(res["actor_cpus"])),
-        },
-        compute=ray.data.ActorPoolStrategy(size=res["actors"]),
-        batch_size=res["batch_size"],
-        batch_format="numpy",
-        num_cpus=res["actor_cpus"],
-        num_gpus=res["actor_gpus"],
-    )
-    parts = [pd.DataFrame(dict(b)) for b in ds.iter_batches(batch_size=None, batch_format="numpy")]
-    items = pd.concat(parts, ignore_index=True).sort_values("item_id", ignore_index=True)
+    kwargs = {k: payload[k] for k in ("paths", "model", "attack", "defense", "lpips")}
+    items = map_with_actors(table, TrialActor, kwargs, payload["resources"])
 
     # the cold items this trial evaluated (an attack may cover only some), clean images
     clean = table.select(["item_id", "image"]).to_pandas().sort_values("item_id", ignore_index=True)

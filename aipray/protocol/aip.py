@@ -199,6 +199,8 @@ class ColdItemEvaluator:
         bare_context: the same without the defence (the baseline of the defence's cost).
         defense: the input defence (identity for none).
         served: the ranker under the defence (``model.under_defense(defense, images)``).
+        lpips: ``(clean, adversarial) → [B]`` perceptual distance
+            (:func:`aipray.metrics.perceptual.make_lpips`), or ``None`` to skip it.
     """
 
     def __init__(
@@ -209,7 +211,9 @@ class ColdItemEvaluator:
         bare_context: CandidateScores | None = None,
         defense: ImageMap | None = None,
         served: Recommender | None = None,
+        lpips: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
     ) -> None:
+        self.lpips = lpips
         self.model = model
         self.attack = attack
         self.context = context
@@ -264,6 +268,8 @@ class ColdItemEvaluator:
             for group, rates in groups.items():
                 for k in CUTOFFS:
                     out[f"{group}/hr_at_{k}"] = rates[k].cpu().numpy()
+            if self.lpips is not None:
+                out["lpips"] = self.lpips(clean, adv).cpu().numpy()
             success = getattr(self.attack, "success", None)
             if success is not None:
                 out["success"] = success(adv).float().cpu().numpy()
@@ -285,6 +291,8 @@ def reduce_items(items: pd.DataFrame, set_sizes: torch.Tensor) -> dict[str, floa
     metrics["linf_255_max"] = float(items["linf_255"].max())
     metrics["ssim_mean"] = float(items["ssim"].mean())
     metrics["psnr_mean"] = float(items["psnr"].mean())
+    if "lpips" in items:
+        metrics["lpips_mean"] = float(items["lpips"].mean())
     if "success" in items:
         metrics["success_rate"] = float(items["success"].mean())
     seconds = items["attack_seconds"].dropna()

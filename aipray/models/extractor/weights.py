@@ -106,7 +106,7 @@ def _state_container(obj: Any) -> Any:
     return obj
 
 
-def _unwrap_state_dict(obj: Any, head_key: str) -> tuple[dict[str, torch.Tensor], str] | None:
+def unwrap_state_dict(obj: Any, head_key: str) -> tuple[dict[str, torch.Tensor], str] | None:
     """``(state dict, key prefix)`` of the torchvision network inside common checkpoint
     wrappers, or ``None``.
 
@@ -261,7 +261,7 @@ def _load_checkpoint(config: ExtractorConfig) -> tuple[Extractor, dict[str, Any]
         info["checkpoint"] = CHECKPOINT_FORMAT
         return extractor, info
     head_key = _TORCHVISION_HEAD[config.arch]
-    unwrapped = _unwrap_state_dict(obj, head_key)
+    unwrapped = unwrap_state_dict(obj, head_key)
     if unwrapped is None:
         raise ValueError(
             f"extractor.weights: {file} is neither a torchvision {config.arch} state dict "
