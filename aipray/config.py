@@ -508,11 +508,11 @@ def _check_perceptual(
     rankers on the extractor's features, no input defence (its defences are the extractors)."""
     for grid in grids:
         for attack in grid.attacks:
-            if ATTACKS.get(attack.name).knowledge != "classifier":
-                allowed = [n for n in ATTACKS.names() if ATTACKS.get(n).knowledge == "classifier"]
+            if not _pushes(attack.name):
+                allowed = [n for n in ATTACKS.names() if _pushes(n)]
                 raise ConfigError(
                     f"{where}: attacks.{attack.name}: not allowed with protocol: perceptual; "
-                    f"allowed: {', '.join(allowed)} (classifier-targeted attacks)"
+                    f"allowed: {', '.join(allowed)} (classifier-targeted attacks and controls)"
                 )
             if getattr(attack.config, "target", None) is not None:
                 raise ConfigError(
@@ -543,6 +543,13 @@ def _check_perceptual(
                             f"{where}: perceptual.{key}: {value!r} is not a class of the "
                             f"extractor; allowed: a class id or one of {shown}"
                         )
+
+
+def _pushes(name: str) -> bool:
+    """Whether an attack can run under the category push: it targets the classifier, or it is
+    a control (random noise)."""
+    cls = ATTACKS.get(name)
+    return cls.knowledge == "classifier" or getattr(cls, "control", False)
 
 
 def _known_class_names(ext: ExtractorConfig, grids: list[Grid]) -> list[str] | None:

@@ -283,3 +283,24 @@ def test_insa_default_lr_reaches_the_eps_bound(model):
     x = images(4)
     adv = make("insa", tiny_models()[model], 32, epochs=2, user_batch=10)(x)
     assert (torch.round(adv * 255) - torch.round(x * 255)).abs().max() == 32
+
+
+def test_noise_control_is_bounded_per_item_and_leaves_inputs_alone():
+    noise = ATTACKS.get("noise")
+    attack = noise(noise.Config(eps=8, seed=3), None, AttackInputs())
+    x = images(6, size=16, seed=2)
+    x = torch.round(x * 255) / 255
+    before = x.clone()
+    ids = torch.arange(10, 16)
+    out = attack(x, ids)
+    torch.testing.assert_close(x, before, rtol=0, atol=0)
+    assert torch.equal(torch.round(out * 255), out * 255)  # 8-bit grid
+    delta = (out - x).abs() * 255
+    assert delta.max() <= 8 + 1e-4
+    # away from the [0, 1] edges every pixel moves by exactly eps
+    inside = (x > 8 / 255) & (x < 1 - 8 / 255)
+    torch.testing.assert_close(delta[inside], torch.full_like(delta[inside], 8.0))
+    # an item's noise does not depend on its batch; another seed gives other noise
+    torch.testing.assert_close(attack(x[2:4], ids[2:4]), out[2:4], rtol=0, atol=0)
+    other = noise(noise.Config(eps=8, seed=4), None, AttackInputs())(x, ids)
+    assert not torch.equal(other, out)

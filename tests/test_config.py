@@ -46,7 +46,7 @@ def test_grid_skips_missing_combinations():
         (
             ("attacks", "fgsm2"),
             {},
-            "unknown attack 'fgsm2'; allowed: csema, cw, expa, fgsm, insa, pgd, provided",
+            "unknown attack 'fgsm2'; allowed: csema, cw, expa, fgsm, insa, noise, pgd, provided",
         ),
         (("defenses", "blur"), {}, "unknown defense 'blur'; allowed: bitdepth, jpeg, none"),
         (("attacks", "insa", "eps"), -4, "attacks.insa.eps: -4 is not allowed"),
@@ -90,8 +90,8 @@ def test_shipped_sweeps_parse(tmp_path, monkeypatch):
     for name in ("imagenet_linf_4.pt", "model_best.pth.tar"):
         (tmp_path / "models" / name).write_bytes(b"stand-in")
     counts = {p.name: len(load_sweep(p).trials()) for p in sweeps}
-    # 2 rankers x 3 extractors x (FGSM, PGD at 2 eps + C&W)
-    assert counts["perceptual_synthetic.yaml"] == counts["perceptual.yaml"] == 2 * 3 * 5
+    # 2 rankers x 3 extractors x (noise, FGSM, PGD at 2 eps + C&W)
+    assert counts["perceptual_synthetic.yaml"] == counts["perceptual.yaml"] == 2 * 3 * 7
     assert counts["quick.yaml"] == 16
     # the AIP grids (172) + VBPR with β′ x INSA (4) + AMR's ε axis (6 x 2 ε, 2 shared) + c-SEMA
     # at 64 px on 4 rankers

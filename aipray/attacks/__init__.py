@@ -1,6 +1,6 @@
 """Attacks on item images; importing this package registers them."""
 
-from aipray.attacks import cw, expa, insa, sema, taamr
+from aipray.attacks import cw, expa, insa, noise, sema, taamr
 from aipray.attacks.base import ATTACKS, Attack, AttackInputs, linf_ascent, quantize_within
 
 __all__ = [
@@ -11,6 +11,7 @@ __all__ = [
     "expa",
     "insa",
     "linf_ascent",
+    "noise",
     "quantize_within",
     "sema",
     "taamr",

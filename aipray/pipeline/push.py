@@ -143,7 +143,9 @@ class PushActor:
         inputs = AttackInputs(classifier=extractor, target_class=int(info["target"]))
         attacker = ATTACKS.get(attack_c.name)(attack_c.config, None, inputs)
         metric = make_metric(lpips, self.device)
-        self.attacker = perceptual.OriginItemAttacker(attacker, extractor, metric)
+        self.attacker = perceptual.OriginItemAttacker(
+            attacker, extractor, metric, target=int(info["target"])
+        )
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         clean = decode_images(batch["image"], self.image_shape)

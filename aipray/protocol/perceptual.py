@@ -160,13 +160,23 @@ class OriginItemAttacker:
     """Attacks batches of origin-class items and measures each attacked image.
 
     Args:
-        attack: a classifier-targeted attack (FGSM, PGD, C&W) aimed at the target class.
+        attack: a classifier-targeted attack (FGSM, PGD, C&W) aimed at the target class, or a
+            control (random noise).
         extractor: the feature extractor whose features the recommender uses (feature loss).
         lpips: ``images, images → [B]`` perceptual distance (e.g.
             :func:`aipray.metrics.perceptual.make_lpips`), or ``None`` to skip it.
+        target: the push's target class (success = the extractor now says it); default the
+            attack's own ``target``.
     """
 
-    def __init__(self, attack: Attack, extractor: Extractor, lpips: Callable | None = None) -> None:
+    def __init__(
+        self,
+        attack: Attack,
+        extractor: Extractor,
+        lpips: Callable | None = None,
+        target: int | None = None,
+    ) -> None:
+        self.target = getattr(attack, "target", None) if target is None else int(target)
         self.attack = attack
         self.extractor = extractor
         self.lpips = lpips
@@ -182,7 +192,7 @@ class OriginItemAttacker:
         with torch.no_grad():
             f_clean, logits_clean = self.extractor.features_and_logits(clean)
             f_adv, logits_adv = self.extractor.features_and_logits(adv)
-            target = getattr(self.attack, "target", None)
+            target = self.target
             out: dict[str, np.ndarray] = {
                 "item_id": np.asarray(item_ids),
                 "clean_class": logits_clean.argmax(1).cpu().numpy(),

@@ -28,13 +28,14 @@ TRAINING_NAMES = {"standard": "T", "adversarial": "AT", "free": "FAT"}
 
 
 def _attack_label(attack: str, eps: float) -> str:
-    name = attack_name(attack) if attack in ("fgsm", "pgd") else {"cw": "C&W"}.get(attack, attack)
+    names = {"cw": "C&W", "noise": "random noise"}
+    name = attack_name(attack) if attack in ("fgsm", "pgd") else names.get(attack, attack)
     return name if math.isnan(eps) else f"{name} (ε = {fmt_num(eps)})"
 
 
 def _order(frame: pd.DataFrame) -> list[tuple[str, float]]:
     """(attack, ε) pairs, once each (NaN ε for attacks without one), FGSM, PGD, C&W order."""
-    rank = {"fgsm": 0, "pgd": 1, "cw": 2}
+    rank = {"noise": 0, "fgsm": 1, "pgd": 2, "cw": 3}
     pairs = {
         (a, math.nan if math.isnan(e) else float(e))
         for a, e in zip(frame["attack"], frame["eps"].astype(float), strict=True)
@@ -180,7 +181,7 @@ def chr_vs_eps(frame: pd.DataFrame, out: Path, k: int = 20) -> list[FigureRef]:
     extractor and attack; the clean level dashed."""
     refs = []
     for (dataset, model, mode), d in frame.groupby(["dataset", "model", "mode"], sort=False):
-        d = d[d["attack"].isin(["fgsm", "pgd"]) & d["eps"].notna()]
+        d = d[d["attack"].isin(["noise", "fgsm", "pgd"]) & d["eps"].notna()]
         if d["eps"].nunique() < 2:
             continue
         fig = Figure(figsize=(5, 3.5))
@@ -188,10 +189,10 @@ def chr_vs_eps(frame: pd.DataFrame, out: Path, k: int = 20) -> list[FigureRef]:
         ax = fig.subplots()
         for i, t in enumerate(_trainings(d)):
             color = f"C{i}"
-            for attack, style in (("fgsm", ":"), ("pgd", "-")):
+            for attack, style in (("noise", "-."), ("fgsm", ":"), ("pgd", "-")):
                 r = d[(d["extractor"] == t) & (d["attack"] == attack)].sort_values("eps")
                 if len(r):
-                    label = f"{TRAINING_NAMES.get(t, t)} {attack_name(attack)}"
+                    label = f"{TRAINING_NAMES.get(t, t)} {_attack_label(attack, math.nan)}"
                     ax.plot(
                         r["eps"],
                         r[f"attacked/chr_count_at_{k}"],
