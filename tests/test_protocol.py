@@ -225,3 +225,35 @@ def test_training_recipes_are_deterministic(catalog, name):
     assert score_a == score_b
     for key in a:
         assert torch.equal(a[key], b[key]), key
+
+
+def test_cw_is_a_taamr_baseline_under_aip(catalog, first):
+    """C&W against the extractor's classifier, evaluated under AIP's protocol like FGSM/PGD:
+    the rows carry its success after the 8-bit round trip."""
+    from aipray.models.extractor import ExtractorConfig, make_extractor, popular_class
+
+    warm = np.flatnonzero(catalog.warm_mask())
+    extractor, _ = make_extractor(
+        ExtractorConfig(width=0.1, epochs=3),
+        np.asarray(catalog.images[warm]),
+        catalog.categories[warm],
+        seed=0,
+    )
+    target = popular_class(
+        extractor, catalog.images, items=np.flatnonzero(catalog.item_popularity())
+    )
+    ranker = own_ranker(catalog)
+    attack = aip.attack(
+        "cw", ranker, catalog, classifier=extractor, target_class=target, steps=60, binary_steps=2
+    )
+    metrics, items = aip.evaluate(
+        ranker, catalog, first.candidates, attack, items=catalog.cold_items[:12]
+    )
+    assert len(items) == 12 and 0 <= metrics["success_rate"] <= 1
+    assert metrics["success_rate"] > 0  # an undefended small classifier is easy to move
+    # an unchanged image is a failure left alone or an item already of the target class
+    with torch.no_grad():
+        clean = extractor(aip.as_float(catalog.images[items["item_id"].to_numpy()])).argmax(1)
+    unchanged = (items["linf_255"] == 0).to_numpy()
+    already = (clean == target).numpy()
+    np.testing.assert_array_equal(items["success"].to_numpy()[unchanged], already[unchanged])
