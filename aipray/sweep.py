@@ -28,8 +28,8 @@ from aipray.pipeline.stages import StagePaths, stage_paths, trial_key
 log = logging.getLogger("aipray")
 
 PUSH_COLUMNS = {
-    "clean/chr_count_at_20": "chr_at_20",
-    "attacked/chr_count_at_20": "att_chr_at_20",
+    "clean/chr_count_at_20": "chr@20",
+    "attacked/chr_count_at_20": "att_chr@20",
     "p_value_chr_at_20": "p",
     "success_mean": "success",
     "feature_loss_mean": "fl",
