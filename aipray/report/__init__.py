@@ -142,7 +142,8 @@ def _perceptual_report(runs: SweepRuns, folder: Path, log_to_mlflow: bool) -> Pa
     for table in tables:
         table.data.to_csv(folder / "tables" / f"{table.slug}.csv", index=False)
     figures = perceptual_figures(frame, runs.artifact, folder)
-    text = render(runs, {}, tables, figures).replace(
+    attacks = {a: math.nan for a in dict.fromkeys(frame["attack"])}
+    text = render(runs, attacks, tables, figures).replace(
         "# Adversarial item promotion report", "# Category push report (Perceptual-Rec)"
     )
     (folder / "report.md").write_text(text)
