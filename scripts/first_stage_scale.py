@@ -22,6 +22,7 @@ try:
 except ImportError:  # run from a checkout without `pip install -e .`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from aipray.data.catalog import Catalog
 from aipray.data.synthetic import SyntheticConfig, make_synthetic
 from aipray.models.bpr import BPRConfig
 from aipray.protocol import aip
@@ -31,6 +32,13 @@ RECIPES = {
     "full.yaml": BPRConfig(factors=64, lr=0.01, reg=0.03, optimizer="adam", epochs=20),
     # AIP's: SGD lr 0.01 on the batch-mean loss, λ 1e-3
     "AIP (SGD)": BPRConfig(factors=64, lr=0.01, reg=1e-3, optimizer="sgd", epochs=20),
+    # candidates for real size: a smaller λ (rare items' rows are seldom sampled) and more steps
+    "adam-reg0.003-b1024": BPRConfig(
+        factors=64, lr=0.01, reg=0.003, optimizer="adam", epochs=20, batch_size=1024
+    ),
+    "adam-reg0.01-b1024": BPRConfig(
+        factors=64, lr=0.01, reg=0.01, optimizer="adam", epochs=20, batch_size=1024
+    ),
 }
 
 
@@ -39,13 +47,28 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--users", type=int, default=34244)
     parser.add_argument("--items", type=int, default=110636)
     parser.add_argument("--candidates", type=int, default=1000)
-    parser.add_argument("--recipes", default=",".join(RECIPES), help="comma-separated names")
+    parser.add_argument(
+        "--recipes", default="full.yaml,AIP (SGD)", help=f"comma-separated: {', '.join(RECIPES)}"
+    )
+    parser.add_argument(
+        "--catalog",
+        type=Path,
+        default=None,
+        help="folder to keep the generated marketplace in and reuse it from (5 min to make)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     start = time.perf_counter()
-    catalog = make_synthetic(
-        SyntheticConfig(n_users=args.users, n_items=args.items, n_cold=1000, image_size=16, seed=0)
-    )
+    if args.catalog is not None and (args.catalog / "catalog.json").is_file():
+        catalog = Catalog.load(args.catalog)
+    else:
+        catalog = make_synthetic(
+            SyntheticConfig(
+                n_users=args.users, n_items=args.items, n_cold=1000, image_size=16, seed=0
+            )
+        )
+        if args.catalog is not None:
+            catalog.save(args.catalog)
     print(
         f"synthetic marketplace: {catalog.n_users} users, {catalog.n_items} items, "
         f"{catalog.train_items.size} training interactions ({time.perf_counter() - start:.0f}s)",
