@@ -33,13 +33,7 @@ def linear_classifier():
     return net.eval().requires_grad_(False)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Hundreds of tiny steps: intra-op threads only add contention on a shared machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
