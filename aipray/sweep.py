@@ -257,6 +257,10 @@ def run_sweep(sweep: SweepConfig, *, ray_address: str | None = None, num_cpus: i
                 logging_level=logging.WARNING,
                 log_to_driver=True,
             )
+
+        from aipray.pipeline import console
+
+        console.install()  # Ray's unactionable worker lines stay off the console
         try:
             run_stages(sweep, [t for t, _ in pending])
             from aipray.data import Catalog
