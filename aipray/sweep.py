@@ -106,6 +106,10 @@ def trial_payload(sweep: SweepConfig, trial: TrialSpec) -> dict[str, Any]:
 
 
 # --- stages as Ray tasks -------------------------------------------------------------------------
+class StageError(RuntimeError):
+    """A stage could not be computed; the message is one line naming it."""
+
+
 def _stage(kind: str, sweep: SweepConfig, trial: TrialSpec, paths: StagePaths, threads: int):
     import torch
 
@@ -140,7 +144,11 @@ def run_stages(sweep: SweepConfig, trials: list[TrialSpec]) -> None:
     from aipray.store import done
 
     res = sweep.resources
-    task = ray.remote(_stage).options(num_cpus=res.train_cpus, num_gpus=res.train_gpus)
+    # A bounded retry count: a stage killed for memory would otherwise be retried without end
+    # (Ray's default for system failures), each time filling the node again.
+    task = ray.remote(_stage).options(
+        num_cpus=res.train_cpus, num_gpus=res.train_gpus, max_retries=res.max_failures
+    )
     threads = max(1, round(res.train_cpus))
     if sweep.protocol == "perceptual":
         waves: list[list[tuple[str, str]]] = [
@@ -167,8 +175,16 @@ def run_stages(sweep: SweepConfig, trials: list[TrialSpec]) -> None:
                     continue
                 seen.add(target)
                 log.info("stage %s → %s", kind, target.name)
-                refs.append(task.remote(kind, sweep, trial, paths, threads))
-        ray.get(refs)
+                refs.append((kind, target, task.remote(kind, sweep, trial, paths, threads)))
+        for kind, target, ref in refs:
+            try:
+                ray.get(ref)
+            except ray.exceptions.OutOfMemoryError as err:
+                first = str(err).strip().splitlines()[0][:300]
+                raise StageError(
+                    f"stage {kind} ({target.name}) was killed for memory after "
+                    f"{res.max_failures} retries: {first}"
+                ) from None
 
 
 # --- the attack grid ----------------------------------------------------------------------------
@@ -289,7 +305,11 @@ def main(argv: list[str] | None = None) -> int:
         sys.stderr.write(f"error: {err}\n")
         return 2
     start = time.perf_counter()
-    table, failed = run_sweep(sweep, ray_address=args.address, num_cpus=args.num_cpus)
+    try:
+        table, failed = run_sweep(sweep, ray_address=args.address, num_cpus=args.num_cpus)
+    except StageError as err:
+        sys.stderr.write(f"error: {err}\n")
+        return 1
     with pd.option_context("display.width", 200, "display.max_columns", 20):
         sys.stdout.write(
             "\n" + table.to_string(index=False, float_format=lambda v: f"{v:.4g}") + "\n"
