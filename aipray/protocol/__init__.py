@@ -11,9 +11,14 @@ code evaluates a user's own ranker in a notebook::
     metrics, items = aip.evaluate(my_ranker, catalog, candidates, aip.attack("insa", my_ranker,
                                   catalog, eps=16))
 
+:mod:`aipray.protocol.perceptual` is Perceptual-Rec's category push: classify items, attack every
+item of an origin class towards a target class, retrain (poisoning) or rescore (evasion), and
+compare CHR@K / nCDCG@K over full rankings (``perceptual.push`` runs it in one call).
+
 Importing this package does not import Ray.
 """
 
+from aipray.protocol import perceptual
 from aipray.protocol.aip import (
     ColdItemEvaluator,
     FirstStage,
@@ -32,6 +37,7 @@ __all__ = [
     "candidate_scores",
     "evaluate",
     "first_stage",
+    "perceptual",
     "reduce_items",
     "top_candidates",
 ]
