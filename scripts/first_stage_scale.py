@@ -39,6 +39,7 @@ RECIPES = {
     "adam-reg0.01-b1024": BPRConfig(
         factors=64, lr=0.01, reg=0.01, optimizer="adam", epochs=20, batch_size=1024
     ),
+    "adam-reg0.1": BPRConfig(factors=64, lr=0.01, reg=0.1, optimizer="adam", epochs=20),
 }
 
 
@@ -80,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
         first = aip.first_stage(catalog, config, candidates=args.candidates, seed=0)
         seconds = time.perf_counter() - start
         h = first.health
-        norm = float(first.model.user_emb.weight.norm(dim=1).mean())
+        norm = float(first.model.user_emb.weight.detach().norm(dim=1).mean())
         print(
             f"{name}: val HR@10 {h['val_hr_at_10']:.3f} (random {h['val_random_hr_at_10']:.3f}), "
             f"full HR@10 {h['full_hr_at_10']:.3f} "
