@@ -9,9 +9,7 @@ only puts the YAML location in front of their messages.
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import os
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,15 +19,15 @@ import yaml
 from aipray.attacks import ATTACKS
 from aipray.data import DATASETS
 from aipray.defenses import DEFENSES
+from aipray.grid_checks import check_cold_items, check_perceptual, check_pretrain_possible
 from aipray.metrics.perceptual import LPIPSConfig
 from aipray.models import MODELS
 from aipray.models.bpr import BPRConfig
 from aipray.models.extractor import ExtractorConfig
-from aipray.params import (
+from aipray.params import (  # build_dataclass is re-exported: pipeline and tests use it here
     ConfigError,
-    SettingError,
     Settings,
-    describe_allowed,
+    build_dataclass,
     fmt,
     param,
 )
@@ -266,67 +264,6 @@ class SweepConfig:
         return self.mlflow.experiment or self.name
 
 
-# --- generic dataclass construction -------------------------------------------------------------
-def build_dataclass(cls: type, raw: Any, where: str, *, allow_axes: bool = False):
-    """Build ``cls`` from a YAML mapping. Returns ``(instances, axis_values_per_instance)``: one
-    instance unless ``allow_axes`` and axis fields were given lists (then one per combination).
-
-    Values are checked by building the instances (:class:`~aipray.params.Settings`); their
-    errors are reported at ``where`` instead of the class name. Then each instance's
-    ``file_checks()`` run (files and folders the config names must exist).
-    """
-    if raw is None:
-        raw = {}
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{where}: {raw!r} is not allowed; expected a mapping of settings")
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(map(str, raw)) - set(fields))
-    if unknown:
-        raise ConfigError(
-            f"{where}: unknown key {unknown[0]!r}; allowed: {', '.join(sorted(fields)) or '(none)'}"
-        )
-    scalar: dict[str, Any] = {}
-    axes: list[tuple[str, list[Any]]] = []
-    for key, value in raw.items():
-        f, hint = fields[key], hints[key]
-        if dataclasses.is_dataclass(hint):
-            scalar[key] = build_dataclass(hint, value, f"{where}.{key}")[0][0]
-        elif isinstance(value, list):
-            if not (allow_axes and f.metadata.get("axis")):
-                raise ConfigError(
-                    f"{where}.{key}: a list {value!r} is not allowed; "
-                    f"expected {describe_allowed(f, hint)}"
-                )
-            if not value:
-                raise ConfigError(f"{where}.{key}: an empty list is not allowed; give >= 1 value")
-            axes.append((key, value))
-        else:
-            scalar[key] = value
-    out = []
-    combos: list[tuple[tuple[str, Any], ...]] = []
-    for picks in itertools.product(*(range(len(values)) for _, values in axes)):
-        chosen = {key: values[i] for (key, values), i in zip(axes, picks, strict=True)}
-        inst = _build(cls, {**scalar, **chosen}, where)
-        out.append(inst)
-        combos.append(tuple((key, getattr(inst, key)) for key, _ in axes))
-    for n, (key, values) in enumerate(axes):
-        if len({combo[n][1] for combo in combos}) != len(values):
-            raise ConfigError(f"{where}.{key}: {values!r} repeats a value; give each once")
-    return out, combos
-
-
-def _build(cls: type, settings: dict[str, Any], where: str) -> Any:
-    """``cls(**settings)`` with a problem reported at ``where``, then its file checks."""
-    try:
-        inst = cls(**settings)
-    except SettingError as err:
-        raise SettingError(where, err.key, err.value, err.allowed) from None
-    for key, value, expected in getattr(inst, "file_checks", list)():
-        raise SettingError(where, key, value, expected)
-    return inst
-
-
 def _components(kind: str, registry, raw: Any, where: str, allowed=None) -> tuple[Component, ...]:
     if not isinstance(raw, dict) or not raw:
         raise ConfigError(f"{where}: {raw!r} is not allowed; expected a mapping of {kind} names")
@@ -442,24 +379,18 @@ def parse_sweep(raw: Any, source: Path | str = "<sweep>") -> SweepConfig:
         )
     all_grids = grids or [Grid("main", datasets, models, attacks, defenses)]
     if any(c.weights == "pretrain" for c in extractor_configs):
-        _check_pretrain_possible(all_grids, where, force=protocol == "perceptual")
+        check_pretrain_possible(all_grids, where, force=protocol == "perceptual")
     pushes: tuple[Component, ...] = ()
     if protocol == "perceptual":
         push_configs, _ = build_dataclass(
             PerceptualConfig, raw.get("perceptual"), f"{where}: perceptual", allow_axes=True
         )
         pushes = tuple(Component("push", c.mode, c) for c in push_configs)
-        _check_perceptual(all_grids, push_configs, extractor_configs, where)
+        check_perceptual(all_grids, push_configs, extractor_configs, where)
     else:
         if "perceptual" in raw:
             raise ConfigError(f"{where}: perceptual: only allowed with protocol: perceptual")
-        for grid in all_grids:
-            for ds in grid.datasets:
-                if getattr(ds.config, "n_cold", 1) < 1:
-                    raise ConfigError(
-                        f"{where}: datasets.{ds.name}.n_cold: 0 is not allowed with protocol: "
-                        "aip; expected an integer >= 1 (its cold items are what it attacks)"
-                    )
+        check_cold_items(all_grids, where)
     lpips_cfg = None
     if raw.get("lpips") is not None:
         (lpips_cfg,), _ = build_dataclass(LPIPSConfig, raw["lpips"], f"{where}: lpips")
@@ -487,86 +418,6 @@ def parse_sweep(raw: Any, source: Path | str = "<sweep>") -> SweepConfig:
         pushes=pushes,
         lpips=lpips_cfg,
     )
-
-
-def _check_pretrain_possible(grids: list[Grid], where: str, force: bool = False) -> None:
-    """``extractor.weights: pretrain`` trains on item categories: fail early on data without."""
-    for trial in (t for grid in grids for t in grid.trials()):
-        needs = force or trial.needs_extractor
-        if needs and not DATASETS.get(trial.dataset.name).has_categories:
-            raise ConfigError(
-                f"{where}: extractor.weights: 'pretrain' is not allowed with dataset "
-                f"{trial.dataset.name!r} (its items have no categories to pretrain on); "
-                "allowed: imagenet or the path of a checkpoint"
-            )
-
-
-def _check_perceptual(
-    grids: list[Grid], pushes: list[PerceptualConfig], extractors: list[ExtractorConfig], where: str
-) -> None:
-    """What the category push can run: classifier-targeted attacks whose target is the push's,
-    rankers on the extractor's features, no input defence (its defences are the extractors)."""
-    for grid in grids:
-        for attack in grid.attacks:
-            if not _pushes(attack.name):
-                allowed = [n for n in ATTACKS.names() if _pushes(n)]
-                raise ConfigError(
-                    f"{where}: attacks.{attack.name}: not allowed with protocol: perceptual; "
-                    f"allowed: {', '.join(allowed)} (classifier-targeted attacks and controls)"
-                )
-            if getattr(attack.config, "target", None) is not None:
-                raise ConfigError(
-                    f"{where}: attacks.{attack.name}.target: {attack.config.target!r} is not "
-                    "allowed with protocol: perceptual; set perceptual.target instead"
-                )
-        for model in grid.models:
-            if not MODELS.get(model.name).uses_extractor:
-                allowed = [n for n in MODELS.names() if MODELS.get(n).uses_extractor]
-                raise ConfigError(
-                    f"{where}: models.{model.name}: not allowed with protocol: perceptual; "
-                    f"allowed: {', '.join(allowed)} (rankers on the extractor's features)"
-                )
-        if any(d.name != "none" for d in grid.defenses):
-            raise ConfigError(
-                f"{where}: defenses: only none is allowed with protocol: perceptual (its "
-                "defences are extractors: list extractor.training values)"
-            )
-    for push in pushes:
-        for key in ("origin", "target"):
-            value = getattr(push, key)
-            if isinstance(value, str):
-                for ext in extractors:
-                    names = _known_class_names(ext, grids)
-                    if names is not None and value not in names:
-                        shown = ", ".join(names[:12]) + (" ..." if len(names) > 12 else "")
-                        raise ConfigError(
-                            f"{where}: perceptual.{key}: {value!r} is not a class of the "
-                            f"extractor; allowed: a class id or one of {shown}"
-                        )
-
-
-def _pushes(name: str) -> bool:
-    """Whether an attack can run under the category push: it targets the classifier, or it is
-    a control (random noise)."""
-    cls = ATTACKS.get(name)
-    return cls.knowledge == "classifier" or getattr(cls, "control", False)
-
-
-def _known_class_names(ext: ExtractorConfig, grids: list[Grid]) -> list[str] | None:
-    """Class names known before anything runs: ImageNet's, or a synthetic catalog's."""
-    from aipray.models.extractor import imagenet_class_names
-
-    if ext.weights == "imagenet":
-        return imagenet_class_names(ext.arch)
-    if ext.weights == "pretrain":
-        names: set[str] = set()
-        for trial in (t for grid in grids for t in grid.trials()):
-            known = getattr(trial.dataset.config, "category_names", None)
-            if known is None:
-                return None
-            names.update(known())
-        return sorted(names)
-    return None
 
 
 def _axes(raw: dict[str, Any], where: str) -> tuple[tuple[Component, ...], ...]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import itertools
 import math
 import types
 import typing
@@ -192,3 +193,64 @@ def check_value(f: dataclasses.Field, hint: Any, value: Any) -> tuple[Any] | Non
             if meta.get("max") is not None and coerced > meta["max"]:
                 ok = False
     return (coerced,) if ok else None
+
+
+# --- generic dataclass construction -------------------------------------------------------------
+def build_dataclass(cls: type, raw: Any, where: str, *, allow_axes: bool = False):
+    """Build ``cls`` from a YAML mapping. Returns ``(instances, axis_values_per_instance)``: one
+    instance unless ``allow_axes`` and axis fields were given lists (then one per combination).
+
+    Values are checked by building the instances (:class:`~aipray.params.Settings`); their
+    errors are reported at ``where`` instead of the class name. Then each instance's
+    ``file_checks()`` run (files and folders the config names must exist).
+    """
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: {raw!r} is not allowed; expected a mapping of settings")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(map(str, raw)) - set(fields))
+    if unknown:
+        raise ConfigError(
+            f"{where}: unknown key {unknown[0]!r}; allowed: {', '.join(sorted(fields)) or '(none)'}"
+        )
+    scalar: dict[str, Any] = {}
+    axes: list[tuple[str, list[Any]]] = []
+    for key, value in raw.items():
+        f, hint = fields[key], hints[key]
+        if dataclasses.is_dataclass(hint):
+            scalar[key] = build_dataclass(hint, value, f"{where}.{key}")[0][0]
+        elif isinstance(value, list):
+            if not (allow_axes and f.metadata.get("axis")):
+                raise ConfigError(
+                    f"{where}.{key}: a list {value!r} is not allowed; "
+                    f"expected {describe_allowed(f, hint)}"
+                )
+            if not value:
+                raise ConfigError(f"{where}.{key}: an empty list is not allowed; give >= 1 value")
+            axes.append((key, value))
+        else:
+            scalar[key] = value
+    out = []
+    combos: list[tuple[tuple[str, Any], ...]] = []
+    for picks in itertools.product(*(range(len(values)) for _, values in axes)):
+        chosen = {key: values[i] for (key, values), i in zip(axes, picks, strict=True)}
+        inst = _build(cls, {**scalar, **chosen}, where)
+        out.append(inst)
+        combos.append(tuple((key, getattr(inst, key)) for key, _ in axes))
+    for n, (key, values) in enumerate(axes):
+        if len({combo[n][1] for combo in combos}) != len(values):
+            raise ConfigError(f"{where}.{key}: {values!r} repeats a value; give each once")
+    return out, combos
+
+
+def _build(cls: type, settings: dict[str, Any], where: str) -> Any:
+    """``cls(**settings)`` with a problem reported at ``where``, then its file checks."""
+    try:
+        inst = cls(**settings)
+    except SettingError as err:
+        raise SettingError(where, err.key, err.value, err.allowed) from None
+    for key, value, expected in getattr(inst, "file_checks", list)():
+        raise SettingError(where, key, value, expected)
+    return inst

@@ -1,0 +1,107 @@
+"""Checks across a sweep's grid that need more than one config section, run by the parser
+before Ray starts: each failure is one :class:`~aipray.params.ConfigError` line naming the key,
+the value and what is allowed."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from aipray.attacks import ATTACKS
+from aipray.data import DATASETS
+from aipray.models import MODELS
+from aipray.params import ConfigError
+
+if TYPE_CHECKING:
+    from aipray.config import Grid, PerceptualConfig
+    from aipray.models.extractor import ExtractorConfig
+
+
+def check_cold_items(grids: list[Grid], where: str) -> None:
+    """AIP's protocol attacks cold items: every dataset must keep some."""
+    for grid in grids:
+        for ds in grid.datasets:
+            if getattr(ds.config, "n_cold", 1) < 1:
+                raise ConfigError(
+                    f"{where}: datasets.{ds.name}.n_cold: 0 is not allowed with protocol: "
+                    "aip; expected an integer >= 1 (its cold items are what it attacks)"
+                )
+
+
+def check_pretrain_possible(grids: list[Grid], where: str, force: bool = False) -> None:
+    """``extractor.weights: pretrain`` trains on item categories: fail early on data without."""
+    for trial in (t for grid in grids for t in grid.trials()):
+        needs = force or trial.needs_extractor
+        if needs and not DATASETS.get(trial.dataset.name).has_categories:
+            raise ConfigError(
+                f"{where}: extractor.weights: 'pretrain' is not allowed with dataset "
+                f"{trial.dataset.name!r} (its items have no categories to pretrain on); "
+                "allowed: imagenet or the path of a checkpoint"
+            )
+
+
+def check_perceptual(
+    grids: list[Grid], pushes: list[PerceptualConfig], extractors: list[ExtractorConfig], where: str
+) -> None:
+    """What the category push can run: classifier-targeted attacks whose target is the push's,
+    rankers on the extractor's features, no input defence (its defences are the extractors)."""
+    for grid in grids:
+        for attack in grid.attacks:
+            if not _pushes(attack.name):
+                allowed = [n for n in ATTACKS.names() if _pushes(n)]
+                raise ConfigError(
+                    f"{where}: attacks.{attack.name}: not allowed with protocol: perceptual; "
+                    f"allowed: {', '.join(allowed)} (classifier-targeted attacks and controls)"
+                )
+            if getattr(attack.config, "target", None) is not None:
+                raise ConfigError(
+                    f"{where}: attacks.{attack.name}.target: {attack.config.target!r} is not "
+                    "allowed with protocol: perceptual; set perceptual.target instead"
+                )
+        for model in grid.models:
+            if not MODELS.get(model.name).uses_extractor:
+                allowed = [n for n in MODELS.names() if MODELS.get(n).uses_extractor]
+                raise ConfigError(
+                    f"{where}: models.{model.name}: not allowed with protocol: perceptual; "
+                    f"allowed: {', '.join(allowed)} (rankers on the extractor's features)"
+                )
+        if any(d.name != "none" for d in grid.defenses):
+            raise ConfigError(
+                f"{where}: defenses: only none is allowed with protocol: perceptual (its "
+                "defences are extractors: list extractor.training values)"
+            )
+    for push in pushes:
+        for key in ("origin", "target"):
+            value = getattr(push, key)
+            if isinstance(value, str):
+                for ext in extractors:
+                    names = _known_class_names(ext, grids)
+                    if names is not None and value not in names:
+                        shown = ", ".join(names[:12]) + (" ..." if len(names) > 12 else "")
+                        raise ConfigError(
+                            f"{where}: perceptual.{key}: {value!r} is not a class of the "
+                            f"extractor; allowed: a class id or one of {shown}"
+                        )
+
+
+def _pushes(name: str) -> bool:
+    """Whether an attack can run under the category push: it targets the classifier, or it is
+    a control (random noise)."""
+    cls = ATTACKS.get(name)
+    return cls.knowledge == "classifier" or getattr(cls, "control", False)
+
+
+def _known_class_names(ext: ExtractorConfig, grids: list[Grid]) -> list[str] | None:
+    """Class names known before anything runs: ImageNet's, or a synthetic catalog's."""
+    from aipray.models.extractor import imagenet_class_names
+
+    if ext.weights == "imagenet":
+        return imagenet_class_names(ext.arch)
+    if ext.weights == "pretrain":
+        names: set[str] = set()
+        for trial in (t for grid in grids for t in grid.trials()):
+            known = getattr(trial.dataset.config, "category_names", None)
+            if known is None:
+                return None
+            names.update(known())
+        return sorted(names)
+    return None
