@@ -17,7 +17,7 @@ from aipray.attacks import ATTACKS, AttackInputs
 from aipray.config import Component
 from aipray.data import Catalog
 from aipray.defenses import DEFENSES
-from aipray.models import load_recommender
+from aipray.models import MODELS, load_recommender
 from aipray.models.extractor import load_extractor, read_extractor_info
 from aipray.pipeline.stages import StagePaths, load_context, load_served, pick_device
 from aipray.protocol import aip
@@ -25,10 +25,14 @@ from aipray.protocol import aip
 log = logging.getLogger(__name__)
 
 
+def decode_uint8(column: Any, shape: tuple[int, ...]) -> np.ndarray:
+    """A column of raw uint8 ``[3, H, W]`` bytes → uint8 ``[B, 3, H, W]``."""
+    return np.stack([np.frombuffer(b, dtype=np.uint8).reshape(shape) for b in column])
+
+
 def decode_images(column: np.ndarray, shape: tuple[int, int, int]) -> torch.Tensor:
     """A column of raw uint8 ``[3, H, W]`` bytes → float ``[B, 3, H, W]`` in [0, 1]."""
-    raw = np.stack([np.frombuffer(b, dtype=np.uint8).reshape(shape) for b in column])
-    return torch.from_numpy(raw).float() / 255.0
+    return torch.from_numpy(decode_uint8(column, shape)).float() / 255.0
 
 
 def encode_images(images: torch.Tensor) -> np.ndarray:
@@ -160,7 +164,7 @@ def _component(kind: str, d: dict[str, Any]) -> Component:
     from aipray.config import build_dataclass
     from aipray.registry import Registry
 
-    registry: Registry = {"attack": ATTACKS, "defense": DEFENSES}[kind]
+    registry: Registry = {"attack": ATTACKS, "defense": DEFENSES, "model": MODELS}[kind]
     cls = registry.get(d["name"]).Config
     (config,), _ = build_dataclass(cls, d["config"], f"{kind}s.{d['name']}")
     return Component(kind, d["name"], config)

@@ -23,12 +23,15 @@ import torch
 from aipray.attacks import ATTACKS, AttackInputs
 from aipray.config import SweepConfig, TrialSpec
 from aipray.data import Catalog
-from aipray.models import MODELS, load_recommender
+from aipray.metrics.category import category_ranking
+from aipray.metrics.full_ranking import model_scores
+from aipray.models import load_recommender
 from aipray.models.base import model_meta
 from aipray.models.extractor import class_names, load_extractor
 from aipray.pipeline.actor import (
     _component,
     decode_images,
+    decode_uint8,
     encode_images,
     make_metric,
     map_with_actors,
@@ -58,8 +61,6 @@ def build_push(sweep: SweepConfig, trial: TrialSpec, paths: StagePaths, device: 
     own = extractor.spec.get("labels") == "categories" and (catalog.categories >= 0).all()
     rule_labels = catalog.categories if own else labels
     bpr = load_recommender(paths.bpr, device)
-    from aipray.metrics.full_ranking import model_scores
-
     shares = perceptual.class_shares(
         model_scores(bpr, catalog, device), catalog, rule_labels, k=20, device=device
     )
@@ -186,16 +187,10 @@ def rerank(payload: dict[str, Any], threads: int = 1) -> dict[str, float]:
     labels, info = load_push(paths.push)
     items = pd.read_parquet(paths.attack / "items.parquet")
     shape = catalog.image_shape
-    adv = np.stack([np.frombuffer(b, dtype=np.uint8).reshape(shape) for b in items["adv"]])
+    adv = decode_uint8(items["adv"], shape)
     attacked = perceptual.with_images(catalog, items["item_id"].to_numpy(), adv)
     model = load_recommender(paths.model, device)
-    model_c = payload["model"]
-    cls = MODELS.get(model_c["name"])
-    from aipray.config import build_dataclass
-    from aipray.metrics.category import category_ranking
-    from aipray.metrics.full_ranking import model_scores
-
-    (config,), _ = build_dataclass(cls.Config, model_c["config"], f"models.{model_c['name']}")
+    config = _component("model", payload["model"]).config
     extractor = load_extractor(paths.extractor, device)
     after, training = perceptual.attacked_model(
         payload["mode"],
@@ -268,7 +263,7 @@ def write_examples(
     shape = tuple(payload["image_shape"])
     ids = items["item_id"].to_numpy()
     clean = np.asarray(catalog.images[ids])
-    adv = np.stack([np.frombuffer(b, dtype=np.uint8).reshape(shape) for b in items["adv"]])
+    adv = decode_uint8(items["adv"], shape)
     measures = {c: items[c].to_numpy() for c in ("lpips", "adv_class", "clean_class") if c in items}
     np.savez_compressed(
         folder / "examples.npz", item_ids=ids, clean=clean, adversarial=adv, **measures
