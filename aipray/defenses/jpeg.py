@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from torchvision.io import decode_jpeg, encode_jpeg
 
 from aipray.defenses.base import DEFENSES, Defense
 from aipray.params import Settings, param
@@ -26,6 +25,8 @@ class JPEG(Defense):
     Config = JPEGConfig
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        from torchvision.io import decode_jpeg, encode_jpeg  # not at import: 1.5 s per process
+
         if images.shape[0] == 0:
             return images
         as_uint8 = torch.round(images.detach().clamp(0, 1) * 255).to(torch.uint8).cpu()

@@ -16,10 +16,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-import lpips
 import torch
 import torch.nn.functional as F
-import torchvision
 from torch import nn
 
 from aipray.models.extractor.weights import WeightsUnavailableError, unwrap_state_dict
@@ -30,14 +28,21 @@ log = logging.getLogger(__name__)
 
 # torchvision network and ImageNet weights behind each LPIPS net.
 _ARCH = {"vgg": "vgg16", "alex": "alexnet"}
-_IMAGENET = {
-    "vgg": torchvision.models.VGG16_Weights.IMAGENET1K_V1,
-    "alex": torchvision.models.AlexNet_Weights.IMAGENET1K_V1,
-}
 # Smallest image side each backbone accepts (VGG16 pools 4 times; AlexNet's stride-4 conv and
 # two 3×3/2 pools need 31 px); smaller images are upsampled to this side.
 MIN_SIZE = {"vgg": 16, "alex": 32}
 RANDOM_SEED = 0
+
+
+def _imagenet(net: str) -> Any:
+    """torchvision's ImageNet weights enum behind LPIPS ``net`` (imported on use: torchvision
+    costs every process 1.5 s)."""
+    import torchvision
+
+    return {
+        "vgg": torchvision.models.VGG16_Weights.IMAGENET1K_V1,
+        "alex": torchvision.models.AlexNet_Weights.IMAGENET1K_V1,
+    }[net]
 
 
 @dataclass(frozen=True)
@@ -112,7 +117,7 @@ class LPIPS(nn.Module):
     inputs. Built by :func:`make_lpips`; ``label`` says which backbone is used.
     """
 
-    def __init__(self, net: lpips.LPIPS, config: LPIPSConfig) -> None:
+    def __init__(self, net: Any, config: LPIPSConfig) -> None:
         super().__init__()
         self.net, self.config, self.label = net, config, config.label
         self.min_size = MIN_SIZE[config.net]
@@ -134,11 +139,11 @@ class LPIPS(nn.Module):
 
 def imagenet_backbone_file(net: str) -> Path:
     """Where torch's hub cache keeps the ImageNet weights of ``net``'s backbone."""
-    return Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(_IMAGENET[net].url).path).name
+    return Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(_imagenet(net).url).path).name
 
 
 def _imagenet_state(net: str, download: bool) -> dict[str, torch.Tensor]:
-    weights, file = _IMAGENET[net], imagenet_backbone_file(net)
+    weights, file = _imagenet(net), imagenet_backbone_file(net)
     if file.is_file():
         log.info("LPIPS: loading ImageNet weights of %s from %s", _ARCH[net], file)
         return torch.load(file, map_location="cpu", weights_only=True)
@@ -179,7 +184,7 @@ def _file_state(path: Path, net: str) -> dict[str, torch.Tensor]:
     return unwrapped[0]
 
 
-def _load_backbone(model: lpips.LPIPS, state: dict[str, torch.Tensor], where: str) -> None:
+def _load_backbone(model: Any, state: dict[str, torch.Tensor], where: str) -> None:
     """Copy torchvision's ``features.N.*`` into lpips' ``net.sliceK.N.*``; every conv must get
     both its weight and its bias, with the right shapes."""
     n = 0
@@ -211,6 +216,8 @@ def make_lpips(config: LPIPSConfig, device: str | torch.device = "cpu") -> LPIPS
     with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
         torch.manual_seed(RANDOM_SEED)  # the random backbone; others are overwritten below
         warnings.filterwarnings("ignore", message=".*(pretrained|weight enum).*")
+        import lpips  # imports torchvision: not at aipray's import
+
         net = lpips.LPIPS(net=config.net, pretrained=True, pnet_rand=True, verbose=False)
     if config.backbone == "imagenet":
         state = _imagenet_state(config.net, config.download)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from scipy import stats
 
 
 def paired_t_test(a: np.ndarray, b: np.ndarray) -> float:
@@ -22,5 +21,7 @@ def paired_t_test(a: np.ndarray, b: np.ndarray) -> float:
     diff = a - b
     if a.size < 2 or np.allclose(diff, diff[0], rtol=0, atol=1e-12):
         return 1.0 if a.size == 0 or abs(diff.mean()) < 1e-12 else 0.0
+    from scipy import stats  # 0.7 s to import: paid by the processes that test, not all
+
     p = float(stats.ttest_rel(a, b).pvalue)
     return p if math.isfinite(p) else 1.0

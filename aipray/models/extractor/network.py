@@ -9,16 +9,21 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-import torchvision
 from torch import nn
 
 from aipray.models.extractor.config import _check_spec
 from aipray.models.nets import IMAGENET_MEAN, IMAGENET_STD, AlexNetClassifier, Normalize
 
-_IMAGENET_WEIGHTS = {
-    "alexnet": torchvision.models.AlexNet_Weights.IMAGENET1K_V1,
-    "resnet50": torchvision.models.ResNet50_Weights.IMAGENET1K_V1,
-}
+
+def imagenet_weights(arch: str) -> Any:
+    """torchvision's ImageNet weights enum of ``arch`` (torchvision is imported here, not with
+    aipray: it costs every Ray worker 1.5 s at start)."""
+    import torchvision
+
+    return {
+        "alexnet": torchvision.models.AlexNet_Weights.IMAGENET1K_V1,
+        "resnet50": torchvision.models.ResNet50_Weights.IMAGENET1K_V1,
+    }[arch]
 
 
 class Extractor(nn.Module):
@@ -57,9 +62,13 @@ class Extractor(nn.Module):
             net.normalize = nn.Identity()  # normalisation happens once, in this module
             self.feature_dim = int(net.feature_dim)
         elif self.arch == "alexnet":
+            import torchvision
+
             net = torchvision.models.alexnet(weights=None, num_classes=self.num_classes)
             self.feature_dim = int(net.classifier[6].in_features)
         else:
+            import torchvision
+
             net = torchvision.models.resnet50(weights=None, num_classes=self.num_classes)
             self.feature_dim = int(net.fc.in_features)
         self.net = net
@@ -142,7 +151,7 @@ def build_extractor(spec: dict[str, Any]) -> Extractor:
 # --- class names --------------------------------------------------------------------------------
 def imagenet_class_names(arch: str = "alexnet") -> list[str]:
     """The 1000 ImageNet class names from torchvision's weights meta (no download needed)."""
-    return list(_IMAGENET_WEIGHTS[arch].meta["categories"])
+    return list(imagenet_weights(arch).meta["categories"])
 
 
 def class_names(spec: dict[str, Any], category_names: Sequence[str] | None = None) -> list[str]:

@@ -42,7 +42,7 @@ from aipray.models.extractor.config import (
     ExtractorConfig,
     make_spec,
 )
-from aipray.models.extractor.network import _IMAGENET_WEIGHTS, Extractor, build_extractor
+from aipray.models.extractor.network import Extractor, build_extractor, imagenet_weights
 from aipray.models.extractor.pretrain import _pretrain
 from aipray.models.nets import IMAGENET_MEAN, IMAGENET_STD
 from aipray.store import file_sha256
@@ -60,12 +60,12 @@ class WeightsUnavailableError(RuntimeError):
 def imagenet_weights_file(arch: str) -> Path:
     """Where torch's hub cache keeps ``arch``'s ImageNet weights:
     ``torch.hub.get_dir()/checkpoints/<file name of the weights URL>`` (``TORCH_HOME`` moves it)."""
-    url = _IMAGENET_WEIGHTS[arch].url
+    url = imagenet_weights(arch).url
     return Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(url).path).name
 
 
 def _imagenet_state_dict(arch: str, download: bool) -> tuple[dict[str, torch.Tensor], Path]:
-    weights = _IMAGENET_WEIGHTS[arch]
+    weights = imagenet_weights(arch)
     file = imagenet_weights_file(arch)
     if file.is_file():
         log.info("loading ImageNet weights of %s from %s", arch, file)
@@ -362,7 +362,7 @@ def make_extractor(
         )
         extractor = build_extractor(spec)
         extractor.net.load_state_dict(state)
-        weights = _IMAGENET_WEIGHTS[config.arch]
+        weights = imagenet_weights(config.arch)
         info = {
             "source": "imagenet",
             "weights": f"{type(weights).__name__}.{weights.name}",
