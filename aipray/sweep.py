@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -197,12 +198,16 @@ def run_grid(sweep: SweepConfig, payloads: list[dict[str, Any]], tracker) -> lis
 
     res = sweep.resources
     by_key = {p["key"]: p for p in payloads}
+    # Tune's console (an experiment box, result paths, a TensorBoard hint) stays off: the
+    # TrackingCallback's bar and one line per trial say what a user needs
+    os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
     trainable = tune.with_parameters(run_trial, payloads=by_key)
     tuner = tune.Tuner(
         tune.with_resources(trainable, {"cpu": res.trial_cpus}),
         param_space={"trial": tune.grid_search(list(by_key))},
         tune_config=tune.TuneConfig(
             max_concurrent_trials=res.max_concurrent_trials,
+            reuse_actors=True,  # one process serves trial after trial: no start-up and imports
             trial_name_creator=lambda t: by_key[t.config["trial"]]["name"],
             trial_dirname_creator=lambda t: t.config["trial"],
         ),
@@ -242,6 +247,39 @@ def ui_command(sweep: SweepConfig) -> str:
     return f"mlflow ui --backend-store-uri {sweep.tracking_uri()} --host 127.0.0.1"
 
 
+def _run_pending(sweep, pending, tracker, ray_address, num_cpus) -> list[str]:
+    """Stages, then the grid, for the trials MLflow has not seen finish; failed trial names."""
+    import ray
+
+    started_here = not ray.is_initialized()
+    if started_here:
+        # the new default (token authentication on) announced on every start: nothing to do
+        logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(
+            logging.ERROR
+        )
+        ray.init(
+            address=ray_address,
+            num_cpus=num_cpus,
+            include_dashboard=False,
+            logging_level=logging.WARNING,
+            log_to_driver=True,
+        )
+
+    from aipray.pipeline import console
+
+    console.install()  # Ray's unactionable worker lines stay off the console
+    try:
+        run_stages(sweep, [t for t, _ in pending])
+        from aipray.data import Catalog
+
+        for _, p in pending:
+            p["image_shape"] = list(Catalog.load(p["paths"]["dataset"]).image_shape)
+        return run_grid(sweep, [p for _, p in pending], tracker)
+    finally:
+        if started_here:
+            ray.shutdown()
+
+
 def run_sweep(sweep: SweepConfig, *, ray_address: str | None = None, num_cpus: int | None = None):
     """Run (or resume) a sweep; returns ``(table, failed trial names)``."""
     from aipray.pipeline.tracking import Tracker
@@ -261,32 +299,17 @@ def run_sweep(sweep: SweepConfig, *, ray_address: str | None = None, num_cpus: i
         len(pending),
     )
     failed: list[str] = []
-    if pending:
-        import ray
-
-        started_here = not ray.is_initialized()
-        if started_here:
-            ray.init(
-                address=ray_address,
-                num_cpus=num_cpus,
-                include_dashboard=False,
-                logging_level=logging.WARNING,
-                log_to_driver=True,
-            )
-
-        from aipray.pipeline import console
-
-        console.install()  # Ray's unactionable worker lines stay off the console
-        try:
-            run_stages(sweep, [t for t, _ in pending])
-            from aipray.data import Catalog
-
-            for _, p in pending:
-                p["image_shape"] = list(Catalog.load(p["paths"]["dataset"]).image_shape)
-            failed = run_grid(sweep, [p for _, p in pending], tracker)
-        finally:
-            if started_here:
-                ray.shutdown()
+    tracker.start()
+    status = "FAILED"  # unless the grid completes: a stage error or an exception ends here too
+    try:
+        if pending:
+            failed = _run_pending(sweep, pending, tracker, ray_address, num_cpus)
+        status = "FAILED" if failed else "FINISHED"
+    except KeyboardInterrupt:
+        status = "KILLED"
+        raise
+    finally:
+        tracker.end(status)
     return summary_table(tracker, {p["key"] for p in payloads}, sweep.protocol), failed
 
 

@@ -29,12 +29,14 @@ from aipray.models import load_recommender
 from aipray.models.base import model_meta
 from aipray.models.extractor import class_names, load_extractor
 from aipray.pipeline.actor import (
+    BatchFolder,
     _component,
     decode_images,
     decode_uint8,
     encode_images,
     make_metric,
     map_with_actors,
+    partial_folder,
 )
 from aipray.pipeline.stages import StagePaths, pick_device
 from aipray.protocol import perceptual
@@ -171,9 +173,13 @@ def attack_origin(payload: dict[str, Any], paths: StagePaths) -> None:
     labels, info = load_push(paths.push)
     members = np.flatnonzero((labels == info["origin"]) & catalog.warm_mask())
     kwargs = {k: payload[k] for k in ("paths", "attack", "lpips")}
-    items = map_with_actors(origin_table(catalog, members), PushActor, kwargs, payload["resources"])
+    batches = partial_folder(paths.attack)
+    table = origin_table(catalog, members)
+    items = map_with_actors(table, PushActor, kwargs, payload["resources"], batches)
+    items = items.drop(columns=["resumed"])
     with atomic_dir(paths.attack) as tmp:
         pq.write_table(pa.Table.from_pandas(items, preserve_index=False), tmp / "items.parquet")
+    BatchFolder(batches).clear()
 
 
 # --- re-ranking -----------------------------------------------------------------------------------
@@ -220,7 +226,6 @@ def evaluate(payload: dict[str, Any]) -> dict[str, float]:
     """One category-push trial: attack (unless its images exist), re-rank, store, return."""
     import ray
 
-    ray.data.DataContext.get_current().enable_progress_bars = False
     paths = StagePaths.from_dict(payload["paths"])
     if done(paths.result):
         return json.loads((paths.result / "metrics.json").read_text())

@@ -30,6 +30,8 @@ class Tracker:
     def __init__(self, tracking_uri: str, experiment: str, artifact_location: str, sweep: str):
         if tracking_uri.startswith("sqlite:///"):
             Path(tracking_uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+            # "Creating initial MLflow database tables..." and the like, on a new store
+            logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
         self.client = MlflowClient(tracking_uri=tracking_uri)
         self.tracking_uri = tracking_uri
         exp = self.client.get_experiment_by_name(experiment)
@@ -109,6 +111,15 @@ class Tracker:
 
     def fail(self, run_id: str) -> None:
         self.client.set_terminated(run_id, "FAILED")
+
+    def start(self) -> None:
+        """Mark the sweep's run as running (a re-run reopens a run an earlier driver closed or
+        left behind when it was killed)."""
+        self.client.update_run(self.parent_id, status="RUNNING")
+
+    def end(self, status: str) -> None:
+        """Close the sweep's run: ``FINISHED``, ``FAILED`` or ``KILLED``."""
+        self.client.set_terminated(self.parent_id, status)
 
 
 def headline(metrics: dict[str, float]) -> str:

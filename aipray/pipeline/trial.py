@@ -3,7 +3,8 @@
 The trial stores everything it computed under its content-addressed result folder
 (``metrics.json``, per-item ``items.parquet``, ``examples.png``) before reporting to Tune, and the
 adversarial images under the attack's folder, so a retried or re-run trial recomputes nothing that
-already exists.
+already exists. While it runs, every finished batch is stored too (``.partial-<result>``): a trial
+that dies halfway resumes from its batches (``items_resumed`` counts the items read back).
 """
 
 from __future__ import annotations
@@ -27,11 +28,13 @@ from aipray.defenses import DEFENSES
 from aipray.models import load_recommender
 from aipray.models.base import model_meta
 from aipray.pipeline.actor import (
+    BatchFolder,
     TrialActor,
     _component,
     decode_images,
     hook_item,
     map_with_actors,
+    partial_folder,
 )
 from aipray.pipeline.stages import StagePaths, first_stage_health, load_context
 from aipray.protocol.aip import reduce_items
@@ -80,8 +83,13 @@ def run_trial(config: dict[str, Any], payloads: dict[str, dict[str, Any]]) -> No
     """The Tune trainable. ``config["trial"]`` is the trial key; ``payloads`` (shared through the
     object store by ``tune.with_parameters``) maps keys to what :mod:`aipray.sweep` built. Only
     the key is a Tune parameter, so Tune's console and result files stay small."""
+    import ray
     from ray import tune
 
+    # trials run side by side: per-operator bars would interleave; the driver shows one bar,
+    # and Ray Data's per-dataset lines (plan, start, finish) would be three more per trial
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    logging.getLogger("ray.data").setLevel(logging.WARNING)
     payload = payloads[config["trial"]]
     if payload.get("protocol") == "perceptual":
         from aipray.pipeline import push
@@ -93,10 +101,7 @@ def run_trial(config: dict[str, Any], payloads: dict[str, dict[str, Any]]) -> No
 
 def evaluate(payload: dict[str, Any]) -> dict[str, float]:
     """Compute (or load) one trial's metrics; usable without Tune (but with Ray running)."""
-    import ray
 
-    # trials run side by side: per-operator bars would interleave; the driver shows one bar
-    ray.data.DataContext.get_current().enable_progress_bars = False
     paths = StagePaths.from_dict(payload["paths"])
     if done(paths.result):
         return json.loads((paths.result / "metrics.json").read_text())
@@ -110,7 +115,9 @@ def evaluate(payload: dict[str, Any]) -> dict[str, float]:
     if table.num_rows == 0:
         raise ValueError(f"{payload['name']}: the attack left no cold item to evaluate")
     kwargs = {k: payload[k] for k in ("paths", "model", "attack", "defense", "lpips")}
-    items = map_with_actors(table, TrialActor, kwargs, payload["resources"])
+    batches = partial_folder(paths.result)
+    items = map_with_actors(table, TrialActor, kwargs, payload["resources"], batches)
+    resumed = int(items.pop("resumed").sum())
 
     # the cold items this trial evaluated (an attack may cover only some), clean images
     clean = table.select(["item_id", "image"]).to_pandas().sort_values("item_id", ignore_index=True)
@@ -122,6 +129,7 @@ def evaluate(payload: dict[str, Any]) -> dict[str, float]:
     context = load_context(paths.context)
     metrics = reduce_items(items, context.set_sizes)
     metrics.update(stage_metrics(paths))
+    metrics["items_resumed"] = float(resumed)  # read back from an interrupted run's batches
     with atomic_dir(paths.result) as tmp:
         pq.write_table(
             pa.Table.from_pandas(items.drop(columns=["adv"]), preserve_index=False),
@@ -131,6 +139,7 @@ def evaluate(payload: dict[str, Any]) -> dict[str, float]:
         if n:
             write_examples(payload, paths, items, clean, n, tmp)
         (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    BatchFolder(batches).clear()
     log.info("%s: %s", payload["name"], {k: round(v, 4) for k, v in metrics.items()})
     return metrics
 
