@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import logging
 import os
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -111,7 +113,49 @@ class StageError(RuntimeError):
     """A stage could not be computed; the message is one line naming it."""
 
 
+class PeakMemory:
+    """Peak resident memory of this process while the block runs, sampled every 0.2 s from
+    ``/proc/self/statm`` (0 where that does not exist)."""
+
+    def __init__(self) -> None:
+        self.peak = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    @staticmethod
+    def now() -> int:
+        try:
+            pages = int(Path("/proc/self/statm").read_text().split()[1])
+        except (OSError, IndexError, ValueError):
+            return 0
+        return pages * os.sysconf("SC_PAGE_SIZE")
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self.now())
+            self._stop.wait(0.2)
+
+    def __enter__(self) -> PeakMemory:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self.now())
+
+
 def _stage(kind: str, sweep: SweepConfig, trial: TrialSpec, paths: StagePaths, threads: int):
+    """One stage in a Ray worker; its wall time and the worker's peak memory while it ran."""
+    start = time.perf_counter()
+    with PeakMemory() as memory:
+        _compute_stage(kind, sweep, trial, paths, threads)
+    return {"seconds": time.perf_counter() - start, "peak_rss_gb": memory.peak / 1e9}
+
+
+def _compute_stage(
+    kind: str, sweep: SweepConfig, trial: TrialSpec, paths: StagePaths, threads: int
+) -> None:
     import torch
 
     torch.set_num_threads(max(1, threads))
@@ -135,7 +179,6 @@ def _stage(kind: str, sweep: SweepConfig, trial: TrialSpec, paths: StagePaths, t
         stages.build_context(trial, paths, device)
     elif kind == "context_undefended":
         stages.build_context(trial, paths, device, undefended=True)
-    return kind
 
 
 def run_stages(sweep: SweepConfig, trials: list[TrialSpec]) -> None:
@@ -179,13 +222,23 @@ def run_stages(sweep: SweepConfig, trials: list[TrialSpec]) -> None:
                 refs.append((kind, target, task.remote(kind, sweep, trial, paths, threads)))
         for kind, target, ref in refs:
             try:
-                ray.get(ref)
+                cost = ray.get(ref)
             except ray.exceptions.OutOfMemoryError as err:
                 first = str(err).strip().splitlines()[0][:300]
                 raise StageError(
                     f"stage {kind} ({target.name}) was killed for memory after "
                     f"{res.max_failures} retries: {first}"
                 ) from None
+            log.info(
+                "stage %s → %s done: %.1f s, peak memory %.2f GB",
+                kind,
+                target.name,
+                cost["seconds"],
+                cost["peak_rss_gb"],
+            )
+            record = {"kind": kind, "output": target.name, **cost, "finished": time.time()}
+            with open(Path(sweep.storage) / stages.STAGE_LOG, "a") as fh:
+                fh.write(json.dumps(record) + "\n")
 
 
 # --- the attack grid ----------------------------------------------------------------------------

@@ -45,6 +45,10 @@ log = logging.getLogger(__name__)
 NO_DEFENSE = Component("defense", "none", DEFENSES.get("none").Config())
 #: bumped when what a ranker's training stores changes (2: full-ranking HR@10 on validation)
 TRAINING_VERSION = 2
+#: one JSON line per stage computed (kind, output, seconds, peak memory of its process), under
+#: the store: what a sweep's stages cost, for the scale benchmark and for a user sizing a cluster
+STAGE_LOG = "stages.jsonl"
+
 #: bumped when a trial's stored result changes meaning, so old results are not reused
 RESULT_VERSION = 3
 #: bumped when how the category push picks its classes changes (2: by the catalog's categories
