@@ -144,6 +144,17 @@ def test_tiny_sweep_end_to_end(tiny_first):
     artifacts = {a.path for a in MlflowClient(sweep.tracking_uri()).list_artifacts(run.info.run_id)}
     assert {"examples.png", "items.parquet", "metrics.json"} <= artifacts
 
+    # every stage computed left one line with its cost; none ran twice
+    import json
+
+    from aipray.pipeline.stages import STAGE_LOG
+
+    costs = [json.loads(line) for line in (tmp_path / "store" / STAGE_LOG).read_text().splitlines()]
+    kinds = sorted(c["kind"] for c in costs)
+    assert kinds.count("dataset") == 1 and kinds.count("ranker") == 2
+    assert len({c["output"] + c["kind"] for c in costs}) == len(costs)
+    assert all(c["seconds"] > 0 and c["peak_rss_gb"] > 0.05 for c in costs)
+
     # A JPEG trial reuses the undefended trial's adversarial images: same L-inf, same SSIM.
     jpeg = by_name["synthetic/dvbpr(dim=10)/insa/eps=32/jpeg(quality=75)"].data.metrics
     assert jpeg["ssim_mean"] == pytest.approx(m["ssim_mean"])
