@@ -109,6 +109,23 @@ def wait_for_no_process(title, timeout=60.0):
     return False
 
 
+def kill_processes(*titles):
+    """SIGKILL every process whose command line (a Ray worker's title) names one of ``titles``;
+    their command lines."""
+    import psutil
+
+    killed = []
+    for proc in psutil.process_iter(["cmdline"]):
+        name = " ".join(proc.info["cmdline"] or [])
+        if any(t in name for t in titles):
+            try:
+                proc.kill()
+                killed.append(name)
+            except psutil.NoSuchProcess:
+                pass
+    return killed
+
+
 def ray_address():
     import ray
 
@@ -210,11 +227,19 @@ def test_killed_driver_resumes_finished_trials_and_batches(tmp_path, ray_local, 
         names = os.listdir(results) if results.is_dir() else []
         if sum(not n.startswith(".") for n in names) >= 2:
             partial = [results / n for n in names if n.startswith(".partial-")]
-            partial = [p for p in partial if batch_files(p)]
+            # a finished trial's batches stay until just after its result is renamed into place
+            partial = [
+                p
+                for p in partial
+                if batch_files(p) and not (results / p.name.removeprefix(".partial-")).exists()
+            ]
         time.sleep(0.002)
+    # the whole sweep dies at once, as on a crashed node: left alive for the moment Ray takes to
+    # reap them, the trial and its ranker actor could finish the cut trial
     driver.send_signal(signal.SIGKILL)
+    killed = kill_processes("ImplicitFunc", "ResumableBatches")
     driver.wait()
-    # the dead driver's ranker actor may finish the batch it holds before Ray reaps it
+    assert any("ImplicitFunc" in k for k in killed), "no trial was running at the kill"
     assert wait_for_no_process("ResumableBatches"), "the dead driver's actors outlived it"
     (cut,) = partial
     stored = {p.name: p.stat().st_mtime_ns for p in cut.glob("batch-*.parquet")}
