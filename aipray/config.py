@@ -90,8 +90,9 @@ class Component:
             for f in dataclasses.fields(self.config)
             if f.metadata.get("axis") and f.name != "eps"
         ]
-        # a switch shows only when on: vbpr(dim=20) and vbpr(dim=20,visual_bias=True)
-        axes = [(k, v) for k, v in axes if v is not False]
+        # a switch or an option shows only when on: vbpr(dim=20), vbpr(dim=20,visual_bias=True),
+        # expa and expa(patience=100)
+        axes = [(k, v) for k, v in axes if v is not False and v is not None]
         if not axes:
             return self.name
         inner = ",".join(f"{k}={fmt(v)}" for k, v in axes)

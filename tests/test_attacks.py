@@ -4,6 +4,7 @@ import torch
 from PIL import Image
 
 from aipray.attacks import ATTACKS, AttackInputs, linf_ascent, quantize_within
+from aipray.attacks.base import Plateau
 from aipray.attacks.sema import compose
 from aipray.models.alexrank import AlexRank
 from aipray.models.amr import AMR
@@ -173,6 +174,57 @@ def test_sign_method_is_pgd_and_zero_eps_is_identity():
     expected = torch.clamp(torch.round(x * 255) - 4, min=0) / 255
     torch.testing.assert_close(adv, expected)
     assert torch.equal(linf_ascent(x, objective, eps=0, steps=5, lr=0.1), x)
+
+
+def test_plateau_stops_each_image_when_its_objective_stops_rising():
+    """Maximising the pixel sum with signed steps of 1/255: an all-white image cannot rise and
+    stops after ``patience`` steps; a grey one rises for 8 steps (ε = 8), then stops ``patience``
+    steps later. Each image stops as it would alone, and keeps its δ."""
+    x = torch.stack([torch.ones(3, 4, 4), torch.full((3, 4, 4), 128 / 255)])
+
+    def objective(xa, step):
+        return xa.flatten(1).sum(1)
+
+    def run(batch, patience):
+        used = torch.zeros(batch.shape[0], dtype=torch.long)
+        plateau = Plateau(patience=patience, tol=1e-3)
+        adv = linf_ascent(
+            batch,
+            objective,
+            eps=8,
+            steps=50,
+            lr=1 / 255,
+            method="sign",
+            plateau=plateau,
+            steps_taken=used,
+        )
+        return adv, used
+
+    adv, used = run(x, patience=3)
+    assert used.tolist() == [3, 8 + 3]
+    torch.testing.assert_close(adv, torch.stack([x[0], x[1] + 8 / 255]))
+    for i in range(2):
+        alone, used_alone = run(x[i : i + 1], patience=3)
+        assert torch.equal(alone[0], adv[i]) and used_alone.item() == used[i].item()
+    # without a plateau every image gets every step
+    used = torch.zeros(2, dtype=torch.long)
+    linf_ascent(x, objective, eps=8, steps=50, lr=1 / 255, method="sign", steps_taken=used)
+    assert used.tolist() == [50, 50]
+
+
+def test_expa_early_stop_keeps_the_bound_and_reports_steps():
+    m = tiny_models()["dvbpr"]
+    x = images(4)
+    full = make("expa", m, 16, steps=40, lr=0.02)
+    adv_full = full(x)
+    assert full.steps_used.tolist() == [40] * 4
+    # a window longer than the run never stops: the same images as AIP's fixed steps
+    assert torch.equal(make("expa", m, 16, steps=40, lr=0.02, patience=40)(x), adv_full)
+    early = make("expa", m, 16, steps=400, lr=0.02, patience=5, tol=0.01)
+    adv = early(x)
+    assert (early.steps_used < 400).all() and (early.steps_used >= 5).all()
+    assert ((adv - x).abs().amax() * 255).item() <= 16 + 1e-4
+    assert torch.equal(x, images(4))  # input untouched
 
 
 def test_insa_alexrank_objective_is_the_per_user_formula():

@@ -70,7 +70,7 @@ def test_own_ranker_attacked_with_insa_and_expa_under_the_protocol(catalog, firs
     results = {}
     for name, settings in (
         ("insa", {"eps": 32, "epochs": 5, "user_batch": 50}),
-        ("expa", {"eps": 32, "steps": 60}),
+        ("expa", {"eps": 32, "steps": 60, "patience": 5, "tol": 0.01}),
     ):
         attack = aip.attack(name, ranker, catalog, **settings)
         results[name] = aip.evaluate(ranker, catalog, first.candidates, attack)
@@ -81,6 +81,11 @@ def test_own_ranker_attacked_with_insa_and_expa_under_the_protocol(catalog, firs
     assert metrics["prediction_shift"] > 0
     for m, _ in results.values():
         assert m["linf_255_max"] <= 32
+    # the early stop's steps, per item and on average
+    metrics, items = results["expa"]
+    assert items["attack_steps"].between(5, 60).all()
+    assert metrics["attack_steps_mean"] == pytest.approx(items["attack_steps"].mean())
+    assert "attack_steps_mean" not in results["insa"][0]
 
 
 def test_evaluate_matches_a_slow_argsort(catalog, first):

@@ -3,6 +3,10 @@
 The attacker knows the feature network Φ (VBPR, AMR, AlexRank: the pretrained extractor; DVBPR:
 the embedding CNN) and a hook item, by default the most-interacted training item. It minimises
 ``‖Φ(X + δ) − Φ(X_hook)‖₂`` with Adam from δ = 0.
+
+AIP runs a fixed 5,000 steps. With ``patience`` set, each image stops once its distance has not
+fallen by more than ``tol`` (relative) for that many steps (:class:`~aipray.attacks.base.Plateau`);
+the steps each image used are reported (``attack_steps``).
 """
 
 from __future__ import annotations
@@ -11,19 +15,22 @@ from dataclasses import dataclass
 
 import torch
 
-from aipray.attacks.base import ATTACKS, Attack, AttackInputs, linf_ascent
+from aipray.attacks.base import ATTACKS, Attack, AttackInputs, Plateau, linf_ascent
 from aipray.models.base import Recommender
 from aipray.params import Settings, param
 
 
 @dataclass(frozen=True)
 class EXPAConfig(Settings):
-    """eps in 0..255 pixel units; AIP: Adam lr 0.01, 5000 steps; hook ``None`` = most popular."""
+    """eps in 0..255 pixel units; AIP: Adam lr 0.01, 5000 steps; hook ``None`` = most popular;
+    ``patience`` ``None`` = every step (AIP), else the early stop's window (with ``tol``)."""
 
     eps: float = param(32.0, axis=True, min=0, max=255)
     steps: int = param(5000, min=1)
     lr: float = param(0.01, min=0)
     hook: int | None = param(None, min=0)
+    patience: int | None = param(None, axis=True, min=1)
+    tol: float = param(1e-3, min=0)
 
 
 @ATTACKS.register("expa")
@@ -47,4 +54,16 @@ class EXPA(Attack):
             return -(self.model.feature_network(x_adv) - target).norm(dim=1)
 
         cfg = self.config
-        return linf_ascent(images, objective, eps=cfg.eps, steps=cfg.steps, lr=cfg.lr)
+        plateau = None if cfg.patience is None else Plateau(cfg.patience, cfg.tol)
+        used = torch.zeros(images.shape[0], dtype=torch.long)
+        adv = linf_ascent(
+            images,
+            objective,
+            eps=cfg.eps,
+            steps=cfg.steps,
+            lr=cfg.lr,
+            plateau=plateau,
+            steps_taken=used,
+        )
+        self.steps_used = used.numpy()
+        return adv

@@ -241,9 +241,11 @@ class ColdItemEvaluator:
                 raise ValueError("no attack and no adversarial images to evaluate")
             adv = self.attack(clean, torch.as_tensor(item_ids, device=self.device))
             seconds = np.full(clean.shape[0], (time.perf_counter() - start) / len(clean))
+            steps = getattr(self.attack, "steps_used", None)
         else:
             adv = adversarial.to(self.device)
             seconds = np.full(clean.shape[0], np.nan)
+            steps = None
         with torch.no_grad():
             coop = self.served.score_images(self.users, self.defense(clean))  # [U, B]
             attacked = self.served.score_images(self.users, self.defense(adv))
@@ -258,6 +260,8 @@ class ColdItemEvaluator:
                 "psnr": psnr(clean, adv).clamp(max=100.0).cpu().numpy(),
                 "attack_seconds": seconds,
             }
+            if steps is not None:
+                out["attack_steps"] = np.asarray(steps, dtype=np.float64)
             groups = {
                 "cooperative": hit_rates(injected_ranks(self.context, coop)),
                 "adversarial": hit_rates(injected_ranks(self.context, attacked)),
@@ -298,6 +302,9 @@ def reduce_items(items: pd.DataFrame, set_sizes: torch.Tensor) -> dict[str, floa
     seconds = items["attack_seconds"].dropna()
     if len(seconds):
         metrics["attack_seconds_per_item"] = float(seconds.mean())
+    if "attack_steps" in items and items["attack_steps"].notna().any():  # an early stop's
+        metrics["attack_steps_mean"] = float(items["attack_steps"].mean())
+        metrics["attack_steps_max"] = float(items["attack_steps"].max())
     metrics["n_items"] = float(len(items))
     return metrics
 
