@@ -167,6 +167,24 @@ def test_provided_images_are_part_of_the_attack_key(tmp_path):
     assert stage_paths(sweep, sweep.trials()[0]).attack != before
 
 
+def test_attack_images_are_shared_as_far_as_the_attacker_knowledge_is():
+    """EXPA knows only Φ: AlexRank, VBPR and AMR share the pretrained extractor's, so they share
+    one set of EXPA images; DVBPR's Φ is its own CNN. INSA knows each trained ranker. FGSM knows
+    the extractor's classifier only."""
+    from aipray.pipeline.stages import stage_paths
+
+    models = {"alexrank": {}, "vbpr": {}, "amr": {}, "dvbpr": {}}
+    raw = with_(("models",), models)
+    raw["attacks"] = {"insa": {"eps": 8}, "expa": {"eps": 8}, "fgsm": {"eps": 8}}
+    raw["defenses"] = {"none": {}}
+    sweep = parse_sweep(raw)
+    folders = {(t.attack.name, t.model.name): stage_paths(sweep, t).attack for t in sweep.trials()}
+    expa = {m: folders["expa", m] for m in models}
+    assert expa["alexrank"] == expa["vbpr"] == expa["amr"] != expa["dvbpr"]
+    assert len({folders["insa", m] for m in models}) == 4
+    assert len({folders["fgsm", m] for m in models}) == 1
+
+
 def test_pretraining_needs_categories(tmp_path):
     # the real datasets have no item categories: an extractor cannot be pretrained on them
     np.save(tmp_path / "men.npy", np.zeros(1))

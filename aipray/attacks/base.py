@@ -152,9 +152,11 @@ class Attack:
     8-bit grid``.
 
     ``knowledge`` says what the attack depends on, which decides what its stored images are keyed
-    by and shared across: ``"ranker"`` (INSA, EXPA: one set per trained ranker), ``"classifier"``
-    (FGSM/PGD: one set per extractor, shared by every ranker) or ``"none"`` (c-SEMA, provided: one
-    set per dataset).
+    by and shared across: ``"ranker"`` (INSA: one set per trained ranker), ``"feature_network"``
+    (EXPA: one set per ranker, except that rankers whose feature network is the frozen pretrained
+    extractor, :attr:`~aipray.models.base.Recommender.features_from_extractor`, share one set per
+    extractor), ``"classifier"`` (FGSM/PGD: one set per extractor, shared by every ranker) or
+    ``"none"`` (c-SEMA, provided: one set per dataset).
     """
 
     name: ClassVar[str]

@@ -39,6 +39,7 @@ class EXPA(Attack):
 
     Config = EXPAConfig
     requires = ("feature_network",)
+    knowledge = "feature_network"  # AlexRank, VBPR and AMR share Φ: one set of images for all
 
     def __init__(self, config: EXPAConfig, model: Recommender, inputs: AttackInputs) -> None:
         super().__init__(config, model, inputs)

@@ -39,6 +39,7 @@ class AlexRank(Recommender):
     Config = AlexRankConfig
     display_name = "AlexRank"
     uses_extractor = True
+    features_from_extractor = True
     candidate_chunk = 64
 
     def __init__(

@@ -60,6 +60,9 @@ class Recommender(nn.Module):
     visual: ClassVar[bool] = True
     #: built on the pretrained feature extractor (AlexRank, VBPR, AMR)
     uses_extractor: ClassVar[bool] = False
+    #: ``feature_network`` is the frozen pretrained extractor's features (AlexRank, VBPR, AMR), so
+    #: an attack that knows only Φ (EXPA) makes the same images against each of them
+    features_from_extractor: ClassVar[bool] = False
     #: users per chunk when scoring every user's candidate list (bounds peak memory)
     candidate_chunk: ClassVar[int] = 512
     #: INSA's default Adam step (AIP: 1e-4; its DVBPR used 1e-3)

@@ -50,6 +50,7 @@ class VBPR(Recommender):
     Config = VBPRConfig
     display_name = "VBPR"
     uses_extractor = True
+    features_from_extractor = True
 
     def __init__(
         self,

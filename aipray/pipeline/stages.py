@@ -92,7 +92,8 @@ def stage_paths(sweep: SweepConfig, trial: TrialSpec) -> StagePaths:
     ext_key = config_key([ds_key, extractor.fingerprint(), sweep.seed])
     bpr_key = config_key([ds_key, dataclasses.asdict(sweep.first_stage.bpr), sweep.seed])
     cand_key = config_key([bpr_key, sweep.first_stage.candidates])
-    uses_extractor = MODELS.get(trial.model.name).uses_extractor
+    model_cls = MODELS.get(trial.model.name)
+    uses_extractor = model_cls.uses_extractor
     model_key = config_key(
         [
             ds_key,
@@ -108,7 +109,9 @@ def stage_paths(sweep: SweepConfig, trial: TrialSpec) -> StagePaths:
     bare_key = config_key([model_key, cand_key, NO_DEFENSE.as_dict()])
     # an attack's images depend on what the attacker knows, and are shared accordingly
     attack_cls = ATTACKS.get(trial.attack.name)
-    source_key = {"ranker": model_key, "classifier": ext_key, "none": ds_key}[attack_cls.knowledge]
+    sources = {"ranker": model_key, "classifier": ext_key, "none": ds_key}
+    sources["feature_network"] = ext_key if model_cls.features_from_extractor else model_key
+    source_key = sources[attack_cls.knowledge]
     attack_key = config_key(
         [
             source_key,
