@@ -4,6 +4,8 @@ built, from Python or from the sweep YAML."""
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import dataclasses
 import functools
 import itertools
@@ -11,6 +13,19 @@ import math
 import types
 import typing
 from typing import Any
+
+_FILE_CHECKS = contextvars.ContextVar("file_checks", default=True)
+
+
+@contextlib.contextmanager
+def without_file_checks():
+    """Parse configs that name files this machine does not hold (a cost estimate, a plan): inside
+    the block the parser skips ``file_checks``; every other check still runs."""
+    token = _FILE_CHECKS.set(False)
+    try:
+        yield
+    finally:
+        _FILE_CHECKS.reset(token)
 
 
 class ConfigError(ValueError):
@@ -251,6 +266,7 @@ def _build(cls: type, settings: dict[str, Any], where: str) -> Any:
         inst = cls(**settings)
     except SettingError as err:
         raise SettingError(where, err.key, err.value, err.allowed) from None
-    for key, value, expected in getattr(inst, "file_checks", list)():
-        raise SettingError(where, key, value, expected)
+    if _FILE_CHECKS.get():
+        for key, value, expected in getattr(inst, "file_checks", list)():
+            raise SettingError(where, key, value, expected)
     return inst
