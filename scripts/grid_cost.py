@@ -10,7 +10,7 @@ FLOPs, and prints per row the count, the FLOPs, the measured rate and the hours,
 one device and on ``--devices N`` (trials and training runs spread over devices; a single attack
 or training run is not split).
 
-    python scripts/grid_cost.py sweeps/full.yaml [--device cuda] [--expa-steps 1500] [--devices 8]
+    python scripts/grid_cost.py sweeps/full.yaml [--device cuda] [--expa-steps 1217] [--devices 8]
 
 Dataset sizes come from the synthetic config, or for AIP's datasets from the paper's counts. The
 first stage (BPR), AlexRank's profile features, VBPR/AMR training on stored features and the
@@ -85,8 +85,8 @@ def attack_steps(trial: TrialSpec, size: Size, expa_steps: int | None) -> int:
         return 0
     if hasattr(cfg, "user_batch"):  # INSA: epochs over batches of users
         return cfg.epochs * math.ceil(size.users / cfg.user_batch)
-    if expa_steps is not None and getattr(cfg, "patience", 0) is None:  # EXPA without a stop
-        return expa_steps
+    if expa_steps is not None and getattr(cfg, "patience", None) is not None:  # early-stopped
+        return min(expa_steps, cfg.steps)
     return getattr(cfg, "steps", 1) * getattr(cfg, "binary_steps", 1)
 
 
@@ -206,7 +206,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--expa-steps",
         type=int,
-        help="mean steps of an early-stopped EXPA, for attacks configured without a patience",
+        help="mean steps an early-stopped EXPA takes (scripts/expa_early_stop.py measures it); "
+        "default: its full step budget",
     )
     parser.add_argument("--devices", type=int, default=8, help="devices of a cluster")
     parser.add_argument("--batch", type=int, help="images per pass (default: the sweep's)")
