@@ -132,16 +132,40 @@ def _hue_affinity(h1: np.ndarray, h2: np.ndarray) -> np.ndarray:
     return np.cos(2 * np.pi * (h1 - h2))
 
 
+@dataclass(frozen=True)
+class ItemStyles:
+    """What each item looks like: its category (shape) index, hue in [0, 1) and texture index
+    (into :data:`TEXTURES`), and how common each category is."""
+
+    categories: np.ndarray
+    hues: np.ndarray
+    textures: np.ndarray
+    category_weight: np.ndarray
+
+
+def _draw_styles(rng: np.random.Generator, config: SyntheticConfig) -> ItemStyles:
+    category_weight = rng.dirichlet(np.full(config.n_categories, 3.0))
+    categories = rng.choice(config.n_categories, size=config.n_items, p=category_weight)
+    hues = rng.uniform(0.0, 1.0, size=config.n_items)
+    textures = rng.integers(0, len(TEXTURES), size=config.n_items)
+    return ItemStyles(categories, hues, textures, category_weight)
+
+
+def item_styles(config: SyntheticConfig) -> ItemStyles:
+    """The items' styles of the marketplace ``config`` makes, replayed from its seed (the catalog
+    stores only the categories): the ground truth of what users' taste is made of."""
+    return _draw_styles(np.random.default_rng(config.seed), config)
+
+
 def make_synthetic(config: SyntheticConfig, name: str = "synthetic") -> Catalog:
     """Generate the marketplace described in the module docstring."""
     rng = np.random.default_rng(config.seed)
     n_items, n_cat = config.n_items, config.n_categories
 
     # Items: attributes, popularity and images.
-    category_weight = rng.dirichlet(np.full(n_cat, 3.0))
-    categories = rng.choice(n_cat, size=n_items, p=category_weight)
-    hues = rng.uniform(0.0, 1.0, size=n_items)
-    textures = rng.integers(0, len(TEXTURES), size=n_items)
+    styles = _draw_styles(rng, config)
+    category_weight, categories = styles.category_weight, styles.categories
+    hues, textures = styles.hues, styles.textures
     log_pop = rng.normal(0.0, config.popularity_spread, size=n_items)
     hook = int(rng.integers(n_items))
     log_pop[hook] = log_pop.max() + np.log(config.hook_boost)
