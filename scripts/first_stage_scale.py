@@ -3,10 +3,13 @@ Men size (34,244 users, 110,636 items), each recipe's health printed as measured
 
     python scripts/first_stage_scale.py                       # full.yaml's recipe and AIP's
     python scripts/first_stage_scale.py --users 5000 --items 16000
+    python scripts/first_stage_scale.py --sweep sweeps/quick.yaml  # a sweep's marketplace and BPR
 
 Prints, per recipe: validation HR@10 against 100 sampled negatives (random: 10/101), HR@10 of the
 validation item among all warm items (and the popularity ranker's), the share of test items in
-the top-C, the mean user-vector norm and the training time. Images are tiny (BPR never sees them).
+the top-C (and the popularity ranker's), the mean user-vector norm and the training time. Images
+are tiny (BPR never sees them), except with ``--sweep``: the sweep's own synthetic marketplace,
+first-stage recipe and C, so that its stage's numbers are reproduced.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ try:
 except ImportError:  # run from a checkout without `pip install -e .`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from aipray.config import load_sweep
 from aipray.data.catalog import Catalog
 from aipray.data.synthetic import SyntheticConfig, make_synthetic
 from aipray.models.bpr import BPRConfig
@@ -57,10 +61,25 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="folder to keep the generated marketplace in and reuse it from (5 min to make)",
     )
+    parser.add_argument(
+        "--sweep",
+        type=Path,
+        default=None,
+        help="use this sweep's synthetic marketplace, first-stage recipe and C instead",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     start = time.perf_counter()
-    if args.catalog is not None and (args.catalog / "catalog.json").is_file():
+    recipes = {name: RECIPES[name] for name in args.recipes.split(",")}
+    if args.sweep is not None:
+        sweep = load_sweep(args.sweep)
+        synthetic = [d for d in sweep.datasets if d.name == "synthetic"]
+        if not synthetic:
+            raise SystemExit(f"--sweep {args.sweep}: has no synthetic dataset")
+        catalog = make_synthetic(synthetic[0].config)
+        recipes = {f"{sweep.name} first stage": sweep.first_stage.bpr}
+        args.candidates = sweep.first_stage.candidates
+    elif args.catalog is not None and (args.catalog / "catalog.json").is_file():
         catalog = Catalog.load(args.catalog)
     else:
         catalog = make_synthetic(
@@ -75,8 +94,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{catalog.train_items.size} training interactions ({time.perf_counter() - start:.0f}s)",
         flush=True,
     )
-    for name in args.recipes.split(","):
-        config = RECIPES[name]
+    for name, config in recipes.items():
         start = time.perf_counter()
         first = aip.first_stage(catalog, config, candidates=args.candidates, seed=0)
         seconds = time.perf_counter() - start
@@ -86,7 +104,8 @@ def main(argv: list[str] | None = None) -> int:
             f"{name}: val HR@10 {h['val_hr_at_10']:.3f} (random {h['val_random_hr_at_10']:.3f}), "
             f"full HR@10 {h['full_hr_at_10']:.3f} "
             f"(popularity {h['full_popularity_hr_at_10']:.3f}), "
-            f"test item in top-{int(h['C'])} {h['test_in_top_c']:.3f}, mean user norm {norm:.3g}, "
+            f"test item in top-{int(h['C'])} {h['test_in_top_c']:.3f} "
+            f"(popularity {h['popularity_test_in_top_c']:.3f}), mean user norm {norm:.3g}, "
             f"{seconds:.0f}s",
             flush=True,
         )

@@ -123,6 +123,22 @@ def test_first_stage_beats_popularity_and_keeps_user_vectors(catalog, first):
     assert health["full_popularity_hr_at_10"] == pytest.approx(
         full_hit_rate(popularity_scores(catalog), catalog, k=10)
     )
+    # popularity's top-C, independently: the test item is surely in it when fewer than C
+    # eligible items are at least as popular, surely not when C or more are more popular
+    pop = catalog.item_popularity()
+    indptr, train_items = catalog.train_csr()
+    c = first.candidates.shape[1]
+    sure, possible = 0, 0
+    for u in range(catalog.n_users):
+        eligible = catalog.warm_mask().copy()
+        eligible[train_items[indptr[u] : indptr[u + 1]]] = False
+        eligible[catalog.val_items[u]] = False
+        own = pop[catalog.test_items[u]]
+        sure += int((eligible & (pop >= own)).sum() <= c)
+        possible += int((eligible & (pop > own)).sum() < c)
+    share = health["popularity_test_in_top_c"]
+    assert sure / catalog.n_users <= share <= possible / catalog.n_users
+    assert health["test_in_top_c"] > share
     norms = first.model.user_emb.weight.norm(dim=1)
     assert norms.min() > 0.05, "user vectors collapsed"
     assert first.candidates.shape == (catalog.n_users, 40)

@@ -501,8 +501,12 @@ def test_report_of_a_sweep_file_leaves_out_stale_runs(tmp_path, monkeypatch):
 
 # --- model settings in labels, first-stage health, AMR's ε, examples on a second dataset ---------
 RANDOM_HR = 10 / 101
-# dataset → first stage: validation HR@10, full HR@10, popularity full HR@10, test in top-C
-FIRST_STAGE = {"synthetic": (0.5, 0.2, 0.1, 0.8), "synthetic_large": (0.12, 0.05, 0.06, 0.4)}
+# dataset → first stage: validation HR@10, full HR@10, popularity full HR@10, test in top-C,
+# test in popularity's top-C
+FIRST_STAGE = {
+    "synthetic": (0.5, 0.2, 0.1, 0.8, 0.6),
+    "synthetic_large": (0.12, 0.05, 0.06, 0.4, 0.3),
+}
 # dataset, model, model settings, attack, eps, cooperative HR@5, adversarial HR@5, p, ranker
 # validation HR@10 (None: not logged)
 VARIANTS = [
@@ -554,13 +558,14 @@ def variants(tmp_path_factory):
             "eps": "none" if eps is None else eps,
             "defense": "none",
         } | {f"model.{k}": v for k, v in settings.items()}
-        val, full, pop, top = FIRST_STAGE[ds]
+        val, full, pop, top, pop_top = FIRST_STAGE[ds]
         metrics = _metrics(coop, adv, 0.02, 0.02, 0.02, 1.0, p) | {
             "first_stage/val_hr_at_10": val,
             "first_stage/val_random_hr_at_10": RANDOM_HR,
             "first_stage/full_hr_at_10": full,
             "first_stage/full_popularity_hr_at_10": pop,
             "first_stage/test_in_top_c": top,
+            "first_stage/popularity_test_in_top_c": pop_top,
         }
         if ranker is not None:
             metrics["ranker/val_hr_at_10"] = ranker
@@ -621,6 +626,7 @@ def test_first_stage_table_first_with_warning(variants, store):
         "full HR@10": "0.2000",
         "popularity full HR@10": "0.1000",
         "test in top-C": "0.8000",
+        "popularity test in top-C": "0.6000",
     }
     assert t[f"{VBPR} (K=50)"]["val HR@10"] == "0.4500"
     assert t[f"{VBPR} (K=50)"]["full HR@10"] == "–"  # not logged by these runs

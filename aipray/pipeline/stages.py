@@ -282,13 +282,14 @@ def build_candidates(sweep: SweepConfig, paths: StagePaths, device: torch.device
         _write_json(tmp / "summary.json", health)
     log.info(
         "first stage: BPR val HR@10 %.3f (random %.3f), full HR@10 %.3f (popularity %.3f); "
-        "top-%d holds the test item for %.1f%% of users",
+        "top-%d holds the test item for %.1f%% of users (popularity's: %.1f%%)",
         health["val_hr_at_10"],
         health["val_random_hr_at_10"],
         health["full_hr_at_10"],
         health["full_popularity_hr_at_10"],
         int(health["C"]),
         100 * health["test_in_top_c"],
+        100 * health["popularity_test_in_top_c"],
     )
     if health["val_hr_at_10"] < 1.5 * health["val_random_hr_at_10"]:
         log.warning(

@@ -26,6 +26,7 @@ from aipray.attacks.base import ATTACKS, Attack, AttackInputs
 from aipray.data.catalog import Catalog
 from aipray.defenses import DEFENSES
 from aipray.metrics.full_ranking import (
+    ScoresOf,
     full_hit_rate,
     full_scores_masked,
     model_scores,
@@ -77,7 +78,15 @@ def top_candidates(
     c = min(c, int(catalog.warm_mask().sum()) - widest)
     if c < 1:
         raise ValueError("first_stage.candidates: the catalog has too few warm items for C >= 1")
-    scores_of = model_scores(bpr, catalog, device)
+    return top_scored(model_scores(bpr, catalog, device), catalog, c, device)
+
+
+@torch.no_grad()
+def top_scored(
+    scores_of: ScoresOf, catalog: Catalog, c: int, device: torch.device | str = "cpu"
+) -> np.ndarray:
+    """``[n_users, c]`` each user's ``c`` best-scored warm items outside the user's training and
+    validation items (ties in any order)."""
     top = [
         scores.topk(c, dim=1).indices.cpu()
         for _, scores in full_scores_masked(scores_of, catalog, mask_held_out="val", device=device)
@@ -93,7 +102,8 @@ class FirstStage:
     negatives, what training selected on) and ``val_random_hr_at_10`` (a random ranker's 10/101);
     ``full_hr_at_10`` (the validation item ranked among all warm items outside the training set)
     and ``full_popularity_hr_at_10`` (the same for the popularity ranker); ``test_in_top_c``
-    (share of users whose test item is among the candidates) and ``C``.
+    (share of users whose test item is among the candidates), ``popularity_test_in_top_c`` (the
+    same for the popularity ranker's top-C: what the candidates would be without BPR) and ``C``.
     """
 
     model: Recommender
@@ -131,12 +141,15 @@ def first_stage_health(
     little about the second-stage ranker: callers warn about it."""
     best = float(training["best_score"]) if training else float("nan")
     in_top = (candidates == catalog.test_items[:, None]).any(1)
+    popular = top_scored(popularity_scores(catalog), catalog, candidates.shape[1], device)
+    popular_in_top = (popular == catalog.test_items[:, None]).any(1)
     return {
         "val_hr_at_10": best,
         "val_random_hr_at_10": 10 / 101,
         "full_hr_at_10": full_hit_rate(model_scores(model, catalog, device), catalog, k=10),
         "full_popularity_hr_at_10": full_hit_rate(popularity_scores(catalog), catalog, k=10),
         "test_in_top_c": float(in_top.mean()),
+        "popularity_test_in_top_c": float(popular_in_top.mean()),
         "C": float(candidates.shape[1]),
     }
 

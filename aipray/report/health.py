@@ -18,6 +18,7 @@ FIRST_STAGE = {
     "full HR@10": "first_stage/full_hr_at_10",
     "popularity full HR@10": "first_stage/full_popularity_hr_at_10",
     "test in top-C": "first_stage/test_in_top_c",
+    "popularity test in top-C": "first_stage/popularity_test_in_top_c",
 }
 RANKER_VAL = "ranker/val_hr_at_10"
 RANKER_FULL = "ranker/full_hr_at_10"
@@ -61,8 +62,9 @@ def first_stage_table(frame: pd.DataFrame) -> Table:
         "Validation HR@10 against 100 sampled negatives (`val`; a random ranker gets 10/101), "
         "BPR's HR@10 of each user's validation item among all warm items outside the user's "
         "training set (`full`, vs a popularity ranker), and the share of users whose test item "
-        "is among BPR's top-C candidates. Ranker rows: the second-stage ranker's validation "
-        f"HR@10, sampled and full (`{MISSING}`: not trained or not logged)."
+        "is among BPR's top-C candidates (vs among the C most popular items). Ranker rows: the "
+        "second-stage ranker's validation HR@10, sampled and full "
+        f"(`{MISSING}`: not trained or not logged)."
     )
     title = "First stage and rankers"
     return Table("first_stage_and_rankers", title, note, blocks, pd.DataFrame(data), notes)

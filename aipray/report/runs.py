@@ -35,6 +35,7 @@ METRICS = [f"{g}/hr_at_{k}" for g in (*GROUPS, "random") for k in CUTOFFS] + [
     "first_stage/full_hr_at_10",
     "first_stage/full_popularity_hr_at_10",
     "first_stage/test_in_top_c",
+    "first_stage/popularity_test_in_top_c",
     "ranker/val_hr_at_10",
     "ranker/full_hr_at_10",
 ]
