@@ -100,11 +100,17 @@ def test_image_metrics():
     torch.testing.assert_close(ssim(x, x), torch.ones(3))
 
 
-def test_ssim_matches_scikit_image():
+@pytest.mark.parametrize("levels", [None, 2])
+def test_ssim_matches_scikit_image(levels):
+    """Against scikit-image's float64 SSIM: strong noise, and an 8-bit perturbation of at most
+    ``levels`` grey levels (where SSIM is close to 1 and float32 cancellation would show)."""
     skimage_metrics = pytest.importorskip("skimage.metrics")
     g = torch.Generator().manual_seed(1)
-    x = torch.rand(2, 3, 32, 32, generator=g)
-    y = (x + 0.1 * torch.randn(2, 3, 32, 32, generator=g)).clamp(0, 1)
+    x = torch.randint(0, 256, (2, 3, 48, 40), generator=g) / 255.0
+    if levels is None:
+        y = (x + 0.1 * torch.randn(x.shape, generator=g)).clamp(0, 1)
+    else:
+        y = (x + torch.randint(-levels, levels + 1, x.shape, generator=g) / 255.0).clamp(0, 1)
     ours = ssim(x, y)
     for i in range(2):
         ref = skimage_metrics.structural_similarity(
