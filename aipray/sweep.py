@@ -279,9 +279,13 @@ def run_grid(sweep: SweepConfig, payloads: list[dict[str, Any]], tracker) -> lis
     return [p["name"] for p in payloads if not done(Path(p["paths"]["result"]))]
 
 
-def summary_table(tracker, keys: set[str], protocol: str = "aip") -> pd.DataFrame:
-    """Main metrics of the sweep's current trials (runs of older settings are left out)."""
-    columns = PUSH_COLUMNS if protocol == "perceptual" else TABLE_COLUMNS
+def summary_table(
+    tracker, keys: set[str], protocol: str = "aip", columns: dict[str, str] | None = None
+) -> pd.DataFrame:
+    """Main metrics (or ``columns``: metric → column name) of the sweep's current trials (runs
+    of older settings are left out)."""
+    if columns is None:
+        columns = PUSH_COLUMNS if protocol == "perceptual" else TABLE_COLUMNS
     rows = []
     for key, run in tracker.child_runs().items():
         if key not in keys:
@@ -333,6 +337,19 @@ def _run_pending(sweep, pending, tracker, ray_address, num_cpus) -> list[str]:
             ray.shutdown()
 
 
+def with_seed(sweep: SweepConfig, seed: int) -> SweepConfig:
+    """The same sweep trained with ``seed``: every training stage and trial is new (their store
+    keys hold the seed), the datasets are shared. Another seed than the YAML's gets its own MLflow
+    experiment, ``<experiment>-seed<N>``, so that no table or report mixes seeds."""
+    if seed == sweep.seed:
+        return sweep
+    suffix = f"-seed{seed}"
+    mlflow = sweep.mlflow
+    if mlflow.experiment:
+        mlflow = dataclasses.replace(mlflow, experiment=mlflow.experiment + suffix)
+    return dataclasses.replace(sweep, seed=seed, name=sweep.name + suffix, mlflow=mlflow)
+
+
 def run_sweep(sweep: SweepConfig, *, ray_address: str | None = None, num_cpus: int | None = None):
     """Run (or resume) a sweep; returns ``(table, failed trial names)``."""
     from aipray.pipeline.tracking import Tracker
@@ -373,6 +390,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("sweep", help="sweep YAML, e.g. sweeps/quick.yaml")
     parser.add_argument("--address", default=None, help="Ray cluster address (default: local)")
     parser.add_argument("--num-cpus", type=int, default=None, help="CPUs of a local Ray")
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=None,
+        help="train with this seed instead of the YAML's (its own experiment, <name>-seed<N>)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     try:
@@ -380,6 +403,8 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as err:
         sys.stderr.write(f"error: {err}\n")
         return 2
+    if args.seed is not None:
+        sweep = with_seed(sweep, args.seed)
     start = time.perf_counter()
     try:
         table, failed = run_sweep(sweep, ray_address=args.address, num_cpus=args.num_cpus)
