@@ -368,6 +368,8 @@ def run_sweep(sweep: SweepConfig, *, ray_address: str | None = None, num_cpus: i
         len(trials) - len(pending),
         len(pending),
     )
+    if pending and sweep.lpips is not None and sweep.lpips.backbone == "random":
+        log.warning("%s: for tests and offline smoke runs only", sweep.lpips.label)
     failed: list[str] = []
     tracker.start()
     status = "FAILED"  # unless the grid completes: a stage error or an exception ends here too

@@ -101,6 +101,21 @@ def test_random_backbone_is_seeded(alex):
     torch.testing.assert_close(alex(x, y), again(x, y), atol=0, rtol=0)
 
 
+def test_random_backbone_is_announced_unless_quiet(caplog):
+    """Library users are told the random backbone is not LPIPS; sweep actors stay quiet (the
+    driver says it once)."""
+    config = LPIPSConfig(net="alex", backbone="random")
+    with caplog.at_level("WARNING", logger="aipray.metrics.perceptual"):
+        make_lpips(config, quiet=True)
+        assert caplog.records == []
+        make_lpips(config)
+    (record,) = caplog.records
+    assert record.getMessage() == (
+        "LPIPS(alex, random backbone: not LPIPS as published): "
+        "for tests and offline smoke runs only"
+    )
+
+
 def test_missing_imagenet_weights_raise_offline(tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
 

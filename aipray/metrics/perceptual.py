@@ -206,8 +206,12 @@ def _load_backbone(model: Any, state: dict[str, torch.Tensor], where: str) -> No
     log.info("LPIPS: %d backbone convolutions loaded from %s", n, where)
 
 
-def make_lpips(config: LPIPSConfig, device: str | torch.device = "cpu") -> LPIPS:
-    """The LPIPS metric ``config`` asks for, frozen, in eval mode, on ``device``.
+def make_lpips(
+    config: LPIPSConfig, device: str | torch.device = "cpu", *, quiet: bool = False
+) -> LPIPS:
+    """The LPIPS metric ``config`` asks for, frozen, in eval mode, on ``device``; a random
+    backbone is announced as a warning unless ``quiet`` (a sweep announces it once, not in
+    every actor).
 
     Raises:
         WeightsUnavailableError: ``backbone: imagenet`` and the weights are neither in torch's
@@ -224,7 +228,7 @@ def make_lpips(config: LPIPSConfig, device: str | torch.device = "cpu") -> LPIPS
         _load_backbone(net, state, imagenet_backbone_file(config.net).name)
     elif (path := config.backbone_path) is not None:
         _load_backbone(net, _file_state(path, config.net), str(path))
-    else:
+    elif not quiet:
         log.warning("%s: for tests and offline smoke runs only", config.label)
     metric = LPIPS(net, config).to(device).eval()
     return metric.requires_grad_(False)

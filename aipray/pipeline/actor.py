@@ -199,12 +199,13 @@ def map_with_actors(
 
 
 def make_metric(lpips: dict[str, Any] | None, device: torch.device):
-    """The sweep's LPIPS network on ``device``, or ``None`` when the sweep measures none."""
+    """The sweep's LPIPS network on ``device``, or ``None`` when the sweep measures none (the
+    driver has said once whether its backbone is the published one)."""
     if lpips is None:
         return None
     from aipray.metrics.perceptual import LPIPSConfig, make_lpips
 
-    return make_lpips(LPIPSConfig(**lpips), device)
+    return make_lpips(LPIPSConfig(**lpips), device, quiet=True)
 
 
 def hook_item(attack: Component, catalog: Catalog) -> int:
