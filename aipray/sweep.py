@@ -350,8 +350,15 @@ def with_seed(sweep: SweepConfig, seed: int) -> SweepConfig:
     return dataclasses.replace(sweep, seed=seed, name=sweep.name + suffix, mlflow=mlflow)
 
 
-def run_sweep(sweep: SweepConfig, *, ray_address: str | None = None, num_cpus: int | None = None):
-    """Run (or resume) a sweep; returns ``(table, failed trial names)``."""
+def run_sweep(
+    sweep: SweepConfig,
+    *,
+    ray_address: str | None = None,
+    num_cpus: int | None = None,
+    columns: dict[str, str] | None = None,
+):
+    """Run (or resume) a sweep; returns ``(table, failed trial names)``, the table with the
+    main metrics or ``columns`` (:func:`summary_table`)."""
     from aipray.pipeline.tracking import Tracker
 
     trials = sweep.trials()
@@ -368,8 +375,10 @@ def run_sweep(sweep: SweepConfig, *, ray_address: str | None = None, num_cpus: i
         len(trials) - len(pending),
         len(pending),
     )
-    if pending and sweep.lpips is not None and sweep.lpips.backbone == "random":
-        log.warning("%s: for tests and offline smoke runs only", sweep.lpips.label)
+    if pending and sweep.lpips is not None:
+        from aipray.metrics.perceptual import warn_if_unpublished
+
+        warn_if_unpublished(sweep.lpips)  # once here; the trials' actors stay quiet
     failed: list[str] = []
     tracker.start()
     status = "FAILED"  # unless the grid completes: a stage error or an exception ends here too
@@ -382,7 +391,7 @@ def run_sweep(sweep: SweepConfig, *, ray_address: str | None = None, num_cpus: i
         raise
     finally:
         tracker.end(status)
-    return summary_table(tracker, {p["key"] for p in payloads}, sweep.protocol), failed
+    return summary_table(tracker, {p["key"] for p in payloads}, sweep.protocol, columns), failed
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -26,23 +26,13 @@ except ImportError:  # run from a checkout without `pip install -e .`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from aipray.config import load_sweep
-from aipray.pipeline.tracking import Tracker
-from aipray.sweep import run_sweep, summary_table, trial_payload, with_seed
+from aipray.sweep import run_sweep, with_seed
 
 COLUMNS = {
     "adversarial/hr_at_5": "adv@5",
     "cooperative/hr_at_5": "coop@5",
     "ranker/full_hr_at_10": "ranker full HR@10",
 }
-
-
-def seed_table(sweep) -> pd.DataFrame:
-    """The sweep's finished trials (``trial`` names) with :data:`COLUMNS`."""
-    keys = {trial_payload(sweep, t)["key"] for t in sweep.trials()}
-    tracker = Tracker(
-        sweep.tracking_uri(), sweep.experiment(), sweep.artifact_location(), sweep.name
-    )
-    return summary_table(tracker, keys, columns=COLUMNS)
 
 
 def spread(tables: dict[int, pd.DataFrame], column: str) -> pd.DataFrame:
@@ -80,11 +70,10 @@ def main(argv: list[str] | None = None) -> int:
     base = load_sweep(args.sweep)
     tables = {}
     for seed in args.seeds:
-        sweep = with_seed(base, seed)
-        _table, failed = run_sweep(sweep, num_cpus=args.num_cpus)
+        table, failed = run_sweep(with_seed(base, seed), num_cpus=args.num_cpus, columns=COLUMNS)
         if failed:
             raise SystemExit(f"seed {seed}: {len(failed)} trials failed: {', '.join(failed)}")
-        tables[seed] = seed_table(sweep)
+        tables[seed] = table
     if args.defense is not None:
         tables = {s: t[t["trial"].str.endswith("/" + args.defense)] for s, t in tables.items()}
     with pd.option_context("display.width", 200, "display.max_columns", 20):

@@ -1,3 +1,7 @@
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -17,3 +21,19 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def run_script():
+    """``run_script("grid_cost.py", *args)``: the stdout of ``scripts/<name>`` run from the
+    repository root (a non-zero exit fails the test with its stderr)."""
+    root = Path(__file__).resolve().parents[1]
+
+    def run(name: str, *args: str) -> str:
+        done = subprocess.run(
+            [sys.executable, f"scripts/{name}", *args], cwd=root, capture_output=True, text=True
+        )
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    return run

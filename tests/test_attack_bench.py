@@ -2,25 +2,15 @@
 small world, and its images/s follow from its own time per step and the whole attack's steps."""
 
 import re
-import subprocess
-import sys
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
 SMALL = (
     "--users 600 --items 500 --image-size 32 --batch 3 --expa-steps 2 --expa-early 100"
     " --cold 10 --candidates 50 --eval-batch 4 --device cpu"
 )
 
 
-def test_attack_bench_prints_every_ranker_and_consistent_rates():
-    out = subprocess.run(
-        [sys.executable, "scripts/attack_bench.py", *SMALL.split()],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
+def test_attack_bench_prints_every_ranker_and_consistent_rates(run_script):
+    out = run_script("attack_bench.py", *SMALL.split())
     rows = {
         (m[1], m[2]): [float(v) for v in m.group(3, 4, 5, 6, 7)]
         for m in re.finditer(

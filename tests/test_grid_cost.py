@@ -2,21 +2,10 @@
 on the quick sweep) and converts FLOPs to hours."""
 
 import re
-import subprocess
-import sys
-from pathlib import Path
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_quick_sweep_work_is_counted_after_sharing():
-    out = subprocess.run(
-        [sys.executable, "scripts/grid_cost.py", "sweeps/quick.yaml", "--assume-tflops", "1"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
+def test_quick_sweep_work_is_counted_after_sharing(run_script):
+    out = run_script("grid_cost.py", "sweeps/quick.yaml", "--assume-tflops", "1")
     rows = {
         (m[1], m[2]): (float(m[3].replace(",", "")), float(m[4]), float(m[5]))
         for m in re.finditer(

@@ -206,6 +206,12 @@ def _load_backbone(model: Any, state: dict[str, torch.Tensor], where: str) -> No
     log.info("LPIPS: %d backbone convolutions loaded from %s", n, where)
 
 
+def warn_if_unpublished(config: LPIPSConfig) -> None:
+    """Warn that a random backbone is not the published LPIPS (said once per sweep or call)."""
+    if config.backbone == "random":
+        log.warning("%s: for tests and offline smoke runs only", config.label)
+
+
 def make_lpips(
     config: LPIPSConfig, device: str | torch.device = "cpu", *, quiet: bool = False
 ) -> LPIPS:
@@ -228,8 +234,8 @@ def make_lpips(
         _load_backbone(net, state, imagenet_backbone_file(config.net).name)
     elif (path := config.backbone_path) is not None:
         _load_backbone(net, _file_state(path, config.net), str(path))
-    elif not quiet:
-        log.warning("%s: for tests and offline smoke runs only", config.label)
+    if not quiet:
+        warn_if_unpublished(config)
     metric = LPIPS(net, config).to(device).eval()
     return metric.requires_grad_(False)
 
