@@ -45,9 +45,9 @@ DEFENDED = [
     ("vbpr", "jpeg", 10, 0.001, 0.003, 0.005, 0.5),
     ("vbpr", "jpeg", 50, 0.009, 0.008, 0.015, 0.6),  # 0.009 > its coop 0.008, not significant
     ("vbpr", "jpeg", 90, 0.45, 0.01, 0.019, 1e-6),
-    ("vbpr", "jpeg", 30, 0.005, 0.007, 0.012, 0.4),  # first with adversarial ≤ cooperative
-    # weakest defended: adversarial > cooperative but p = 0.03 ≥ 0.01 (cost -0.002); comparing
-    # point estimates alone would pick quality 30
+    # weakest defended (AIP's rule): first with adversarial ≤ cooperative (cost -0.008)
+    ("vbpr", "jpeg", 30, 0.005, 0.007, 0.012, 0.4),
+    # not defended: p = 0.03 ≥ 0.01, but the adversarial item is still above the cooperative one
     ("vbpr", "jpeg", 70, 0.05, 0.01, 0.018, 0.03),
     ("vbpr", "bitdepth", 2, 0.0, 0.005, 0.004, 0.2),
     ("vbpr", "bitdepth", 6, 0.3, 0.01, 0.02, 1e-4),
@@ -139,6 +139,7 @@ def _params(model, dim, attack, eps, defense="none", **extra):
         "eps": "none" if eps is None else eps,
         "defense": defense,
         "model.dim": dim,
+        "first_stage.candidates": 98,  # random HR@5 = 5 / (98 + 2) = 0.05, as _metrics logs
     }
     return params | extra
 
@@ -269,6 +270,7 @@ def test_table3_prediction_shift(store):
 def test_table4_hr_and_significance(store):
     t = table(store["text"], "Table 4")
     assert t[VBPR] == {
+        "random": "0.0500",
         "cooperative": "0.0100",
         "ordinary": "0.0200",
         "INSA ε=32": "0.5000**",  # the FAILED run with 0.99 is ignored
@@ -309,14 +311,16 @@ def test_table5_and_table6(store):
     assert t5[f"{DVBPR} (K=20)"]["EXPA ε=32"] == "+0.0580"
     assert t5[VBPR]["c-SEMA"] == "+0.0010"
     t6 = table(store["text"], "Table 6")
-    assert t6[f"{VBPR} / INSA"] == {"cooperative": "0.0100", "ε=8": "0.3000", "ε=32": "0.5000"}
-    assert t6[f"{VBPR} / EXPA"] == {"cooperative": "0.0100", "ε=8": "0.0120", "ε=32": "0.0500"}
+    coop = {"random": "0.0500", "cooperative": "0.0100"}
+    assert t6[f"{VBPR} / INSA"] == coop | {"ε=8": "0.3000", "ε=32": "0.5000"}
+    assert t6[f"{VBPR} / EXPA"] == coop | {"ε=8": "0.0120", "ε=32": "0.0500"}
     assert t6[f"{DVBPR} (K=10) / INSA"] == {
+        "random": "0.0500",
         "cooperative": "0.0040",
         "ε=8": "0.2000",
         "ε=32": "0.9000",
     }
-    assert t6[f"{VBPR} / FGSM"] == {"cooperative": "0.0100", "ε=8": "0.0130", "ε=32": "–"}
+    assert t6[f"{VBPR} / FGSM"] == coop | {"ε=8": "0.0130", "ε=32": "–"}
     assert f"{VBPR} / c-SEMA" not in t6
 
 
@@ -335,27 +339,78 @@ def test_table8_weakest_defended_level(store):
     t8 = table(store["text"], "Table 8")
     jpeg = t8[f"{VBPR} / INSA / 32 / JPEG quality"]
     assert jpeg == {
-        # not 30 (the weakest with adversarial ≤ cooperative): at 70 the lift is not significant
-        "weakest defending level": "70",
-        "adversarial HR@5": "0.0500",
-        "cooperative HR@5": "0.0100",
-        "p": "0.03",
-        "ordinary cost": "-0.0020",
+        # not 70, whose lift is not significant (p = 0.03) but still above the cooperative
+        # level, nor 50 (0.009 > 0.008): AIP's rule compares HR@5, the p-value stands beside
+        "weakest defending level": "30",
+        "adversarial HR@5": "0.0050",
+        "cooperative HR@5": "0.0070",
+        "random HR@5": "0.0500",
+        "p": "0.4",
+        "p < 0.01": "no",
+        "ordinary cost": "-0.0080",
         "levels tried": "90, 70, 50, 30, 10",
     }
     bits = t8[f"{VBPR} / INSA / 32 / bit depth"]
     assert bits["weakest defending level"] == "4"  # p = 0.001 but adversarial < cooperative
-    assert (bits["p"], bits["ordinary cost"], bits["levels tried"]) == (
+    assert (bits["p"], bits["p < 0.01"], bits["ordinary cost"], bits["levels tried"]) == (
         "0.001",
+        "yes",
         "-0.0030",
         "6, 4, 2",
     )
     dvbpr = t8[f"{DVBPR} (K=20) / INSA / 32 / JPEG quality"]
     assert dvbpr["weakest defending level"] == "none" and dvbpr["ordinary cost"] == "–"
-    assert dvbpr["p"] == "–" and dvbpr["levels tried"] == "90, 50"
+    assert dvbpr["p"] == "–" and dvbpr["p < 0.01"] == "–" and dvbpr["levels tried"] == "90, 50"
     assert len(t8) == 3  # DVBPR has no bit-depth trial
     caption = store["text"].split("## Table 8", 1)[1].split("###", 1)[0]
-    assert "paired t-test" in caption and "p ≥ 0.01" in caption
+    assert "AIP's rule" in caption and "at most the mean cooperative HR@5" in caption
+    assert "paired t-test" in caption
+
+
+def test_aip_table8_rule_ignores_the_p_value():
+    from aipray.report.defences import defended, weakest_level
+
+    # AIP's Table 8: defended iff adversarial HR@5 ≤ mean cooperative HR@5, whatever p says
+    assert not defended(0.05, 0.01)  # (p = 0.3 would call this "not significant")
+    assert defended(0.004, 0.01) and defended(0.01, 0.01)  # (even with p = 1e-6)
+    assert not defended(math.nan, 0.01) and not defended(0.0, math.nan)
+    import pandas as pd
+
+    rows = pd.DataFrame(
+        {
+            "level": [90.0, 70.0, 50.0],
+            "adversarial/hr_at_5": [0.30, 0.02, 0.004],
+            "cooperative/hr_at_5": [0.01, 0.01, 0.01],
+            "random/hr_at_5": [0.05, 0.05, 0.05],
+            "cost_hr_at_5": [0.0, -0.001, -0.002],
+            "p_value_hr_at_5": [1e-6, 0.5, 1e-4],  # 70: p ≥ 0.01 but 0.02 > 0.01
+        }
+    )
+    level, stats, tried = weakest_level(rows)
+    assert level == 50.0 and tried == [90.0, 70.0, 50.0]
+    assert stats["p"] == pytest.approx(1e-4)  # significant, and defended: pushed below
+
+
+def test_random_level_is_the_protocols():
+    import torch
+
+    from aipray.metrics.ranking import random_hit_rate
+    from aipray.report.common import random_level
+
+    # C = 100 candidates + the ordinary test item + the cold item: 102 items, 5 of them in the top 5
+    assert random_level(5, 100) == pytest.approx(5 / 102)
+    assert random_level(10, 1000) == pytest.approx(10 / 1002)
+    # the protocol's set sizes count the fixed items (C candidates and the test item)
+    assert random_hit_rate(torch.tensor([101]))[5] == pytest.approx(random_level(5, 100))
+
+
+def test_hr_tables_state_their_magnitudes(store):
+    for title in ("Table 4", "Table 6", "Table 8"):
+        section = store["text"].split(f"## {title}", 1)[1].split("\n## ", 1)[0]
+        assert (
+            "Magnitudes: C = 98 candidates per user; random HR@5 = 5/(C+2) = 0.0500; "
+            "logged random HR@5 0.0500; cooperative HR@5 0.0020–0.0100." in section
+        )
 
 
 def test_csv_tables(store):
@@ -657,11 +712,13 @@ def test_hr_vs_adv_eps(variants):
     title = f"HR@5 under INSA vs {AMR}'s ε"
     t = table(variants["text"], title)
     assert t[f"{AMR} / 0.1"] == {
+        "random": "0.0500",
         "cooperative": "0.0100",
         "INSA ε=4": "0.2000**",
         "INSA ε=16": "0.6000**",
     }
     assert t[f"{AMR} / 1"] == {
+        "random": "0.0500",
         "cooperative": "0.0120",
         "INSA ε=4": "0.0500",
         "INSA ε=16": "0.2000**",

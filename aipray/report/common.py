@@ -280,6 +280,42 @@ def fmt_p(value: float) -> str:
     return MISSING if math.isnan(value) else f"{value:.2g}"
 
 
+def random_level(n: int, candidates: float) -> float:
+    """A uniformly random ranker's HR@N under AIP's protocol with C = ``candidates``: each user's
+    set is BPR's top-C, the ordinary test item and the cold item, C + 2 items (C + 1 where the
+    test item is among the top-C), so N / (C + 2)."""
+    return n / (candidates + 2)
+
+
+def magnitude_notes(frame: pd.DataFrame, n: int = 5) -> dict[str, list[str]]:
+    """Per dataset, the line that puts its HR@N in proportion: C, the random level N / (C + 2)
+    and the random level the trials logged (``random/hr_at_N``, the mean over users of
+    N / set size), and the range of cooperative HR@N (the clean cold items, no defence)."""
+    out: dict[str, list[str]] = {}
+    for dataset in datasets_of(frame):
+        d = frame[frame["dataset"] == dataset]
+        parts = []
+        c = d["candidates"].dropna().unique() if "candidates" in d else []
+        if len(c) == 1:
+            level = random_level(n, float(c[0]))
+            parts.append(f"C = {fmt_num(float(c[0]))} candidates per user")
+            parts.append(f"random HR@{n} = {n}/(C+2) = {level:.4f}")
+        logged = d[f"random/hr_at_{n}"].dropna() if f"random/hr_at_{n}" in d else []
+        if len(logged):
+            parts.append(f"logged random HR@{n} {_span(logged)}")
+        coop = d.loc[d["family"] == "none", f"cooperative/hr_at_{n}"].dropna()
+        if len(coop):
+            parts.append(f"cooperative HR@{n} {_span(coop)}")
+        if parts:
+            out[dataset] = [f"Magnitudes: {'; '.join(parts)}."]
+    return out
+
+
+def _span(values: pd.Series) -> str:
+    lo, hi = float(values.min()), float(values.max())
+    return f"{lo:.4f}" if hi - lo < 5e-5 else f"{lo:.4f}–{hi:.4f}"
+
+
 def grid(
     slug: str,
     title: str,

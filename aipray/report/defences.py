@@ -1,9 +1,10 @@
 """AIP Table 8: the weakest JPEG / bit-depth level that defends against an attack.
 
-A level *defends* when the item-level paired t-test of adversarial vs cooperative HR@5 under it
-(each trial's ``p_value_hr_at_5``) is not significant at p < 0.01, or when the adversarial mean is
-not above the cooperative one. Comparing point estimates alone would call a level that leaves a
-small, insignificant lift undefended and then pick a stronger, costlier one.
+AIP's rule (Table 8's caption): a level *defends* when the adversarial item's HR@5 under it is at
+most the mean cooperative HR@5 under it. Significance is shown beside it, not instead of it: the
+item-level paired t-test of adversarial vs cooperative HR@5 (each trial's ``p_value_hr_at_5``)
+and whether p < 0.01. A level that leaves a lift too small to be significant (p ≥ 0.01) but
+still above the cooperative level does not defend under AIP's rule; the table says both.
 """
 
 from __future__ import annotations
@@ -29,23 +30,29 @@ from aipray.report.common import (
 from aipray.report.runs import LEVELS
 
 ADV, COOP, P = "adversarial/hr_at_5", "cooperative/hr_at_5", "p_value_hr_at_5"
+RANDOM = "random/hr_at_5"
 
 
-def defended(adversarial: float, cooperative: float, p: float) -> bool:
-    """Whether the adversarial item is no longer significantly promoted: p ≥ 0.01, or its
-    HR@5 not above the cooperative one (NaN p: only the latter counts)."""
-    if not math.isnan(p) and p >= SIGNIFICANCE:
-        return True
+def defended(adversarial: float, cooperative: float) -> bool:
+    """AIP's rule (Table 8): the adversarial item's HR@5 is at most the mean cooperative HR@5.
+    The p-value plays no part (it is shown beside); NaN on either side: not defended."""
     return not (math.isnan(adversarial) or math.isnan(cooperative)) and adversarial <= cooperative
+
+
+def significance_text(p: float) -> str:
+    """``yes`` / ``no`` for p < 0.01, ``–`` when there is no p-value."""
+    return MISSING if math.isnan(p) else ("yes" if p < SIGNIFICANCE else "no")
 
 
 def level_stats(rows: pd.DataFrame) -> pd.DataFrame:
     """Per level of one (row, attack, ε, family), weakest first: mean adversarial, cooperative
-    HR@5 and cost, and the largest p-value (several runs of a level: the most conservative)."""
+    and random HR@5 and cost, and the largest p-value (several runs of a level: the most
+    conservative)."""
     rows = rows.dropna(subset=["level"])
     stats = rows.groupby("level").agg(
         adversarial=(ADV, "mean"),
         cooperative=(COOP, "mean"),
+        random=(RANDOM, "mean"),
         cost=("cost_hr_at_5", "mean"),
         p=(P, "max"),
     )
@@ -58,14 +65,15 @@ def weakest_level(rows: pd.DataFrame) -> tuple[float, pd.Series | None, list[flo
     stats = level_stats(rows)
     levels = [float(v) for v in stats.index]
     for level, r in stats.iterrows():
-        if defended(float(r["adversarial"]), float(r["cooperative"]), float(r["p"])):
+        if defended(float(r["adversarial"]), float(r["cooperative"])):
             return float(level), r, levels  # type: ignore[arg-type]
     return math.nan, None, levels
 
 
 def _cells(sel: pd.DataFrame, needless: bool) -> tuple[dict[str, str], dict[str, object]]:
     level, stats, tried = weakest_level(sel)
-    values = {"adversarial": math.nan, "cooperative": math.nan, "p": math.nan, "cost": math.nan}
+    keys = ("adversarial", "cooperative", "random", "p", "cost")
+    values = dict.fromkeys(keys, math.nan)
     if stats is not None:
         values = {k: float(stats[k]) for k in values}
     text = fmt_num(level) if stats is not None else "none"
@@ -73,7 +81,9 @@ def _cells(sel: pd.DataFrame, needless: bool) -> tuple[dict[str, str], dict[str,
         "weakest defending level": "not needed" if needless else text,
         "adversarial HR@5": fmt_value(values["adversarial"]),
         "cooperative HR@5": fmt_value(values["cooperative"]),
+        "random HR@5": fmt_value(values["random"]),
         "p": fmt_p(values["p"]),
+        "p < 0.01": significance_text(values["p"]),
         "ordinary cost": fmt_value(values["cost"], signed=True),
         "levels tried": ", ".join(fmt_num(v) for v in tried) or MISSING,
     }
@@ -82,6 +92,7 @@ def _cells(sel: pd.DataFrame, needless: bool) -> tuple[dict[str, str], dict[str,
         "not needed": needless,
         "adversarial HR@5": values["adversarial"],
         "cooperative HR@5": values["cooperative"],
+        "random HR@5": values["random"],
         "p": values["p"],
         "ordinary cost": values["cost"],
         "levels tried": cells["levels tried"],
@@ -90,8 +101,9 @@ def _cells(sel: pd.DataFrame, needless: bool) -> tuple[dict[str, str], dict[str,
 
 
 def table8(frame: pd.DataFrame) -> Table:
-    """AIP Table 8: per (model, attack, ε) and defence family, the weakest defending level with
-    its adversarial and cooperative HR@5, p-value and cost on the ordinary test item."""
+    """AIP Table 8: per (model, attack, ε) and defence family, the weakest defending level (AIP's
+    rule, :func:`defended`) with its adversarial, cooperative and random HR@5, its p-value and
+    whether p < 0.01, and its cost on the ordinary test item."""
     tested = frame[frame["family"].isin(list(LEVELS))]
     undefended = frame[frame["family"] == "none"]
     blocks, data = {}, []
@@ -105,10 +117,8 @@ def table8(frame: pd.DataFrame) -> Table:
                 eps_values = mine.loc[mine["attack"] == a, "eps"].unique()
                 for e in sorted(eps_values, key=lambda v: (math.isnan(v), v)):
                     bare = select(undefended, dataset=ds, row=r, attack=a, eps=e)
-                    # an attack that does not significantly lift the item undefended needs none
-                    needless = not bare.empty and defended(
-                        mean(bare, ADV), mean(bare, COOP), float(bare[P].max())
-                    )
+                    # an attack that does not lift the item above its cooperative level needs none
+                    needless = not bare.empty and defended(mean(bare, ADV), mean(bare, COOP))
                     for fam in LEVELS:
                         sel = select(d, row=r, attack=a, eps=e, family=fam)
                         if sel.empty:
@@ -125,13 +135,14 @@ def table8(frame: pd.DataFrame) -> Table:
         if shown:
             blocks[ds] = pd.DataFrame(shown)
     note = (
-        "Weakest defence level (JPEG: highest quality; bit depth: most bits) that defends: the "
-        "item-level paired t-test of the adversarial vs the cooperative cold items' HR@5 under "
-        f"that level is not significant (p ≥ {SIGNIFICANCE}), or the adversarial HR@5 is not "
-        "above the cooperative one. Shown with that level's adversarial and cooperative HR@5, "
-        "its p-value and its cost on the ordinary test item (ordinary − undefended ordinary "
-        "HR@5). `none`: no tested level defends; `not needed`: the attack does not "
-        "significantly lift the item even undefended. Levels tried are listed weakest first."
+        "Weakest defence level (JPEG: highest quality; bit depth: most bits) that defends by "
+        "AIP's rule (its Table 8): the adversarial cold items' HR@5 under that level is at most "
+        "the mean cooperative HR@5 under it. Shown with that level's adversarial, cooperative and "
+        "random-ranker HR@5, the item-level paired t-test of adversarial vs cooperative HR@5 "
+        f"(p, and whether p < {SIGNIFICANCE}: beside the rule, not part of it) and its cost on "
+        "the ordinary test item (ordinary − undefended ordinary HR@5). `none`: no tested level "
+        "defends; `not needed`: the attack does not lift the item above its cooperative level "
+        "even undefended. Levels tried are listed weakest first."
     )
     title = "Table 8: defence level needed"
     return Table("table8_defense_levels", title, note, blocks, pd.DataFrame(data))

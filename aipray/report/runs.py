@@ -182,6 +182,8 @@ def run_row(run: Any) -> dict[str, Any]:
         "defense": defense,
         "family": family,
         "level": _level(family, params, defense),
+        # C: BPR's candidates per user (the random level of HR@N is N / (C + 2))
+        "candidates": _number(params.get("first_stage.candidates")),
     }
     row.update(dict.fromkeys(MODEL_SETTINGS))
     row.update({k: v for k, v in params.items() if k.startswith(("model.", "dataset."))})

@@ -29,6 +29,7 @@ from aipray.report.common import (
     fmt_value,
     grid,
     label_without,
+    magnitude_notes,
     mean,
     model_name,
     models_in,
@@ -127,6 +128,7 @@ def table4(frame: pd.DataFrame, eps: dict[str, float]) -> Table:
     (with the cooperative item, and with each attack's adversarial item: availability)."""
     base = frame[frame["family"] == "none"]
     cols = [
+        Column("random", "random/hr_at_5"),
         Column("cooperative", "cooperative/hr_at_5"),
         Column("ordinary", "ordinary/hr_at_5"),
     ]
@@ -137,7 +139,8 @@ def table4(frame: pd.DataFrame, eps: dict[str, float]) -> Table:
     ):
         cols += [adv, ordn]
     note = (
-        "HR@5, no defence: cooperative and adversarial cold items, ordinary test item with the "
+        "HR@5, no defence: a random ranker's on these candidate sets (`random`), cooperative "
+        "and adversarial cold items, ordinary test item with the "
         "cooperative item (`ordinary`) and with the attack's adversarial item (`<attack> "
         f"ordinary`). `**`: item-level paired t-test adversarial vs cooperative p < {SIGNIFICANCE}."
         + _eps_note(eps)
@@ -166,11 +169,17 @@ def table6(frame: pd.DataFrame) -> Table:
             for r in rows_of(d)
             for a in attack_order(d.loc[d["row"] == r, "attack"])
         ]
-        columns[ds] = [Column("cooperative", "cooperative/hr_at_5")] + [
+        columns[ds] = [
+            Column("random", "random/hr_at_5"),
+            Column("cooperative", "cooperative/hr_at_5"),
+        ] + [
             Column(eps_text(e), "adversarial/hr_at_5", {"eps": e})
             for e in sorted(d["eps"].unique())
         ]
-    note = "HR@5 of the adversarial cold items per ε, no defence (cooperative: the clean items)."
+    note = (
+        "HR@5 of the adversarial cold items per ε, no defence (cooperative: the clean items; "
+        "random: a random ranker on the same candidate sets)."
+    )
     return grid("table6_hr_at_5_vs_eps", "Table 6: HR@5 vs ε", note, base, rows, columns)
 
 
@@ -247,7 +256,11 @@ def table_adv_eps(frame: pd.DataFrame) -> Table | None:
             for a in sorted(d.loc[d["series"] == s, "adv_eps"].unique())
         ]
         eps_values = sorted(d["eps"].unique())
-        columns[ds] = [Column("cooperative", "cooperative/hr_at_5", {"eps": eps_values[0]})] + [
+        first = {"eps": eps_values[0]}
+        columns[ds] = [
+            Column("random", "random/hr_at_5", first),
+            Column("cooperative", "cooperative/hr_at_5", first),
+        ] + [
             Column(f"INSA {eps_text(e)}", "adversarial/hr_at_5", {"eps": e}, mark=True)
             for e in eps_values
         ]
@@ -265,8 +278,14 @@ def table_adv_eps(frame: pd.DataFrame) -> Table | None:
 def all_tables(frame: pd.DataFrame, eps: dict[str, float]) -> list[Table]:
     """The first-stage table, Tables 3–6, the ε_adv table and Table 7 (each only when its
     trials exist), then Table 8."""
+    magnitudes = magnitude_notes(frame)
+    hr = [table4(frame, eps), table6(frame), table_adv_eps(frame), table8(frame)]
+    for t in hr:  # every HR@5 table says C, the random level and the cooperative level
+        for ds in [] if t is None else t.blocks:
+            t.notes.setdefault(ds, []).extend(magnitudes.get(ds, []))
+    four, six, adv_eps, eight = hr
     tables = [first_stage_table(frame)]
-    tables += [table3(frame, eps), table4(frame, eps), table5(frame, eps), table6(frame)]
-    tables += [t for t in (table_adv_eps(frame), table7(frame)) if t is not None]
-    tables.append(table8(frame))
+    tables += [table3(frame, eps), four, table5(frame, eps), six]
+    tables += [t for t in (adv_eps, table7(frame)) if t is not None]
+    tables.append(eight)
     return tables
