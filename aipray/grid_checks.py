@@ -12,7 +12,7 @@ from aipray.models import MODELS
 from aipray.params import ConfigError
 
 if TYPE_CHECKING:
-    from aipray.config import Grid, PerceptualConfig
+    from aipray.grid import Grid, PerceptualConfig
     from aipray.models.extractor import ExtractorConfig
 
 

@@ -14,13 +14,12 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from aipray.models.extractor.weights import WeightsUnavailableError, unwrap_state_dict
+from aipray.checkpoints import hub_file, hub_state_dict, unwrap_state_dict
 from aipray.params import Settings, param
 from aipray.store import file_sha256
 
@@ -139,32 +138,19 @@ class LPIPS(nn.Module):
 
 def imagenet_backbone_file(net: str) -> Path:
     """Where torch's hub cache keeps the ImageNet weights of ``net``'s backbone."""
-    return Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(_imagenet(net).url).path).name
+    return hub_file(_imagenet(net))
 
 
 def _imagenet_state(net: str, download: bool) -> dict[str, torch.Tensor]:
-    weights, file = _imagenet(net), imagenet_backbone_file(net)
-    if file.is_file():
-        log.info("LPIPS: loading ImageNet weights of %s from %s", _ARCH[net], file)
-        return torch.load(file, map_location="cpu", weights_only=True)
-    how, cause = "downloading is disabled (lpips.download: false)", None
-    if download:
-        log.info("LPIPS: downloading ImageNet weights of %s from %s", _ARCH[net], weights.url)
-        try:
-            return torch.hub.load_state_dict_from_url(
-                weights.url, model_dir=str(file.parent), map_location="cpu", progress=False,
-                check_hash=True, weights_only=True,
-            )  # fmt: skip
-        except Exception as err:  # no network, proxy, hash mismatch, full disk ...
-            how = f"downloading it failed ({type(err).__name__}: {err})".replace("\n", " ")
-            cause = err
-    raise WeightsUnavailableError(
-        f"LPIPS backbone: ImageNet weights of {_ARCH[net]} ({type(weights).__name__}."
-        f"{weights.name}) are not available: {file.name} is not in torch's hub cache "
-        f"{file.parent} and {how}. Download {weights.url} on a machine with internet access and "
-        f"copy it to {file} (TORCH_HOME moves the cache), or set lpips.backbone to the path of a "
-        "local state dict (lpips.backbone: random only for smoke runs: not LPIPS as published)."
-    ) from cause
+    state, _ = hub_state_dict(
+        _imagenet(net),
+        _ARCH[net],
+        download=download,
+        key="lpips",
+        instead="set lpips.backbone to the path of a local state dict (lpips.backbone: random "
+        "only for smoke runs: not LPIPS as published)",
+    )
+    return state
 
 
 def _file_state(path: Path, net: str) -> dict[str, torch.Tensor]:

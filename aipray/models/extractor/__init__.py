@@ -29,6 +29,7 @@ The package, one module per job (everything public is re-exported here):
   :func:`predict_classes` and :func:`popular_class` on uint8 images.
 """
 
+from aipray.checkpoints import WeightsUnavailableError
 from aipray.models.extractor.checkpoint import load_extractor, read_extractor_info, save_extractor
 from aipray.models.extractor.config import (
     ARCHS,
@@ -46,11 +47,7 @@ from aipray.models.extractor.network import (
     class_names,
     imagenet_class_names,
 )
-from aipray.models.extractor.weights import (
-    WeightsUnavailableError,
-    imagenet_weights_file,
-    make_extractor,
-)
+from aipray.models.extractor.weights import imagenet_weights_file, make_extractor
 
 __all__ = [
     "ARCHS",

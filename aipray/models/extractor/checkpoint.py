@@ -44,11 +44,22 @@ def load_extractor(directory: Path | str, device: str | torch.device = "cpu") ->
     ``requires_grad`` off, on ``device``."""
     file = Path(directory) / MODEL_FILE
     obj = torch.load(file, map_location="cpu", weights_only=True)
-    if not isinstance(obj, dict) or obj.get("format") != CHECKPOINT_FORMAT:
+    if not is_saved_extractor(obj):
         raise ValueError(f"{file} was not written by save_extractor")
+    return extractor_from(obj).to(device).eval().requires_grad_(False)
+
+
+def is_saved_extractor(obj: Any) -> bool:
+    """Whether ``obj``, a loaded ``model.pt``, was written by :func:`save_extractor`."""
+    return isinstance(obj, dict) and obj.get("format") == CHECKPOINT_FORMAT
+
+
+def extractor_from(obj: dict[str, Any]) -> Extractor:
+    """The extractor a :func:`save_extractor` payload (``{"format", "spec", "state_dict"}``)
+    holds, on the CPU; the one place that reads the format."""
     extractor = build_extractor(obj["spec"])
     extractor.load_state_dict(obj["state_dict"])
-    return extractor.to(device).eval().requires_grad_(False)
+    return extractor
 
 
 def read_extractor_info(directory: Path | str) -> dict[str, Any]:

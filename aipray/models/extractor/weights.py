@@ -30,11 +30,17 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
 import numpy as np
 import torch
 
+from aipray.checkpoints import (
+    hub_file,
+    hub_state_dict,
+    state_container,
+    unwrap_state_dict,
+)
+from aipray.models.extractor.checkpoint import extractor_from, is_saved_extractor
 from aipray.models.extractor.config import (
     CHECKPOINT_FORMAT,
     META_FILE,
@@ -53,87 +59,15 @@ log = logging.getLogger(__package__)  # "aipray.models.extractor", as before the
 _TORCHVISION_HEAD = {"alexnet": "classifier.6.weight", "resnet50": "fc.weight"}
 
 
-class WeightsUnavailableError(RuntimeError):
-    """ImageNet weights are neither in torch's hub cache nor downloadable (offline machine)."""
-
-
 def imagenet_weights_file(arch: str) -> Path:
     """Where torch's hub cache keeps ``arch``'s ImageNet weights:
     ``torch.hub.get_dir()/checkpoints/<file name of the weights URL>`` (``TORCH_HOME`` moves it)."""
-    url = imagenet_weights(arch).url
-    return Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(url).path).name
-
-
-def _imagenet_state_dict(arch: str, download: bool) -> tuple[dict[str, torch.Tensor], Path]:
-    weights = imagenet_weights(arch)
-    file = imagenet_weights_file(arch)
-    if file.is_file():
-        log.info("loading ImageNet weights of %s from %s", arch, file)
-        return torch.load(file, map_location="cpu", weights_only=True), file
-    how = "downloading is disabled (extractor.download: false)"
-    if download:
-        log.info("downloading ImageNet weights of %s from %s", arch, weights.url)
-        try:
-            state = torch.hub.load_state_dict_from_url(
-                weights.url,
-                model_dir=str(file.parent),
-                map_location="cpu",
-                progress=False,
-                check_hash=True,
-                weights_only=True,
-            )
-            return state, file
-        except Exception as err:  # no network, proxy, hash mismatch, full disk ...
-            how = f"downloading it failed ({type(err).__name__}: {err})".replace("\n", " ")
-            cause: Exception | None = err
-    else:
-        cause = None
-    raise WeightsUnavailableError(
-        f"ImageNet weights of {arch} ({type(weights).__name__}.{weights.name}) are not available: "
-        f"{file.name} is not in torch's hub cache {file.parent} and {how}. Download {weights.url} "
-        f"on a machine with internet access and copy it to {file} (TORCH_HOME moves the cache), "
-        "or set extractor.weights to the path of a local checkpoint."
-    ) from cause
-
-
-def _state_container(obj: Any) -> Any:
-    """What ``{"state_dict"|"model_state_dict"|"model": ...}`` nesting wraps (Free-AT's
-    ``model_best.pth.tar`` keeps its net under ``state_dict``, the robustness library's
-    ``imagenet_linf_4.pt`` under ``model``, next to ``optimizer``, ``epoch`` ...)."""
-    for key in ("state_dict", "model_state_dict", "model"):
-        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
-            obj = obj[key]
-    return obj
-
-
-def unwrap_state_dict(obj: Any, head_key: str) -> tuple[dict[str, torch.Tensor], str] | None:
-    """``(state dict, key prefix)`` of the torchvision network inside common checkpoint
-    wrappers, or ``None``.
-
-    Handles ``{"state_dict"|"model_state_dict"|"model": ...}`` nesting and any key prefix before
-    the network's own names (``module.`` of DataParallel, as Free-AT's ``model_best.pth.tar``;
-    ``module.model.`` of the robustness library's ``imagenet_linf_4.pt``, whose other entries,
-    its normaliser and the attacker's copy ``module.attacker.model.``, are dropped): the
-    shortest prefix before the head's name.
-    """
-    obj = _state_container(obj)
-    if not isinstance(obj, dict):
-        return None
-    prefixes = [k[: -len(head_key)] for k in obj if isinstance(k, str) and k.endswith(head_key)]
-    if not prefixes:
-        return None
-    prefix = min(prefixes, key=len)
-    state = {
-        k[len(prefix) :]: v
-        for k, v in obj.items()
-        if k.startswith(prefix) and isinstance(v, torch.Tensor)
-    }
-    return state, prefix
+    return hub_file(imagenet_weights(arch))
 
 
 def _found(obj: Any) -> str:
     """A short description of what a checkpoint file holds, for error messages."""
-    inner = _state_container(obj)
+    inner = state_container(obj)
     if not isinstance(inner, dict):
         return f"a {type(obj).__name__}"
     keys = [str(k) for k in inner]
@@ -178,7 +112,7 @@ def _check_normalizer(file: Path, obj: Any) -> None:
     """The robustness library stores its input normaliser (``normalizer.new_mean``/``new_std``)
     next to the net; aipray's Extractor normalises with ImageNet's statistics: say so if the
     checkpoint's differ."""
-    inner = _state_container(obj)
+    inner = state_container(obj)
     if not isinstance(inner, dict):
         return
     for suffix, stats in (
@@ -236,10 +170,9 @@ def _load_checkpoint(config: ExtractorConfig) -> tuple[Extractor, dict[str, Any]
             "dict with torch.save(model.state_dict())"
         ) from err
     info: dict[str, Any] = {"source": "checkpoint", "path": str(file), "sha256": file_sha256(file)}
-    if isinstance(obj, dict) and obj.get("format") == CHECKPOINT_FORMAT:
+    if is_saved_extractor(obj):
         try:
-            extractor = build_extractor(obj["spec"])
-            extractor.load_state_dict(obj["state_dict"])
+            extractor = extractor_from(obj)
         except (KeyError, TypeError, ValueError, RuntimeError) as err:
             raise ValueError(
                 f"extractor.weights: {file} claims to be written by save_extractor but its spec "
@@ -352,7 +285,13 @@ def make_extractor(
     if config.weights == "pretrain":
         extractor, info = _pretrain(config, images, categories, device, seed, category_names)
     elif config.weights == "imagenet":
-        state, file = _imagenet_state_dict(config.arch, config.download)
+        state, file = hub_state_dict(
+            imagenet_weights(config.arch),
+            config.arch,
+            download=config.download,
+            key="extractor",
+            instead="set extractor.weights to the path of a local checkpoint",
+        )
         spec = make_spec(
             config.arch,
             1000,

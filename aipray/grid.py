@@ -1,0 +1,145 @@
+"""The values a sweep's grid is made of: a configured :class:`Component` of an axis, one
+:class:`TrialSpec` (a grid point) and a :class:`Grid` (one product of axes), with the category
+push's :class:`PerceptualConfig`. Built by the sweep parser (:mod:`aipray.config`), checked across
+sections by :mod:`aipray.grid_checks`; this module imports neither.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+from aipray.attacks import ATTACKS
+from aipray.models import MODELS
+from aipray.models.extractor import ExtractorConfig
+from aipray.params import Settings, fmt, param
+from aipray.store import config_key
+
+
+@dataclass(frozen=True)
+class Component:
+    """One named, fully configured value of a grid axis (a dataset, a model, ...)."""
+
+    kind: str
+    name: str
+    config: Any
+
+    @property
+    def label(self) -> str:
+        """The name with its axis settings, e.g. ``jpeg(quality=75)``, ``dvbpr(dim=20)``; an
+        attack's ε is its own grid axis and not part of the label."""
+        axes = [
+            (f.name, getattr(self.config, f.name))
+            for f in dataclasses.fields(self.config)
+            if f.metadata.get("axis") and f.name != "eps"
+        ]
+        # a switch or an option shows only when on: vbpr(dim=20), vbpr(dim=20,visual_bias=True),
+        # expa and expa(patience=100)
+        axes = [(k, v) for k, v in axes if v is not False and v is not None]
+        if not axes:
+            return self.name
+        inner = ",".join(f"{k}={fmt(v)}" for k, v in axes)
+        return f"{self.name}({inner})"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "config": dataclasses.asdict(self.config)}
+
+    def key(self) -> str:
+        return config_key(self.as_dict())
+
+
+@dataclass(frozen=True)
+class PerceptualConfig(Settings):
+    """Perceptual-Rec's category push (``protocol: perceptual``).
+
+    ``mode``: ``poisoning`` (the recommender is retrained on the attacked images, as the
+    authors' code runs it) or ``evasion`` (the clean-trained one scores them); a grid axis.
+    ``origin`` / ``target``: class ids or names of the extractor's classifier (ImageNet classes
+    with ImageNet weights; the catalog's categories for a pretrained extractor). When not given,
+    the rule of :func:`aipray.protocol.perceptual.choose_push` picks them from the first stage's
+    (BPR's) clean CHR@20 over the catalog's categories: target = the most recommended class,
+    origin = the least recommended one holding at least ``min_share`` of the warm items.
+    """
+
+    mode: str = param("poisoning", axis=True, choices=("poisoning", "evasion"))
+    origin: int | str | None = param(None, min=0)
+    target: int | str | None = param(None, min=0)
+    min_share: float = param(0.02, min=0, max=1)
+
+    def cross_checks(self) -> list[tuple[str, object, str]]:
+        if self.origin is not None and self.origin == self.target:
+            return [("target", self.target, f"a class other than the origin {self.origin!r}")]
+        return []
+
+
+PROTOCOLS = ("aip", "perceptual")
+
+
+@dataclass(frozen=True)
+class TrialSpec:
+    """One grid point: (dataset, model, attack, ε, defence) under AIP's protocol; under
+    Perceptual-Rec's, the defence is the extractor's training and ``push`` holds the mode."""
+
+    dataset: Component
+    model: Component
+    attack: Component
+    defense: Component
+    extractor: Component | None = None
+    push: Component | None = None
+
+    @property
+    def eps(self) -> float | None:
+        return getattr(self.attack.config, "eps", None)
+
+    @property
+    def needs_extractor(self) -> bool:
+        """The ranker is built on the pretrained extractor, or the attack targets its
+        classifier."""
+        return (
+            MODELS.get(self.model.name).uses_extractor
+            or ATTACKS.get(self.attack.name).knowledge == "classifier"
+        )
+
+    @property
+    def extractor_config(self) -> ExtractorConfig:
+        return self.extractor.config if self.extractor is not None else ExtractorConfig()
+
+    def key(self) -> str:
+        """Identity of the full configuration (two grids may name the same trial)."""
+        parts = (self.dataset, self.model, self.attack, self.defense, self.extractor, self.push)
+        return config_key([c.as_dict() for c in parts if c is not None])
+
+    @property
+    def name(self) -> str:
+        eps = "" if self.eps is None else f"/eps={fmt(self.eps)}"
+        head = f"{self.dataset.label}/{self.model.label}"
+        if self.push is not None:
+            training = self.extractor_config.training
+            return f"{head}/{training}/{self.attack.name}{eps}/{self.push.config.mode}"
+        return f"{head}/{self.attack.name}{eps}/{self.defense.label}"
+
+
+@dataclass(frozen=True)
+class Grid:
+    """One full product of datasets × models × attacks (each ε) × defences (× extractors ×
+    push modes)."""
+
+    name: str
+    datasets: tuple[Component, ...]
+    models: tuple[Component, ...]
+    attacks: tuple[Component, ...]
+    defenses: tuple[Component, ...]
+    extractors: tuple[Component | None, ...] = (None,)
+    pushes: tuple[Component | None, ...] = (None,)
+
+    def trials(self) -> list[TrialSpec]:
+        return [
+            TrialSpec(d, m, a, f, e, p)
+            for f in self.defenses
+            for e in self.extractors
+            for p in self.pushes
+            for d in self.datasets
+            for m in self.models
+            for a in self.attacks
+        ]
