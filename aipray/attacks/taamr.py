@@ -4,7 +4,15 @@ popular among training items. They know the classifier, not the ranker, so one s
 serves every ranker built on that extractor.
 
 Targeted: minimise the cross-entropy to the target class (maximise its negative) inside the L∞
-ε-ball, in pixel units, with 8-bit rounding at the end (the bound holds after rounding).
+ε-ball, with 8-bit rounding at the end (the bound holds after rounding).
+
+``eps_space`` says where the ε-ball lies. ``pixel`` (default): ε/255 in [0, 1] pixels, the same
+for every channel (AIP, and aipray's other attacks). ``normalized``: ε/255 in the classifier's
+normalised input space, as the Perceptual-Rec / TAaMR code runs CleverHans on ImageNet-normalised
+images; per channel c the pixel bound is ε/255 · std_c (ImageNet's std: about 0.226·ε/255, so
+Perceptual-Rec's "ε = 8" is about 1.8/255 in pixels), and so is the step. The std comes from the
+attacked classifier's own normalisation (its first :class:`~aipray.models.nets.Normalize`), else
+ImageNet's. After the 8-bit round trip a channel moves by at most ⌊ε·std_c⌋/255 (on-grid input).
 """
 
 from __future__ import annotations
@@ -14,8 +22,59 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from aipray.attacks.base import ATTACKS, Attack, AttackInputs, linf_ascent
+from aipray.attacks.base import ATTACKS, Attack, AttackInputs, linf_ascent, quantize_within
+from aipray.models.nets import IMAGENET_STD, Normalize
 from aipray.params import Settings, param
+
+EPS_SPACES = ("pixel", "normalized")
+
+
+def input_std(classifier: torch.nn.Module) -> torch.Tensor:
+    """``[1, 3, 1, 1]``: the per-channel std the classifier normalises its [0, 1] input with
+    (its first :class:`Normalize` module), else ImageNet's (the sisinflab code's)."""
+    for module in classifier.modules():
+        if isinstance(module, Normalize):
+            return module.std.detach().float().reshape(1, -1, 1, 1).cpu()
+    return torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+
+
+def channel_bound(classifier: torch.nn.Module, eps_space: str) -> torch.Tensor:
+    """``[1, 3, 1, 1]`` (or ``[1, 1, 1, 1]``) factors from ε (0..255 units of ``eps_space``) to
+    the per-channel pixel bound in 0..255 units: 1 in pixel space, std_c in normalised space."""
+    if eps_space == "pixel":
+        return torch.ones(1, 1, 1, 1)
+    if eps_space == "normalized":
+        return input_std(classifier)
+    raise ValueError(f"eps_space: {eps_space!r} is not allowed; expected one of {EPS_SPACES}")
+
+
+def signed_ascent(
+    images: torch.Tensor,
+    objective,
+    *,
+    eps: torch.Tensor,
+    step: torch.Tensor,
+    steps: int,
+    random_start: bool = False,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Signed-gradient ascent (FGSM = one step, PGD) inside a per-channel L∞ box: ``eps`` and
+    ``step`` are ``[1, C, 1, 1]`` bounds in 0..255 pixel units. Clipped to [0, 1] every step,
+    rounded to the 8-bit grid at the end with each channel's bound kept."""
+    x = images.detach()
+    eps = eps.to(x.device, x.dtype)
+    bound, lr = eps / 255.0, step.to(x.device, x.dtype) / 255.0
+    delta = torch.zeros_like(x)
+    if random_start:
+        noise = torch.rand(x.shape, generator=generator, dtype=x.dtype)  # CPU: reproducible
+        delta = (x + (2 * noise - 1).to(x.device) * bound).clamp(0, 1) - x
+    for i in range(steps):
+        delta.requires_grad_(True)
+        (grad,) = torch.autograd.grad(objective(x + delta, i).sum(), delta)
+        with torch.no_grad():
+            delta = torch.minimum(torch.maximum(delta + lr * grad.sign(), -bound), bound)
+            delta = (x + delta).clamp(0.0, 1.0) - x
+    return quantize_within((x + delta).detach(), x, eps)
 
 
 def _targeted_objective(classifier: torch.nn.Module, target: int):
@@ -38,6 +97,8 @@ class _ClassifierAttack(Attack):
         self.target = inputs.target_class if target is None else int(target)
         if self.target is None:
             raise ValueError(f"{self.name} needs a target class")
+        #: per-channel factor from ε to the pixel bound (``eps_space``; C&W has none)
+        self.channel_scale = channel_bound(inputs.classifier, getattr(config, "eps_space", "pixel"))
 
     def success(self, adversarial: torch.Tensor) -> torch.Tensor:
         """``[B]`` bool: the classifier now says the target class (after the 8-bit round trip)."""
@@ -47,10 +108,13 @@ class _ClassifierAttack(Attack):
 
 @dataclass(frozen=True)
 class FGSMConfig(Settings):
-    """eps in 0..255 pixel units; target ``None`` = most popular class among training items."""
+    """eps in 0..255 units of ``eps_space`` (``pixel``: [0, 1] pixels, default; ``normalized``:
+    the classifier's normalised input, as Perceptual-Rec's code); target ``None`` = most popular
+    class among training items."""
 
     eps: float = param(8.0, axis=True, min=0, max=255)
     target: int | None = param(None, min=0)
+    eps_space: str = param("pixel", choices=EPS_SPACES)
 
 
 @ATTACKS.register("fgsm")
@@ -62,14 +126,18 @@ class FGSM(_ClassifierAttack):
     def __call__(self, images: torch.Tensor, item_ids: torch.Tensor | None = None) -> torch.Tensor:
         objective = _targeted_objective(self.inputs.classifier, self.target)
         eps = self.config.eps
-        return linf_ascent(images, objective, eps=eps, steps=1, lr=eps / 255.0, method="sign")
+        if self.config.eps_space == "pixel":
+            return linf_ascent(images, objective, eps=eps, steps=1, lr=eps / 255.0, method="sign")
+        bound = eps * self.channel_scale
+        return signed_ascent(images, objective, eps=bound, step=bound, steps=1)
 
 
 @dataclass(frozen=True)
 class PGDConfig(Settings):
-    """eps in 0..255 pixel units; AIP/TAaMR: 20 steps. The step is ``step_size`` (pixel units),
-    or ``step_ratio``·ε (Perceptual-Rec: 10 steps of ε/6, ``step_ratio: 0.1667``), or by default
-    2.5·ε/steps (Madry et al.); no random start (as the Perceptual-Rec code)."""
+    """eps in 0..255 units of ``eps_space`` (as FGSM's); AIP/TAaMR: 20 steps. The step is
+    ``step_size`` (ε's units), or ``step_ratio``·ε (Perceptual-Rec: 10 steps of ε/6,
+    ``step_ratio: 0.1667``), or by default 2.5·ε/steps (Madry et al.); no random start (as the
+    Perceptual-Rec code)."""
 
     eps: float = param(8.0, axis=True, min=0, max=255)
     steps: int = param(20, min=1)
@@ -78,6 +146,7 @@ class PGDConfig(Settings):
     random_start: bool = False
     target: int | None = param(None, min=0)
     seed: int = 0
+    eps_space: str = param("pixel", choices=EPS_SPACES)
 
     def cross_checks(self) -> list[tuple[str, object, str]]:
         if self.step_size is not None and self.step_ratio is not None:
@@ -85,7 +154,7 @@ class PGDConfig(Settings):
         return []
 
     def step(self) -> float:
-        """The step in pixel units."""
+        """The step in ε's units (0..255 of ``eps_space``)."""
         if self.step_size is not None:
             return self.step_size
         if self.step_ratio is not None:
@@ -102,6 +171,16 @@ class PGD(_ClassifierAttack):
     def __call__(self, images: torch.Tensor, item_ids: torch.Tensor | None = None) -> torch.Tensor:
         cfg = self.config
         step = cfg.step()
+        if cfg.eps_space != "pixel":
+            return signed_ascent(
+                images,
+                _targeted_objective(self.inputs.classifier, self.target),
+                eps=cfg.eps * self.channel_scale,
+                step=step * self.channel_scale,
+                steps=cfg.steps,
+                random_start=cfg.random_start,
+                generator=torch.Generator().manual_seed(cfg.seed),
+            )
         return linf_ascent(
             images,
             _targeted_objective(self.inputs.classifier, self.target),
