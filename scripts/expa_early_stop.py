@@ -33,6 +33,7 @@ from aipray.data import Catalog
 from aipray.metrics.stats import paired_t_test
 from aipray.models import load_recommender
 from aipray.pipeline.stages import load_context, stage_paths
+from aipray.pixels import to_float
 from aipray.protocol import aip
 from aipray.store import done
 
@@ -49,7 +50,7 @@ def run(
     rows, advs = [], []
     start = time.perf_counter()
     for k, i in enumerate(range(0, ids.size, batch)):
-        clean = aip.as_float(catalog.images[ids[i : i + batch]])
+        clean = to_float(catalog.images[ids[i : i + batch]])
         out, adv = evaluator(clean, ids[i : i + batch], None if made is None else made[0][k])
         rows.append(pd.DataFrame(out))
         advs.append(adv)

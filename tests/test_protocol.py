@@ -15,6 +15,7 @@ from aipray.defenses import DEFENSES
 from aipray.metrics.full_ranking import full_hit_rate, popularity_scores
 from aipray.metrics.ranking import hit_rates_by_argsort
 from aipray.models.bpr import BPRConfig
+from aipray.pixels import to_float
 from aipray.protocol import aip
 
 
@@ -102,12 +103,12 @@ def test_evaluate_matches_a_slow_argsort(catalog, first):
             [
                 ranker.score_codes(
                     users[u : u + 1],
-                    ranker.encode_items(aip.as_float(catalog.images[fixed[u]])),
+                    ranker.encode_items(to_float(catalog.images[fixed[u]])),
                 )[0].numpy()
                 for u in range(catalog.n_users)
             ]
         )
-        coop = ranker.score_images(users, aip.as_float(catalog.images[ids])).numpy()
+        coop = ranker.score_images(users, to_float(catalog.images[ids])).numpy()
     valid = np.ones(fixed.shape, dtype=bool)
     valid[:, -1] = ~(first.candidates == catalog.test_items[:, None]).any(1)
     for k in (5, 10):
@@ -274,7 +275,7 @@ def test_cw_is_a_taamr_baseline_under_aip(catalog, first):
     assert metrics["success_rate"] > 0  # an undefended small classifier is easy to move
     # an unchanged image is a failure left alone or an item already of the target class
     with torch.no_grad():
-        clean = extractor(aip.as_float(catalog.images[items["item_id"].to_numpy()])).argmax(1)
+        clean = extractor(to_float(catalog.images[items["item_id"].to_numpy()])).argmax(1)
     unchanged = (items["linf_255"] == 0).to_numpy()
     already = (clean == target).numpy()
     np.testing.assert_array_equal(items["success"].to_numpy()[unchanged], already[unchanged])

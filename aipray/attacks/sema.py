@@ -20,6 +20,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from aipray.attacks.base import ATTACKS, Attack, AttackInputs
 from aipray.params import Settings, param
+from aipray.pixels import to_float, to_uint8
 from aipray.store import file_sha256
 
 
@@ -70,11 +71,11 @@ def _batch_like(arrays: list[np.ndarray], images: torch.Tensor) -> torch.Tensor:
     if not arrays:
         return images.detach().clone()
     batch = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2)
-    return batch.to(images.device, images.dtype) / 255.0
+    return to_float(batch, images.device)
 
 
 def _to_pil(image: torch.Tensor) -> Image.Image:
-    arr = torch.round(image.detach().clamp(0, 1) * 255).to(torch.uint8).permute(1, 2, 0)
+    arr = to_uint8(image).permute(1, 2, 0)
     return Image.fromarray(arr.cpu().numpy())
 
 

@@ -8,6 +8,7 @@ import torch
 
 from aipray.defenses.base import DEFENSES, Defense
 from aipray.params import Settings, param
+from aipray.pixels import to_float, to_uint8
 
 
 @dataclass(frozen=True)
@@ -29,8 +30,8 @@ class JPEG(Defense):
 
         if images.shape[0] == 0:
             return images
-        as_uint8 = torch.round(images.detach().clamp(0, 1) * 255).to(torch.uint8).cpu()
+        as_uint8 = to_uint8(images).cpu()
         encoded = encode_jpeg(list(as_uint8), quality=int(self.config.quality))
         decoded = decode_jpeg(encoded)
-        out = torch.stack(decoded).to(images.device, images.dtype) / 255.0
+        out = to_float(torch.stack(decoded), images.device)
         return out

@@ -28,14 +28,13 @@ import numpy as np
 import torch
 from torch import nn
 
+from aipray.pixels import ImageMap
 from aipray.registry import Registry
 
 if TYPE_CHECKING:
     from aipray.data.catalog import Catalog
 
 MODELS: Registry[Recommender] = Registry("model")
-
-ImageMap = Callable[[torch.Tensor], torch.Tensor]
 
 
 class Recommender(nn.Module):

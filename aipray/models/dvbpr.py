@@ -14,6 +14,7 @@ from aipray.data.catalog import Catalog
 from aipray.models.base import MODELS, Recommender
 from aipray.models.nets import CNNF
 from aipray.params import Settings, param
+from aipray.pixels import to_float
 
 
 @dataclass(frozen=True)
@@ -76,8 +77,7 @@ class DVBPR(Recommender):
 
     def training_encoder(self, images: np.ndarray) -> Callable[[torch.Tensor], torch.Tensor]:
         def encode(items: torch.Tensor) -> torch.Tensor:
-            batch = torch.from_numpy(np.asarray(images[items.cpu().numpy()]))
-            return self.cnn(batch.to(items.device, torch.float32) / 255.0)
+            return self.cnn(to_float(images[items.cpu().numpy()], items.device))
 
         return encode
 

@@ -19,6 +19,7 @@ from torch import nn
 
 from aipray.data.catalog import Catalog
 from aipray.models.base import Recommender
+from aipray.pixels import to_float
 
 log = logging.getLogger(__name__)
 
@@ -274,7 +275,7 @@ def fit_classifier(
         perm = rng.permutation(train)
         for i in range(0, perm.size, batch_size):
             idx = torch.as_tensor(perm[i : i + batch_size])
-            xb = x[idx].to(device, torch.float32) / 255.0
+            xb = to_float(x[idx], device)
             if rng.uniform() < 0.5:
                 xb = xb.flip(-1)
             loss = F.cross_entropy(model(xb), y[idx].to(device))
@@ -286,7 +287,7 @@ def fit_classifier(
             hold_t = torch.as_tensor(hold)
             pred = torch.cat(
                 [
-                    model(x[hold_t[i : i + 512]].to(device, torch.float32) / 255.0).argmax(1)
+                    model(to_float(x[hold_t[i : i + 512]], device)).argmax(1)
                     for i in range(0, hold.size, 512)
                 ]
             )

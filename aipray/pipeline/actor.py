@@ -27,6 +27,7 @@ from aipray.defenses import DEFENSES
 from aipray.models import MODELS, load_recommender
 from aipray.models.extractor import load_extractor, read_extractor_info
 from aipray.pipeline.stages import StagePaths, load_context, load_served, pick_device
+from aipray.pixels import to_float, to_uint8
 from aipray.protocol import aip
 
 log = logging.getLogger(__name__)
@@ -39,12 +40,12 @@ def decode_uint8(column: Any, shape: tuple[int, ...]) -> np.ndarray:
 
 def decode_images(column: np.ndarray, shape: tuple[int, int, int]) -> torch.Tensor:
     """A column of raw uint8 ``[3, H, W]`` bytes → float ``[B, 3, H, W]`` in [0, 1]."""
-    return torch.from_numpy(decode_uint8(column, shape)).float() / 255.0
+    return to_float(decode_uint8(column, shape))
 
 
 def encode_images(images: torch.Tensor) -> np.ndarray:
     """Float images on the 8-bit grid → an object column of raw uint8 bytes."""
-    raw = torch.round(images.clamp(0, 1) * 255).to(torch.uint8).cpu().numpy()
+    raw = to_uint8(images).cpu().numpy()
     out = np.empty(raw.shape[0], dtype=object)
     out[:] = [r.tobytes() for r in raw]
     return out
@@ -221,7 +222,7 @@ def attack_inputs(
     the most-interacted training item), and for classifier attacks the extractor's classifier and
     its most popular class."""
     hook = hook_item(attack, catalog)
-    hook_image = torch.from_numpy(np.array(catalog.images[hook])).float() / 255.0
+    hook_image = to_float(catalog.images[hook])
     if ATTACKS.get(attack.name).knowledge != "classifier":
         return AttackInputs(hook_image=hook_image)
     info = read_extractor_info(paths.extractor)

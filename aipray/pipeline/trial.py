@@ -37,6 +37,7 @@ from aipray.pipeline.actor import (
     partial_folder,
 )
 from aipray.pipeline.stages import StagePaths, first_stage_health, load_context
+from aipray.pixels import to_float, to_uint8
 from aipray.protocol.aip import reduce_items
 from aipray.store import atomic_dir, done
 
@@ -73,7 +74,7 @@ def example_grid(
         draw.text((pad + col * (cell_w + pad), 2), title, fill="black")
     for row in range(n):
         for col, batch in enumerate((clean, adv, defended)):
-            arr = torch.round(batch[row].clamp(0, 1) * 255).to(torch.uint8).permute(1, 2, 0)
+            arr = to_uint8(batch[row]).permute(1, 2, 0)
             tile = Image.fromarray(arr.cpu().numpy()).resize((cell_w, cell_h), Image.NEAREST)
             grid.paste(tile, (pad + col * (cell_w + pad), head + pad + row * (cell_h + pad)))
     return grid
@@ -163,7 +164,7 @@ def write_examples(
     defended = DEFENSES.get(defense.name)(defense.config)(adv)
     example_grid(clean, adv, defended).save(folder / "examples.png")
     as_uint8 = {
-        k: torch.round(v * 255).to(torch.uint8).numpy()
+        k: to_uint8(v).numpy()
         for k, v in (("clean", clean), ("adversarial", adv), ("defended", defended))
     }
     np.savez_compressed(
@@ -179,16 +180,14 @@ def write_examples(
     with torch.no_grad():
         reference = torch.cat(
             [
-                model.item_embedding(
-                    torch.from_numpy(np.asarray(catalog.images[sample[i : i + 256]])).float() / 255
-                )
+                model.item_embedding(to_float(catalog.images[sample[i : i + 256]]))
                 for i in range(0, sample.size, 256)
             ]
         )
         clean_m = decode_images(cold["image"].to_numpy()[:m], shape)
         adv_m = decode_images(items["adv"].to_numpy()[:m], shape)
         hook = hook_item(_component("attack", payload["attack"]), catalog)
-        hook_img = torch.from_numpy(np.array(catalog.images[hook : hook + 1])).float() / 255
+        hook_img = to_float(catalog.images[hook : hook + 1])
         np.savez_compressed(
             folder / "embeddings.npz",
             reference=reference.numpy().astype(np.float32),

@@ -44,8 +44,7 @@ from aipray.metrics.ranking import (
 )
 from aipray.metrics.stats import paired_t_test
 from aipray.models.base import Recommender
-
-ImageMap = Callable[[torch.Tensor], torch.Tensor]
+from aipray.pixels import ImageMap, to_float
 
 #: per-item groups of hit rates: the cold item and the user's ordinary test item
 GROUPS = ("cooperative", "adversarial", "ordinary", "ordinary_attacked", "ordinary_undefended")
@@ -59,11 +58,6 @@ def no_defense() -> ImageMap:
 
 def is_identity(defense: ImageMap) -> bool:
     return bool(getattr(defense, "identity", False))
-
-
-def as_float(images: np.ndarray) -> torch.Tensor:
-    """uint8 ``[B, 3, H, W]`` (array or memmap rows) → float in [0, 1]."""
-    return torch.from_numpy(np.array(images)).float() / 255.0
 
 
 # --- first stage ----------------------------------------------------------------------------------
@@ -180,7 +174,7 @@ def candidate_scores(
     codes = []
     for start in range(0, needed.size, 256):
         ids = needed[start : start + 256]
-        images = as_float(catalog.images[ids]).to(device)
+        images = to_float(catalog.images[ids], device)
         codes.append(served.encode_items(defense(images), torch.as_tensor(ids, device=device)))
     codes_t = torch.cat(codes)
     scores = np.empty(fixed.shape, dtype=np.float32)
@@ -339,7 +333,7 @@ def attack(
     hook = getattr(config, "hook", None)
     hook = catalog.most_popular_item() if hook is None else int(hook)
     inputs = AttackInputs(
-        hook_image=as_float(catalog.images[hook : hook + 1])[0],
+        hook_image=to_float(catalog.images[hook]),
         classifier=classifier,
         target_class=target_class,
     )
@@ -369,7 +363,7 @@ def evaluate(
     rows = []
     for start in range(0, ids.size, batch_size):
         chunk = ids[start : start + batch_size]
-        out, _ = evaluator(as_float(catalog.images[chunk]), chunk)
+        out, _ = evaluator(to_float(catalog.images[chunk]), chunk)
         rows.append(pd.DataFrame(out))
     frame = pd.concat(rows, ignore_index=True)
     return reduce_items(frame, context.set_sizes), frame

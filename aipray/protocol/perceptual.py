@@ -38,11 +38,11 @@ from aipray.metrics.image import l2, linf_255, psnr, ssim
 from aipray.metrics.perceptual import feature_loss
 from aipray.models.base import Recommender
 from aipray.models.extractor import Extractor, predict_classes
+from aipray.pixels import to_float, to_uint8
 
 MODES = ("poisoning", "evasion")
 #: cut-offs of the category metrics; CHR@20 is the papers' headline
 CUTOFFS = CATEGORY_CUTOFFS
-ImageMap = Callable[[torch.Tensor], torch.Tensor]
 
 
 # --- categories -----------------------------------------------------------------------------------
@@ -223,10 +223,10 @@ def attack_items(
     rows, images = [], []
     for start in range(0, len(item_ids), batch_size):
         chunk = np.asarray(item_ids[start : start + batch_size])
-        clean = torch.from_numpy(np.array(catalog.images[chunk])).float() / 255.0
+        clean = to_float(catalog.images[chunk])
         out, adv = attacker(clean, chunk)
         rows.append(pd.DataFrame(out))
-        images.append(torch.round(adv * 255).to(torch.uint8).cpu().numpy())
+        images.append(to_uint8(adv).cpu().numpy())
     if not rows:
         return pd.DataFrame(), np.zeros((0, *catalog.image_shape), dtype=np.uint8)
     return pd.concat(rows, ignore_index=True), np.concatenate(images)

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from aipray.models.extractor.network import Extractor
+from aipray.pixels import to_float
 
 
 def _batches(
@@ -24,10 +25,7 @@ def _batches(
     n = images.shape[0] if items is None else len(items)
     for i in range(0, n, batch_size):
         rows = slice(i, i + batch_size) if items is None else items[i : i + batch_size]
-        chunk = images[rows]
-        if isinstance(chunk, np.ndarray):
-            chunk = torch.from_numpy(np.array(chunk))
-        yield chunk.to(device, torch.float32) / 255.0
+        yield to_float(images[rows], device)
 
 
 def _device_of(extractor: Extractor, device: str | torch.device | None) -> torch.device:

@@ -22,7 +22,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from aipray.linf import linf_ascent
 from aipray.models.train import TrainResult
+from aipray.pixels import to_float
 
 log = logging.getLogger(__package__)
 
@@ -41,7 +43,8 @@ def pgd(
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
     """Untargeted L∞ PGD (Madry et al. 2018): ``steps`` signed-gradient ascents of the
-    cross-entropy of ``step_size``, each projected onto ``‖δ‖∞ ≤ eps/255`` and ``[0, 1]``.
+    cross-entropy of ``step_size``, each projected onto ``‖δ‖∞ ≤ eps/255`` and ``[0, 1]``
+    (the attacks' engine, :func:`~aipray.linf.linf_ascent`, without the 8-bit rounding).
 
     Args:
         model: images ``[B, 3, H, W]`` in [0, 1] → logits ``[B, K]``; used in whatever mode
@@ -57,20 +60,21 @@ def pgd(
     Returns:
         ``[B, 3, H, W]`` adversarial images in [0, 1], detached (not quantised to 8 bits).
     """
-    x = images.detach()
-    bound, alpha = eps / 255.0, step_size / 255.0
-    delta = torch.zeros_like(x)
-    if random_start:
-        noise = torch.rand(x.shape, generator=generator, dtype=x.dtype)
-        delta = ((2 * noise - 1).to(x.device) * bound + x).clamp(0.0, 1.0) - x
-    for _ in range(steps):
-        delta.requires_grad_(True)
-        loss = F.cross_entropy(model(x + delta), labels, reduction="sum")
-        (grad,) = torch.autograd.grad(loss, delta)
-        with torch.no_grad():
-            delta = (delta + alpha * grad.sign()).clamp(-bound, bound)
-            delta = (x + delta).clamp(0.0, 1.0) - x
-    return (x + delta).detach()
+
+    def objective(x_adv: torch.Tensor, step: int) -> torch.Tensor:
+        return F.cross_entropy(model(x_adv), labels, reduction="none")
+
+    return linf_ascent(
+        images,
+        objective,
+        eps=eps,
+        steps=steps,
+        lr=step_size / 255.0,
+        method="sign",
+        random_start=random_start,
+        generator=generator,
+        quantize=False,
+    )
 
 
 def robust_accuracy(
@@ -205,7 +209,7 @@ def fit_robust_classifier(
 
     def holdout_accuracy(eps: float) -> float:  # uint8 → [0, 1] one batch at a time
         batches = (
-            (x[torch.as_tensor(rows)].to(torch.float32) / 255.0, y[torch.as_tensor(rows)])
+            (to_float(x[torch.as_tensor(rows)]), y[torch.as_tensor(rows)])
             for rows in np.array_split(hold, math.ceil(hold.size / 256))
         )
         return _correct(model, batches, eps=eps, steps=steps, step_size=step) / hold.size
@@ -228,7 +232,7 @@ def fit_robust_classifier(
         total, count = 0.0, 0
         for i in range(0, perm.size, batch_size):
             idx = torch.as_tensor(perm[i : i + batch_size])
-            xb = x[idx].to(device, torch.float32) / 255.0
+            xb = to_float(x[idx], device)
             if rng.uniform() < 0.5:
                 xb = xb.flip(-1)
             yb = y[idx].to(device)
