@@ -215,14 +215,14 @@ def test_plateau_stops_each_image_when_its_objective_stops_rising():
 def test_expa_early_stop_keeps_the_bound_and_reports_steps():
     m = tiny_models()["dvbpr"]
     x = images(4)
-    full = make("expa", m, 16, steps=40, lr=0.02)
-    adv_full = full(x)
-    assert full.steps_used.tolist() == [40] * 4
+    full = make("expa", m, 16, steps=40, lr=0.02).run(x)
+    adv_full = full.images
+    assert full.steps.tolist() == [40] * 4
     # a window longer than the run never stops: the same images as AIP's fixed steps
     assert torch.equal(make("expa", m, 16, steps=40, lr=0.02, patience=40)(x), adv_full)
-    early = make("expa", m, 16, steps=400, lr=0.02, patience=5, tol=0.01)
-    adv = early(x)
-    assert (early.steps_used < 400).all() and (early.steps_used >= 5).all()
+    early = make("expa", m, 16, steps=400, lr=0.02, patience=5, tol=0.01).run(x)
+    adv = early.images
+    assert (early.steps < 400).all() and (early.steps >= 5).all()
     assert ((adv - x).abs().amax() * 255).item() <= 16 + 1e-4
     assert torch.equal(x, images(4))  # input untouched
 

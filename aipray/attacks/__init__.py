@@ -1,12 +1,20 @@
 """Attacks on item images; importing this package registers them."""
 
 from aipray.attacks import cw, expa, insa, noise, sema, taamr
-from aipray.attacks.base import ATTACKS, Attack, AttackInputs, linf_ascent, quantize_within
+from aipray.attacks.base import (
+    ATTACKS,
+    Attack,
+    AttackInputs,
+    AttackResult,
+    linf_ascent,
+    quantize_within,
+)
 
 __all__ = [
     "ATTACKS",
     "Attack",
     "AttackInputs",
+    "AttackResult",
     "cw",
     "expa",
     "insa",

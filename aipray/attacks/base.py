@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+import numpy as np
 import torch
 
 from aipray.linf import Objective, Plateau, linf_ascent, quantize_within  # noqa: F401 re-exported
@@ -31,9 +32,29 @@ class AttackInputs:
     target_class: int | None = None
 
 
+@dataclass(frozen=True)
+class AttackResult:
+    """What an attack produces for a batch of ``B`` items (:meth:`Attack.run`).
+
+    Attributes:
+        images: ``[B, 3, H, W]`` adversarial images on the 8-bit grid.
+        steps: ``[B]`` updates each image received, where that varies from image to image (an
+            early stop); ``None`` otherwise.
+    """
+
+    images: torch.Tensor
+    steps: np.ndarray | None = None
+
+
 class Attack:
     """Base class: ``attack(images [B,3,H,W] in [0,1], item_ids [B]) → adversarial images on the
     8-bit grid``.
+
+    What an attack produces per item is declared here, for every protocol to read: the images
+    (``__call__``), the images with the steps each used (:meth:`run`, an
+    :class:`AttackResult`), and whether each image reached the attack's own goal
+    (:meth:`success`, ``None`` for attacks without one) with that goal's :attr:`target` class.
+    A subclass implements ``__call__``, or :meth:`run` when it has more to say than the images.
 
     ``knowledge`` says what the attack depends on, which decides what its stored images are keyed
     by and shared across: ``"ranker"`` (INSA: one set per trained ranker), ``"feature_network"``
@@ -50,8 +71,8 @@ class Attack:
     requires: ClassVar[tuple[str, ...]] = ()
     #: bumped when the algorithm changes, so images made by the old one are not reused
     version: ClassVar[int] = 1
-    #: the updates each image of the last call received, where that varies (an early stop)
-    steps_used: Any = None
+    #: the class a classifier-targeted attack pushes towards; ``None`` for the others
+    target: int | None = None
 
     def __init__(self, config: Any, model: torch.nn.Module | None, inputs: AttackInputs) -> None:
         self.config = config
@@ -59,7 +80,18 @@ class Attack:
         self.inputs = inputs
 
     def __call__(self, images: torch.Tensor, item_ids: torch.Tensor | None = None) -> torch.Tensor:
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} must define __call__ or run")
+
+    def run(self, images: torch.Tensor, item_ids: torch.Tensor | None = None) -> AttackResult:
+        """The adversarial images of ``images`` ``[B, 3, H, W]`` in [0, 1] (of items
+        ``item_ids``), with the steps each used where that varies."""
+        return AttackResult(self(images, item_ids))
+
+    def success(self, adversarial: torch.Tensor) -> torch.Tensor | None:
+        """``[B]`` bool: whether each adversarial image reached the attack's own goal (a
+        classifier attack: its :attr:`target` class), or ``None`` when the attack has no goal
+        of its own (the ranker attacks: the protocol measures what they did)."""
+        return None
 
     @classmethod
     def missing(cls, model_cls: type) -> str | None:

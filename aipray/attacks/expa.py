@@ -15,7 +15,14 @@ from dataclasses import dataclass
 
 import torch
 
-from aipray.attacks.base import ATTACKS, Attack, AttackInputs, Plateau, linf_ascent
+from aipray.attacks.base import (
+    ATTACKS,
+    Attack,
+    AttackInputs,
+    AttackResult,
+    Plateau,
+    linf_ascent,
+)
 from aipray.models.base import Recommender
 from aipray.params import Settings, param
 
@@ -47,6 +54,9 @@ class EXPA(Attack):
             raise ValueError("EXPA needs the hook item's image")
 
     def __call__(self, images: torch.Tensor, item_ids: torch.Tensor | None = None) -> torch.Tensor:
+        return self.run(images, item_ids).images
+
+    def run(self, images: torch.Tensor, item_ids: torch.Tensor | None = None) -> AttackResult:
         hook = self.inputs.hook_image.to(images.device).unsqueeze(0)
         with torch.no_grad():
             target = self.model.feature_network(hook)  # [1, F]
@@ -66,5 +76,4 @@ class EXPA(Attack):
             plateau=plateau,
             steps_taken=used,
         )
-        self.steps_used = used.numpy()
-        return adv
+        return AttackResult(adv, used.numpy())

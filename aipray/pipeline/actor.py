@@ -209,28 +209,16 @@ def make_metric(lpips: dict[str, Any] | None, device: torch.device):
     return make_lpips(LPIPSConfig(**lpips), device, quiet=True)
 
 
-def hook_item(attack: Component, catalog: Catalog) -> int:
-    """The attack's configured hook item, or the most-interacted training item."""
-    hook = getattr(attack.config, "hook", None)
-    return catalog.most_popular_item() if hook is None else int(hook)
-
-
 def attack_inputs(
     attack: Component, catalog: Catalog, paths: StagePaths, device: torch.device
 ) -> AttackInputs:
-    """What the attack may know besides the ranker: the hook item's image (the configured one, or
-    the most-interacted training item), and for classifier attacks the extractor's classifier and
-    its most popular class."""
-    hook = hook_item(attack, catalog)
-    hook_image = to_float(catalog.images[hook])
+    """:func:`aipray.protocol.aip.attack_inputs`, with the stored extractor's classifier and its
+    most popular class for classifier attacks."""
     if ATTACKS.get(attack.name).knowledge != "classifier":
-        return AttackInputs(hook_image=hook_image)
+        return aip.attack_inputs(attack.config, catalog)
     info = read_extractor_info(paths.extractor)
-    return AttackInputs(
-        hook_image=hook_image,
-        classifier=load_extractor(paths.extractor, device),
-        target_class=int(info["target_class"]),
-    )
+    classifier = load_extractor(paths.extractor, device)
+    return aip.attack_inputs(attack.config, catalog, classifier, int(info["target_class"]))
 
 
 def _component(kind: str, d: dict[str, Any]) -> Component:

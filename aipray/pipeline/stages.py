@@ -108,18 +108,9 @@ def stage_paths(sweep: SweepConfig, trial: TrialSpec) -> StagePaths:
     ctx_key = config_key([model_key, cand_key, trial.defense.as_dict()])
     bare_key = config_key([model_key, cand_key, NO_DEFENSE.as_dict()])
     # an attack's images depend on what the attacker knows, and are shared accordingly
-    attack_cls = ATTACKS.get(trial.attack.name)
     sources = {"ranker": model_key, "classifier": ext_key, "none": ds_key}
     sources["feature_network"] = ext_key if model_cls.features_from_extractor else model_key
-    source_key = sources[attack_cls.knowledge]
-    attack_key = config_key(
-        [
-            source_key,
-            trial.attack.as_dict(),
-            attack_cls.version,
-            attack_cls.fingerprint(trial.attack.config),
-        ]
-    )
+    attack_key = attack_images_key(sources[ATTACKS.get(trial.attack.name).knowledge], trial.attack)
     result_parts = [ctx_key, bare_key, attack_key, sweep.examples, RESULT_VERSION]
     if sweep.lpips is not None:  # results without LPIPS keep their keys
         result_parts.append(sweep.lpips.fingerprint())
@@ -152,16 +143,8 @@ def _push_paths(
     push = trial.push.config
     rule = {k: getattr(push, k) for k in ("origin", "target", "min_share")}
     push_key = config_key([ext_key, bpr_key, rule, PUSH_VERSION])
-    attack_cls = ATTACKS.get(trial.attack.name)
-    attack_key = config_key(
-        [
-            push_key,
-            trial.attack.as_dict(),
-            attack_cls.version,
-            attack_cls.fingerprint(trial.attack.config),
-            sweep.lpips.fingerprint() if sweep.lpips is not None else None,
-        ]
-    )
+    lpips = sweep.lpips.fingerprint() if sweep.lpips is not None else None
+    attack_key = attack_images_key(push_key, trial.attack, lpips)
     result_key = config_key([model_key, attack_key, push.mode, RESULT_VERSION])
     unused = store.path("contexts", "unused", model_key)
     return StagePaths(
@@ -175,6 +158,17 @@ def _push_paths(
         attack=store.path("pushes", trial.attack.name, attack_key),
         result=store.path("trials", trial.model.name, result_key),
         push=store.path("pushes", "classes", push_key),
+    )
+
+
+def attack_images_key(source_key: str, attack: Component, *more: Any) -> str:
+    """The key of an attack's stored images: the key of what the attacker knows (a ranker, a
+    feature network, an extractor, a dataset, a category push), the attack's config, its
+    ``version`` and :meth:`~aipray.attacks.base.Attack.fingerprint`, and ``more`` (what else a
+    protocol stores beside the images)."""
+    cls = ATTACKS.get(attack.name)
+    return config_key(
+        [source_key, attack.as_dict(), cls.version, cls.fingerprint(attack.config), *more]
     )
 
 

@@ -32,12 +32,12 @@ from aipray.pipeline.actor import (
     TrialActor,
     _component,
     decode_images,
-    hook_item,
     map_with_actors,
     partial_folder,
 )
 from aipray.pipeline.stages import StagePaths, first_stage_health, load_context
 from aipray.pixels import to_float, to_uint8
+from aipray.protocol import aip
 from aipray.protocol.aip import reduce_items
 from aipray.store import atomic_dir, done
 
@@ -186,7 +186,7 @@ def write_examples(
         )
         clean_m = decode_images(cold["image"].to_numpy()[:m], shape)
         adv_m = decode_images(items["adv"].to_numpy()[:m], shape)
-        hook = hook_item(_component("attack", payload["attack"]), catalog)
+        hook = aip.hook_item(_component("attack", payload["attack"]).config, catalog)
         hook_img = to_float(catalog.images[hook : hook + 1])
         np.savez_compressed(
             folder / "embeddings.npz",

@@ -246,9 +246,9 @@ class ColdItemEvaluator:
         if adversarial is None:
             if self.attack is None:
                 raise ValueError("no attack and no adversarial images to evaluate")
-            adv = self.attack(clean, torch.as_tensor(item_ids, device=self.device))
+            result = self.attack.run(clean, torch.as_tensor(item_ids, device=self.device))
+            adv, steps = result.images, result.steps
             seconds = np.full(clean.shape[0], (time.perf_counter() - start) / len(clean))
-            steps = getattr(self.attack, "steps_used", None)
         else:
             adv = adversarial.to(self.device)
             seconds = np.full(clean.shape[0], np.nan)
@@ -281,9 +281,9 @@ class ColdItemEvaluator:
                     out[f"{group}/hr_at_{k}"] = rates[k].cpu().numpy()
             if self.lpips is not None:
                 out["lpips"] = self.lpips(clean, adv).cpu().numpy()
-            success = getattr(self.attack, "success", None)
+            success = None if self.attack is None else self.attack.success(adv)
             if success is not None:
-                out["success"] = success(adv).float().cpu().numpy()
+                out["success"] = success.float().cpu().numpy()
         return out, adv
 
 
@@ -330,14 +330,29 @@ def attack(
     knowing the catalog's most-interacted training item (the hook) unless ``hook`` is set."""
     cls = ATTACKS.get(name)
     config = cls.Config(**settings)
+    return cls(config, model, attack_inputs(config, catalog, classifier, target_class))
+
+
+def hook_item(config: Any, catalog: Catalog) -> int:
+    """The hook item EXPA and c-SEMA lean on: the attack config's ``hook``, or the catalog's
+    most-interacted training item."""
     hook = getattr(config, "hook", None)
-    hook = catalog.most_popular_item() if hook is None else int(hook)
-    inputs = AttackInputs(
-        hook_image=to_float(catalog.images[hook]),
+    return catalog.most_popular_item() if hook is None else int(hook)
+
+
+def attack_inputs(
+    config: Any,
+    catalog: Catalog,
+    classifier: torch.nn.Module | None = None,
+    target_class: int | None = None,
+) -> AttackInputs:
+    """What an attack with ``config`` may know besides the ranker: the image of its
+    :func:`hook_item`, and the classifier and target class (for classifier attacks)."""
+    return AttackInputs(
+        hook_image=to_float(catalog.images[hook_item(config, catalog)]),
         classifier=classifier,
         target_class=target_class,
     )
-    return cls(config, model, inputs)
 
 
 def evaluate(

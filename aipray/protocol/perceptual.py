@@ -176,7 +176,7 @@ class OriginItemAttacker:
         lpips: Callable | None = None,
         target: int | None = None,
     ) -> None:
-        self.target = getattr(attack, "target", None) if target is None else int(target)
+        self.target = attack.target if target is None else int(target)
         self.attack = attack
         self.extractor = extractor
         self.lpips = lpips
