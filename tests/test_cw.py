@@ -123,6 +123,22 @@ def test_batch_is_items_one_by_one(clf):
     torch.testing.assert_close(l2(together, x), l2(alone, x), atol=2 / 255, rtol=0)
 
 
+def test_without_the_early_stop_the_perturbation_is_no_longer(clf):
+    # the default keeps every step of every binary step as a candidate; the early stop freezes an
+    # image once its loss stalls, so it can only miss shorter successes (success is judged on the
+    # returned, 8-bit-rounded image)
+    x = not_target(8)
+    default = cw(clf, steps=200, lr=0.01, initial_const=1.0, binary_steps=3)
+    stopped = cw(clf, steps=200, lr=0.01, initial_const=1.0, binary_steps=3, abort_early=True)
+    assert not CWConfig().abort_early
+    adv, adv_stopped = default(x), stopped(x)
+    ok, ok_stopped = default.success(adv), stopped.success(adv_stopped)
+    assert ok.all() and ok_stopped.all()
+    assert torch.equal(adv * 255, torch.round(adv * 255))
+    assert (l2(adv, x) <= l2(adv_stopped, x) + 1e-6).all()
+    assert l2(adv, x).sum() < l2(adv_stopped, x).sum()
+
+
 def test_config_bounds():
     assert CWConfig().steps == 1000 and CWConfig().eps is None
     assert CWConfig(eps=8).eps == 8.0
