@@ -93,9 +93,10 @@ def test_shipped_sweeps_parse(tmp_path, monkeypatch):
     # 2 rankers x 3 extractors x (noise, FGSM, PGD at 2 eps + C&W)
     assert counts["perceptual_synthetic.yaml"] == counts["perceptual.yaml"] == 2 * 3 * 7
     assert counts["quick.yaml"] == 16
-    # the AIP grids (172) + VBPR with β′ x INSA (4) + AMR's ε axis (6 x 2 ε, 2 shared) + c-SEMA
-    # at 64 px on 4 rankers
-    assert counts["paper_synthetic.yaml"] == 172 + 4 + 10 + 4
+    # the AIP grids (172) + VBPR with β′ x INSA (4) + AMR's ε axis in AMR's unit (6 x 2 ε; none
+    # shared with the main AMR, whose ε is relative to the mean norm) + c-SEMA at 64 px on 4
+    # rankers
+    assert counts["paper_synthetic.yaml"] == 172 + 4 + 12 + 4
     # attacks: 2 datasets x 12 rankers (AMR at 4 ε) x 17; defences: 2 x 4 x 2 x 12, minus the
     # 16 shared
     assert counts["full.yaml"] == 2 * 12 * 17 + 2 * 4 * 2 * 12 - 2 * 4 * 2

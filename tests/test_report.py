@@ -640,7 +640,7 @@ def test_setting_text_and_row_label():
     assert (
         setting_text("visual_bias", "True") == "β′" and setting_text("visual_bias", "False") == ""
     )
-    assert setting_text("adv_eps_relative", "0.25") == "ε_adv=0.25"
+    assert setting_text("adv_eps_relative", "0.25") == "ε_adv=0.25·mean‖f‖"
     assert setting_text("lr", "0.001") == "lr=0.001" and setting_text("dim", None) == ""
     parts = (("dim", "K=20"), ("visual_bias", "β′"))
     assert row_label("VBPR", parts) == "VBPR (K=20, β′)"
@@ -655,9 +655,9 @@ def test_labels_show_every_varying_setting(variants):
         f"{VBPR} (K=20)",
         f"{VBPR} (K=20, β′)",
         f"{VBPR} (K=50)",
-        f"{AMR} (ε_adv=0.1)",
-        f"{AMR} (ε_adv=0.5)",
-        f"{AMR} (ε_adv=1)",
+        f"{AMR} (ε_adv=0.1·mean‖f‖)",
+        f"{AMR} (ε_adv=0.5·mean‖f‖)",
+        f"{AMR} (ε_adv=1·mean‖f‖)",
     ]
     # on the other dataset nothing varies within a model: bare names
     assert list(table(variants["text"], "First stage and rankers", "synthetic_large")) == [
@@ -668,7 +668,7 @@ def test_labels_show_every_varying_setting(variants):
     t4 = table(variants["text"], "Table 4")
     assert t4[f"{VBPR} (K=20, β′)"]["INSA ε=16"] == "–"
     assert t4[f"{VBPR} (K=20, β′)"]["INSA ε=16 ordinary"] == "–"
-    assert t4[f"{AMR} (ε_adv=1)"]["INSA ε=16"] == "0.2000**"
+    assert t4[f"{AMR} (ε_adv=1·mean‖f‖)"]["INSA ε=16"] == "0.2000**"
 
 
 def test_first_stage_table_first_with_warning(variants, store):
@@ -686,7 +686,7 @@ def test_first_stage_table_first_with_warning(variants, store):
     assert t[f"{VBPR} (K=50)"]["val HR@10"] == "0.4500"
     assert t[f"{VBPR} (K=50)"]["full HR@10"] == "–"  # not logged by these runs
     assert t[f"{VBPR} (K=50)"]["test in top-C"] == ""  # the first stage's column only
-    assert t[f"{AMR} (ε_adv=0.5)"]["val HR@10"] == "0.3500"
+    assert t[f"{AMR} (ε_adv=0.5·mean‖f‖)"]["val HR@10"] == "0.3500"
     large = table(text, "First stage and rankers", "synthetic_large")
     assert large["first stage (BPR)"]["val HR@10"] == "0.1200"
     assert large[AMR]["val HR@10"] == "–"  # not logged: no training
@@ -711,19 +711,19 @@ def test_hr_vs_adv_eps(variants):
     assert not (figures / "hr_vs_adv_eps_synthetic_large.png").exists()
     title = f"HR@5 under INSA vs {AMR}'s ε"
     t = table(variants["text"], title)
-    assert t[f"{AMR} / 0.1"] == {
+    assert t[f"{AMR} / 0.1·mean‖f‖"] == {
         "random": "0.0500",
         "cooperative": "0.0100",
         "INSA ε=4": "0.2000**",
         "INSA ε=16": "0.6000**",
     }
-    assert t[f"{AMR} / 1"] == {
+    assert t[f"{AMR} / 1·mean‖f‖"] == {
         "random": "0.0500",
         "cooperative": "0.0120",
         "INSA ε=4": "0.0500",
         "INSA ε=16": "0.2000**",
     }
-    assert list(t) == [f"{AMR} / 0.1", f"{AMR} / 0.5", f"{AMR} / 1"]
+    assert list(t) == [f"{AMR} / 0.1·mean‖f‖", f"{AMR} / 0.5·mean‖f‖", f"{AMR} / 1·mean‖f‖"]
     section = variants["text"].split(f"## {title}", 1)[1].split("\n## ", 1)[0]
     assert "### synthetic_large" not in section
     assert (figures / "hr_vs_dim_synthetic.png").is_file()  # VBPR at K = 20 and 50
@@ -758,3 +758,54 @@ def test_datasets_with_different_settings_get_different_labels():
         "amazon_men",
     ]
     assert frame["dataset"].iloc[0] == "synthetic"  # the input is left as it was
+
+
+def test_amr_eps_labels_name_their_unit():
+    import pandas as pd
+
+    from aipray.report.tables import adv_eps_trials, table_adv_eps
+
+    runs = []
+    for unit, value, relative, adv in (
+        ("max_abs", "0.1", "None", 0.3),  # AMR's own scaling
+        ("max_abs", "0.5", "None", 0.1),
+        ("max_abs", "None", "None", 0.3),  # null: the unit's default, 0.1
+        ("relative_norm", "None", "0.05", 0.2),  # the earlier spelling
+        (None, None, "0.2", 0.15),  # a run from before adv_eps_unit existed
+    ):
+        runs.append(
+            {
+                "dataset": "synthetic",
+                "model": "amr",
+                "attack": "insa",
+                "eps": 8.0,
+                "family": "none",
+                "model.adv_eps": value,
+                "model.adv_eps_unit": unit,
+                "model.adv_eps_relative": relative,
+                "adversarial/hr_at_5": adv,
+                "cooperative/hr_at_5": 0.01,
+                "random/hr_at_5": 0.05,
+                "p_value_hr_at_5": 1e-3,
+                "ordinary/hr_at_5": 0.2,
+                "ordinary_attacked/hr_at_5": 0.2,
+                "ordinary_undefended/hr_at_5": 0.2,
+            }
+        )
+    frame = prepare(pd.DataFrame(runs))
+    assert list(frame["row"]) == [
+        f"{AMR} (ε_adv=0.1·max|f|)",
+        f"{AMR} (ε_adv=0.5·max|f|)",
+        f"{AMR} (ε_adv=0.1·max|f|)",
+        f"{AMR} (ε_adv=0.05·mean‖f‖)",
+        f"{AMR} (ε_adv=0.2·mean‖f‖)",
+    ]
+    trials = adv_eps_trials(frame)
+    assert set(trials["series"]) == {
+        f"{AMR} [ε_adv in max|f|]",
+        f"{AMR} [ε_adv in mean‖f‖]",
+    }
+    t = table_adv_eps(frame)
+    block = t.blocks["synthetic"]
+    assert list(block["ε_adv"]) == ["0.05·mean‖f‖", "0.2·mean‖f‖", "0.1·max|f|", "0.5·max|f|"]
+    assert "global max |f| (AMR's code)" in t.note and "mean feature norm" in t.note

@@ -18,14 +18,16 @@ from aipray.params import Settings, param
 class BPRConfig(Settings):
     """First-stage BPR. ``reg`` is BPR-Opt's λ on the rows of each training triple (γ_u, γ_i,
     γ_j, β_i, β_j). AIP trained 64 factors with SGD lr 0.01 (Amazon) / 0.5 (Tradesy) and weight
-    decay 1e-3."""
+    decay 1e-3. ``epochs`` is the most it trains: it stops once validation HR@10 has not improved
+    for ``patience`` epochs (null = never) and keeps its best epoch."""
 
     factors: int = param(64, min=1)
     lr: float = param(0.01, min=0)
     reg: float = param(1e-4, min=0)
     optimizer: str = param("adam", choices=("adam", "sgd"))
-    epochs: int = param(30, min=1)
+    epochs: int = param(100, min=1)
     batch_size: int = param(4096, min=1)
+    patience: int | None = param(5, min=1, doc="epochs without a validation gain before stopping")
 
 
 @MODELS.register("bpr")

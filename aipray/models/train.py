@@ -29,6 +29,8 @@ class TrainResult:
     best_epoch: int
     best_score: float
     history: list[dict[str, float]] = field(default_factory=list)
+    #: epochs trained (fewer than the maximum when validation stopped improving)
+    epochs_run: int = 0
     seconds: float = 0.0
     #: what training derived besides the weights (AMR: the absolute ε of its adversary)
     info: dict[str, float] = field(default_factory=dict)
@@ -38,12 +40,18 @@ class TrainResult:
 class FeatureAdversary:
     """AMR's training-time adversary (He et al. SIGIR 2018; Tang et al. TKDE 2019): after
     ``clean_epochs`` plain epochs, each batch also pays ``weight · L_BPR`` on visual features moved
-    by ``Δ = ε · g/‖g‖`` (``g`` = the BPR loss gradient w.r.t. each item's features), with
-    ``ε = eps_relative ×`` the mean L2 norm of the warm items' features."""
+    by ``Δ = ε · g/‖g‖`` (``g`` = the BPR loss gradient w.r.t. each item's features). ``unit``
+    says what ``eps`` is measured in: ``max_abs`` (AMR's own code: the features the model sees
+    are already divided by the warm items' global max |f|, and ε = ``eps`` in those units) or
+    ``relative_norm`` (ε = ``eps ×`` the mean L2 norm of the warm items' features).
+    ``clean_epochs`` ``None``: the plain phase lasts until validation stops improving (the
+    training's ``patience``), at most half the epochs, then its best weights go on with the
+    adversary."""
 
-    eps_relative: float
+    eps: float
     weight: float
-    clean_epochs: int = 0
+    clean_epochs: int | None = 0
+    unit: str = "relative_norm"
 
 
 def sample_negatives(
@@ -124,6 +132,8 @@ def fit_bpr(
     val_negatives: int = 100,
     reg: float = 0.0,
     adversary: FeatureAdversary | None = None,
+    encoder=None,
+    patience: int | None = None,
 ) -> TrainResult:
     """Train ``model`` with BPR-Opt (Rendle et al. 2009): ``−ln σ(p_ui − p_uj) + reg·‖Θ_uij‖²``
     averaged over (user, positive, negative) triplets, one pass over the training interactions
@@ -132,19 +142,32 @@ def fit_bpr(
     (Adam's ``weight_decay`` on embedding tables would shrink every row at every step, and
     collapses rarely sampled users and items to zero). Parameters every step uses (VBPR's E,
     DVBPR's CNN) can take weight decay through ``param_groups``. ``adversary`` adds AMR's
-    adversarial term (needs an encoder with ``features``/``encode``, as VBPR's).
-    Keeps the epoch with the best validation HR@10 against ``val_negatives`` sampled items."""
+    adversarial term (needs an encoder with ``features``/``encode``, as VBPR's); ``encoder``
+    replaces ``model.training_encoder(catalog.images)`` (a model that has computed it already).
+    Keeps the epoch with the best validation HR@10 against ``val_negatives`` sampled items;
+    with ``patience``, ``epochs`` is a maximum and training stops once validation HR@10 has not
+    improved for ``patience`` epochs (for AMR: adversarially trained epochs)."""
+    if adversary is not None and adversary.clean_epochs is None and patience is None:
+        raise ValueError("an adversary with clean_epochs=None needs a patience")
     start = time.perf_counter()
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
-    encoder = model.training_encoder(catalog.images)  # uint8 [N, 3, H, W], may be a memmap
+    if encoder is None:
+        encoder = model.training_encoder(catalog.images)  # uint8 [N, 3, H, W], may be a memmap
     warm = np.flatnonzero(catalog.warm_mask())
     train_keys = interaction_keys(catalog, held_out=False)
     negatives = validation_negatives(catalog, val_negatives, seed + 1)
     if adversary is not None:
+        # in the units of the features the model sees (AMR's max_abs: scaled to max |f| = 1)
         norms = encoder.features(torch.as_tensor(warm, device=device)).norm(dim=1)
-        adv_eps = adversary.eps_relative * float(norms.mean())
-        result_info = {"adv_eps": adv_eps, "mean_feature_norm": float(norms.mean())}
+        adv_eps = adversary.eps
+        if adversary.unit == "relative_norm":
+            adv_eps = adversary.eps * float(norms.mean())
+        result_info = {
+            "adv_eps": adv_eps,
+            "mean_feature_norm": float(norms.mean()),
+            "feature_scale": float(getattr(model, "feature_scale", 1.0)),
+        }
     else:
         adv_eps, result_info = 0.0, {}
     opt_cls = {"adam": torch.optim.Adam, "sgd": torch.optim.SGD}[optimizer]
@@ -152,7 +175,11 @@ def fit_bpr(
     best_state, best = copy.deepcopy(model.state_dict()), -1.0
     result = TrainResult(best_epoch=0, best_score=-1.0, info=result_info)
     n = catalog.train_users.size
+    # AMR: the epoch after which the adversary trains (None: once the plain phase plateaus)
+    adv_from = None if adversary is None else adversary.clean_epochs
+    plain_state, plain_best, stale = None, -1.0, 0
     for epoch in range(1, epochs + 1):
+        adversarial = adv_from is not None and epoch > adv_from
         model.train()
         order = rng.permutation(n)
         total = 0.0
@@ -173,7 +200,7 @@ def fit_bpr(
                 p_neg = (uvec * codes[inv_t[idx.size :]]).sum(-1)  # noqa: B023
                 return -F.logsigmoid(p_pos - p_neg).mean()
 
-            if adversary is not None and epoch > adversary.clean_epochs:
+            if adversarial:
                 # AMR: the worst-case feature perturbation of size eps for this batch
                 feats = encoder.features(uniq_t).detach().requires_grad_(True)
                 loss = bpr_loss(encoder.encode(feats, uniq_t))
@@ -194,11 +221,39 @@ def fit_bpr(
         hr = validation_hr(model, encoder, catalog, negatives, device)
         result.history.append({"epoch": epoch, "loss": total / n, "val_hr_at_10": hr})
         log.info("%s epoch %d loss %.4f val HR@10 %.4f", model.name, epoch, total / n, hr)
-        # AMR keeps the best adversarially trained epoch, never a plain-BPR one
-        eligible = adversary is None or epoch > min(adversary.clean_epochs, epochs - 1)
+        result.epochs_run = epoch
+        # AMR keeps the best adversarially trained epoch, never a plain-BPR one (unless training
+        # ends before the adversary starts: then its last epoch)
+        eligible = adversary is None or adversarial or epoch == epochs
         if eligible and hr > best:
             best, best_state = hr, copy.deepcopy(model.state_dict())
             result.best_epoch, result.best_score = epoch, hr
+            stale = 0
+        elif eligible:
+            stale += 1
+        if adversary is not None and adv_from is None:  # AMR's plain phase, until it plateaus
+            if hr > plain_best:
+                plain_best, plain_state, stale = hr, copy.deepcopy(model.state_dict()), 0
+            else:
+                stale += 1
+            if stale >= patience or epoch >= epochs // 2:
+                adv_from, stale = epoch, 0
+                model.load_state_dict(plain_state)  # the adversary trains the best plain model
+                result.info["clean_epochs"] = float(epoch)
+                log.info("%s: plain phase ends at epoch %d (best %.4f)", model.name, epoch, hr)
+            continue
+        if patience is not None and eligible and stale >= patience and epoch < epochs:
+            log.info(
+                "%s: stopped at epoch %d of at most %d, no gain for %d epochs; best epoch %d "
+                "(val HR@10 %.4f)",
+                model.name,
+                epoch,
+                epochs,
+                patience,
+                result.best_epoch,
+                best,
+            )
+            break
     model.load_state_dict(best_state)
     model.eval()
     result.seconds = time.perf_counter() - start
@@ -215,10 +270,11 @@ def fit_with(
     seed: int,
     reg: float,
     adversary: FeatureAdversary | None = None,
+    encoder=None,
 ) -> tuple[Recommender, dict]:
     """:func:`fit_bpr` with a model config's ``epochs``, ``batch_size``, ``lr`` (and
-    ``optimizer``, default Adam): the common part of the models' training recipes. Returns the
-    trained model and what training recorded."""
+    ``optimizer``, default Adam; ``patience``, default none): the common part of the models'
+    training recipes. Returns the trained model and what training recorded."""
     result = fit_bpr(
         model,
         catalog,
@@ -231,6 +287,8 @@ def fit_with(
         seed=seed,
         reg=reg,
         adversary=adversary,
+        encoder=encoder,
+        patience=getattr(config, "patience", None),
     )
     return model, dataclasses.asdict(result)
 

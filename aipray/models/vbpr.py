@@ -28,15 +28,18 @@ from aipray.params import Settings, param
 class VBPRConfig(Settings):
     """VBPR training. AIP: K = K' = 100, BPR loss with L2 weight λ (``reg``, on the rows of each
     training triple: γ_u, θ_u, γ_i, γ_j, β_i, β_j) and λ_E (``reg_visual``, weight decay on E and
-    β′, which every step uses). ``visual_bias`` adds He & McAuley's β′·f (not in AIP)."""
+    β′, which every step uses). ``visual_bias`` adds He & McAuley's β′·f (not in AIP).
+    ``epochs`` is the most it trains: it stops once validation HR@10 has not improved for
+    ``patience`` epochs (null = never) and keeps its best epoch."""
 
     dim: int = param(100, axis=True, min=1)
     lr: float = param(1e-3, min=0)
     reg: float = param(1e-4, min=0)
     reg_visual: float = param(1e-4, min=0)
-    epochs: int = param(20, min=1)
+    epochs: int = param(100, min=1)
     batch_size: int = param(1024, min=1)
     visual_bias: bool = param(False, axis=True)
+    patience: int | None = param(5, min=1, doc="epochs without a validation gain before stopping")
 
     def adversary(self) -> Any:
         """The training-time adversary on the visual features (none for plain VBPR)."""
@@ -59,6 +62,7 @@ class VBPR(Recommender):
         dim: int,
         extractor_spec: dict[str, Any],
         visual_bias: bool = False,
+        feature_scale: float = 1.0,
     ) -> None:
         super().__init__()
         self.init_args = {
@@ -67,7 +71,12 @@ class VBPR(Recommender):
             "dim": dim,
             "extractor_spec": extractor_spec,
             "visual_bias": visual_bias,
+            "feature_scale": float(feature_scale),
         }
+        # the constant the extractor's features are multiplied by before E and β′ (AMR's code:
+        # 1 / the warm items' global max |f|; 1 for VBPR); saved with the model (init_args), so
+        # cold and attacked images are scaled alike, and part of the graph down to the pixels
+        self.register_buffer("feature_scale", torch.tensor(float(feature_scale)), persistent=False)
         self.extractor = build_extractor(extractor_spec)
         self.extractor.eval().requires_grad_(False)
         feature_dim = self.extractor.feature_dim
@@ -92,6 +101,15 @@ class VBPR(Recommender):
         model = cls(n_users, n_items, dim, extractor.spec, visual_bias=visual_bias)
         model.extractor.load_state_dict(extractor.state_dict())
         return model
+
+    def set_feature_scale(self, scale: float) -> None:
+        """Scale the extractor's features by ``scale`` from now on (and in checkpoints)."""
+        self.feature_scale.fill_(float(scale))
+        self.init_args["feature_scale"] = float(scale)
+
+    def visual_features(self, images: torch.Tensor) -> torch.Tensor:
+        """The features the model uses: ``feature_scale · Φ_f(X)``, differentiable in X."""
+        return self.extractor.features(images) * self.feature_scale
 
     def train(self, mode: bool = True) -> VBPR:
         super().train(mode)
@@ -128,20 +146,22 @@ class VBPR(Recommender):
     ) -> torch.Tensor:
         if images is None:
             raise ValueError("VBPR needs item images to compute visual features")
-        return self.encode_features(self.extractor.features(images), items)
+        return self.encode_features(self.visual_features(images), items)
 
     def feature_network(self, images: torch.Tensor) -> torch.Tensor:
+        # the extractor's own features: EXPA's images are shared by every ranker on the extractor
+        # (a constant feature_scale does not move the hook distance's minimiser)
         return self.extractor.features(images)
 
     def item_embedding(self, images: torch.Tensor) -> torch.Tensor:
-        """``E Φ_f(X)``: the visual item representation."""
-        return self.E(self.extractor.features(images))
+        """``E f``: the visual item representation."""
+        return self.E(self.visual_features(images))
 
     def preference(self, users: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
         """AIP eq. 6 for VBPR, linear in the features: ``Σ_u θ_u·(E f) = (Σ_u θ_u)·(E f)``, plus
         ``|users|·β′·f`` when the model has the visual bias (part of every user's score). A cold
         item's γ_i and β_i are zero. One forward pass for all users of the batch."""
-        features = self.extractor.features(images)
+        features = self.visual_features(images)
         value = self.E(features) @ self.theta_user(users).sum(0)
         if self.beta_visual is not None:
             value = value + self.beta_visual(features)[:, 0] * users.numel()
@@ -149,9 +169,8 @@ class VBPR(Recommender):
 
     def training_encoder(self, images: np.ndarray) -> FeatureEncoder:
         device = self.E.weight.device
-        return FeatureEncoder(
-            extract_features(self.extractor, images, device=device), self.encode_features
-        )
+        table = extract_features(self.extractor, images, device=device)
+        return FeatureEncoder(table * self.feature_scale, self.encode_features)
 
     def penalty(self, users: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
         rows = [self.gamma_user(users), self.theta_user(users)]
@@ -186,6 +205,15 @@ class VBPR(Recommender):
             {"params": shared, "weight_decay": config.reg_visual},
         ]
         adversary = config.adversary()
+        encoder = None
+        if adversary is not None and adversary.unit == "max_abs":
+            # AMR's own scaling (duxy-me/AMR, Dataset.py): divide every feature by the global
+            # max |f| of the training (warm) items' features, and keep that constant
+            raw = extract_features(model.extractor, catalog.images, device=device)
+            warm = torch.as_tensor(catalog.warm_mask(), device=raw.device)
+            peak = float(raw[warm].abs().max()) if bool(warm.any()) else 0.0
+            model.set_feature_scale(1.0 / peak if peak > 0 else 1.0)
+            encoder = FeatureEncoder(raw * model.feature_scale, model.encode_features)
         return fit_with(
             model,
             catalog,
@@ -195,6 +223,7 @@ class VBPR(Recommender):
             seed=seed,
             reg=config.reg,
             adversary=adversary,
+            encoder=encoder,
         )
 
 

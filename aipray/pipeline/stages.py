@@ -255,7 +255,13 @@ def train_bpr(sweep: SweepConfig, paths: StagePaths, device: torch.device) -> Pa
     )
     with atomic_dir(out) as tmp:
         model.cpu().save(tmp, {"training": training})
-    log.info("BPR validation HR@10 %.3f (%.0fs)", training["best_score"], training["seconds"])
+    log.info(
+        "BPR validation HR@10 %.3f at epoch %d of %d run (%.0fs)",
+        training["best_score"],
+        training["best_epoch"],
+        training["epochs_run"],
+        training["seconds"],
+    )
     return out
 
 
@@ -321,10 +327,11 @@ def train_ranker(
         log.info("%s ready (nothing to train)", trial.model.label)
     else:
         log.info(
-            "%s validation HR@10 %.3f at epoch %d, among all warm items %.3f (%.0fs)",
+            "%s validation HR@10 %.3f at epoch %d of %d run, among all warm items %.3f (%.0fs)",
             trial.model.label,
             training["best_score"],
             training["best_epoch"],
+            training.get("epochs_run", training["best_epoch"]),
             training["full_hr_at_10"],
             training["seconds"],
         )

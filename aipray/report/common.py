@@ -35,7 +35,18 @@ ATTACK_NAMES = {
 CLASSIFIER_ATTACKS = ("fgsm", "pgd")
 MODEL_PARAM = "model."  # prefix of the flattened model config among a trial's MLflow params
 # model settings a row label shows first, in this order; any other varying one follows by name
-LABEL_KEYS = ("dim", "visual_bias", "adv_eps_relative")
+LABEL_KEYS = ("dim", "visual_bias", "adv_eps")
+# AMR's adversary size: ``adv_eps`` in ``adv_eps_unit``, or (earlier runs) ``adv_eps_relative``;
+# rows show them as one setting, ``adv_eps``, that names its unit
+ADV_EPS_KEYS = ("adv_eps_relative", "adv_eps", "adv_eps_unit")
+#: ε_adv = value × this statistic of the training items' raw features
+ADV_EPS_UNIT_TEXT = {"max_abs": "max|f|", "relative_norm": "mean‖f‖"}
+ADV_EPS_UNIT_WORDS = {
+    "max_abs": "features divided by the training items' global max |f| (AMR's code)",
+    "relative_norm": "a fraction of the training items' mean feature norm",
+}
+# as aipray.models.amr.DEFAULT_ADV_EPS (not imported: the report does not need torch)
+DEFAULT_ADV_EPS = {"max_abs": 0.1, "relative_norm": 0.05}
 
 
 def attack_order(values: Iterable[str]) -> list[str]:
@@ -81,7 +92,8 @@ def eps_mask(values: pd.Series, eps: float) -> np.ndarray:
 
 
 def _absent(value: Any) -> bool:
-    return value is None or (isinstance(value, float) and math.isnan(value))
+    # MLflow params hold a config's None as the string "None"
+    return value is None or value == "None" or (isinstance(value, float) and math.isnan(value))
 
 
 def _as_number(value: Any) -> float | None:
@@ -104,8 +116,29 @@ def setting_text(key: str, value: Any) -> str:
     if key == "visual_bias":
         return "β′" if str(value).lower() in ("true", "1") else ""
     if key == "adv_eps_relative":
+        return f"ε_adv={shown}·{ADV_EPS_UNIT_TEXT['relative_norm']}"
+    if key == "adv_eps":
         return f"ε_adv={shown}"
     return f"{key}={shown}"
+
+
+def adv_eps_setting(run: Any) -> tuple[float, str] | None:
+    """AMR's adversary size and unit from a run's ``model.*`` params: ``adv_eps_relative``
+    (earlier runs, and the ``relative_norm`` shorthand), else ``adv_eps`` in ``adv_eps_unit``
+    (null: the unit's default); None for a run without an adversary."""
+    relative = _as_number(run.get(MODEL_PARAM + "adv_eps_relative"))
+    if relative is not None:
+        return relative, "relative_norm"
+    unit = run.get(MODEL_PARAM + "adv_eps_unit")
+    if _absent(unit) or unit not in DEFAULT_ADV_EPS:
+        return None
+    value = _as_number(run.get(MODEL_PARAM + "adv_eps"))
+    return (DEFAULT_ADV_EPS[unit] if value is None else value), str(unit)
+
+
+def adv_eps_text(value: float, unit: str) -> str:
+    """``0.1·max|f|``: ε_adv as a multiple of the feature statistic its unit names."""
+    return f"{fmt_num(value)}·{ADV_EPS_UNIT_TEXT.get(unit, unit)}"
 
 
 def _sort_value(value: Any) -> tuple[int, float, str]:
@@ -134,6 +167,24 @@ def varying_settings(rows: pd.DataFrame) -> list[str]:
     return known + sorted(set(keys) - set(known))
 
 
+def _one_adv_eps(
+    keys: list[str], values: list[Any], texts: list[str], adv: tuple[float, str] | None
+) -> tuple[list[str], list[Any], list[str]]:
+    """The label settings with AMR's ``adv_eps*`` keys replaced by one ``adv_eps`` that shows
+    its value and unit (``ε_adv=0.1·max|f|``), where the first of them was."""
+    at = next(i for i, k in enumerate(keys) if k in ADV_EPS_KEYS)
+    kept = [i for i, k in enumerate(keys) if k not in ADV_EPS_KEYS]
+    keys, values, texts = (
+        [keys[i] for i in kept],
+        [values[i] for i in kept],
+        [texts[i] for i in kept],
+    )
+    keys.insert(at, "adv_eps")
+    values.insert(at, None if adv is None else adv[0])
+    texts.insert(at, "" if adv is None else f"ε_adv={adv_eps_text(*adv)}")
+    return keys, values, texts
+
+
 def prepare(frame: pd.DataFrame) -> pd.DataFrame:
     """Add the row label (display name plus every model setting that varies within its
     (dataset, model) pair), its sort order and the derived differences used by the tables."""
@@ -143,11 +194,18 @@ def prepare(frame: pd.DataFrame) -> pd.DataFrame:
     varying = {
         key: varying_settings(g) for key, g in frame.groupby(["dataset", "model"], sort=False)
     }
+    eps_values, eps_units = [], []
     for _, run in frame.iterrows():
         keys = varying[(run["dataset"], run["model"])]
+        adv = adv_eps_setting(run)
+        eps_values.append(math.nan if adv is None else adv[0])
+        eps_units.append(None if adv is None else adv[1])
         values = [run.get(MODEL_PARAM + k) for k in keys]
+        texts = [setting_text(k, v) for k, v in zip(keys, values, strict=True)]
+        if any(k in ADV_EPS_KEYS for k in keys):  # one ε_adv that names its unit
+            keys, values, texts = _one_adv_eps(keys, values, texts, adv)
         name = model_name(run["model"])
-        pairs = tuple((k, setting_text(k, v)) for k, v in zip(keys, values, strict=True))
+        pairs = tuple(zip(keys, texts, strict=True))
         names.append(name)
         parts.append(pairs)
         labels.append(row_label(name, pairs))
@@ -156,6 +214,8 @@ def prepare(frame: pd.DataFrame) -> pd.DataFrame:
     frame["row_name"] = names
     frame["row_parts"] = parts
     frame["row_order"] = orders
+    frame["adv_eps"] = eps_values
+    frame["adv_eps_unit"] = eps_units
     frame["delta_hr_at_5"] = frame["adversarial/hr_at_5"] - frame["cooperative/hr_at_5"]
     frame["delta_ordinary_hr_at_5"] = frame["ordinary_attacked/hr_at_5"] - frame["ordinary/hr_at_5"]
     frame["cost_hr_at_5"] = frame["ordinary/hr_at_5"] - frame["ordinary_undefended/hr_at_5"]

@@ -23,6 +23,7 @@ from matplotlib.lines import Line2D
 from tqdm import tqdm
 
 from aipray.report.common import (
+    ADV_EPS_UNIT_TEXT,
     attack_name,
     attack_order,
     datasets_of,
@@ -211,7 +212,7 @@ def _insa_panel(ax: Any, rows: pd.DataFrame, x: str, xlabel: str, title: str) ->
 
 
 def hr_vs_adv_eps(d: pd.DataFrame, out: Path) -> FigureRef | None:
-    """HR@5 under INSA vs the ranker's adversarial-training ε (AMR's ``adv_eps_relative``),
+    """HR@5 under INSA vs the ranker's adversarial-training ε (AMR's, in its stated unit),
     one line per INSA ε and the cooperative HR@5 dashed; one panel per ranker trained at two or
     more such ε, None when there is none."""
     trials = adv_eps_trials(d)
@@ -221,7 +222,9 @@ def hr_vs_adv_eps(d: pd.DataFrame, out: Path) -> FigureRef | None:
     fig, axes = _figure(1, len(panels), 4.6, 3.4)
     for ax, series in zip(axes[0], panels, strict=True):
         rows = trials[trials["series"] == series]
-        _insa_panel(ax, rows, "adv_eps", "ε_adv (fraction of the mean feature norm)", series)
+        unit = rows["adv_eps_unit"].iloc[0]
+        xlabel = f"ε_adv (× {ADV_EPS_UNIT_TEXT.get(unit, unit)})"
+        _insa_panel(ax, rows, "adv_eps", xlabel, series)
     dataset = d["dataset"].iloc[0]
     names = ", ".join(dict.fromkeys(model_name(m) for m in models_in(trials)))
     fig.suptitle(f"{dataset}: HR@5 under INSA vs {names}'s ε")

@@ -41,7 +41,13 @@ METRICS = [f"{g}/hr_at_{k}" for g in (*GROUPS, "random") for k in CUTOFFS] + [
 ]
 # Model settings (flattened ``model.*`` params) every frame has as columns, None where a run did
 # not log them; any other ``model.*`` param a run logged becomes a column too.
-MODEL_SETTINGS = ("model.dim", "model.visual_bias", "model.adv_eps_relative")
+MODEL_SETTINGS = (
+    "model.dim",
+    "model.visual_bias",
+    "model.adv_eps_relative",
+    "model.adv_eps",
+    "model.adv_eps_unit",
+)
 # Defence family → (param whose value is the level, display name). A larger value is a weaker
 # defence for both: higher JPEG quality, more bits.
 LEVELS = {"jpeg": ("quality", "JPEG quality"), "bitdepth": ("bits", "bit depth")}

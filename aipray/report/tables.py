@@ -15,11 +15,14 @@ import numpy as np
 import pandas as pd
 
 from aipray.report.common import (
+    ADV_EPS_UNIT_TEXT,
+    ADV_EPS_UNIT_WORDS,
     CLASSIFIER_ATTACKS,
     MISSING,
     SIGNIFICANCE,
     Column,
     Table,
+    adv_eps_text,
     attack_name,
     attack_order,
     datasets_of,
@@ -36,7 +39,6 @@ from aipray.report.common import (
     prepare,
     rows_of,
     select,
-    setting_values,
 )
 from aipray.report.defences import table8
 from aipray.report.health import first_stage_table
@@ -224,15 +226,27 @@ def table7(frame: pd.DataFrame) -> Table | None:
 
 def adv_eps_trials(frame: pd.DataFrame) -> pd.DataFrame:
     """The undefended INSA trials (with ε) of every ranker trained adversarially at two or more
-    sizes (``model.adv_eps_relative``: AMR's perturbation as a fraction of the mean feature
-    norm), with columns ``adv_eps`` (that size) and ``series`` (the row label without it)."""
+    sizes in one unit (AMR's ``adv_eps`` in ``adv_eps_unit``, or ``adv_eps_relative``; the
+    ``adv_eps`` and ``adv_eps_unit`` columns of :func:`prepare`), with a column ``series`` (the
+    row label without ε_adv, and with its unit where a dataset has more than one)."""
     base = frame[(frame["family"] == "none") & (frame["attack"] == "insa") & frame["eps"].notna()]
-    base = base.assign(adv_eps=setting_values(base, "adv_eps_relative")).dropna(subset=["adv_eps"])
+    base = base.dropna(subset=["adv_eps"]) if "adv_eps" in base else base.iloc[:0]
     if base.empty:
         return base.assign(series=pd.Series(dtype=object))
-    base = base.assign(series=label_without(base, "adv_eps_relative"))
+    series = label_without(base, "adv_eps")
+    mixed = base.groupby("dataset")["adv_eps_unit"].transform("nunique") > 1
+    unit = base["adv_eps_unit"].map(lambda u: f" [ε_adv in {ADV_EPS_UNIT_TEXT.get(u, u)}]")
+    base = base.assign(series=series.where(~mixed, series + unit))
     n = base.groupby(["dataset", "series"])["adv_eps"].transform("nunique")
     return base[n >= 2]
+
+
+def adv_eps_units_note(trials: pd.DataFrame) -> str:
+    """What the ε_adv values of ``trials`` are measured in, in words."""
+    units = dict.fromkeys(trials["adv_eps_unit"])
+    return "; ".join(
+        f"ε_adv·{ADV_EPS_UNIT_TEXT.get(u, u)}: {ADV_EPS_UNIT_WORDS.get(u, u)}" for u in units
+    )
 
 
 def series_of(trials: pd.DataFrame) -> list[str]:
@@ -250,8 +264,9 @@ def table_adv_eps(frame: pd.DataFrame) -> Table | None:
     rows, columns = {}, {}
     for ds in datasets_of(trials):
         d = trials[trials["dataset"] == ds]
+        units = d.groupby("series")["adv_eps_unit"].first()
         rows[ds] = [
-            ({"model": s, "ε_adv": fmt_num(a)}, {"series": s, "adv_eps": a})
+            ({"model": s, "ε_adv": adv_eps_text(a, units[s])}, {"series": s, "adv_eps": a})
             for s in series_of(d)
             for a in sorted(d.loc[d["series"] == s, "adv_eps"].unique())
         ]
@@ -267,8 +282,8 @@ def table_adv_eps(frame: pd.DataFrame) -> Table | None:
     names = ", ".join(dict.fromkeys(model_name(m) for m in models_in(trials)))
     note = (
         f"HR@5 of INSA's adversarial cold items, no defence, for {names} trained with several "
-        "adversarial-training sizes ε_adv (`model.adv_eps_relative`: the perturbation's size as a "
-        "fraction of the mean feature norm); `cooperative`: the clean items. "
+        "adversarial-training sizes ε_adv, each a multiple of a statistic of the training items' "
+        f"raw features ({adv_eps_units_note(trials)}); `cooperative`: the clean items. "
         f"`**`: paired t-test adversarial vs cooperative p < {SIGNIFICANCE}."
     )
     title = f"HR@5 under INSA vs {names}'s ε"
