@@ -96,6 +96,10 @@ def _known_class_names(ext: ExtractorConfig, grids: list[Grid]) -> list[str] | N
 
     if ext.weights == "imagenet":
         return imagenet_class_names(ext.arch)
+    if ext.weights == "surrogate":
+        from aipray.data.surrogate import SurrogateConfig
+
+        return list(SurrogateConfig().class_names())
     if ext.weights == "pretrain":
         names: set[str] = set()
         for trial in (t for grid in grids for t in grid.trials()):

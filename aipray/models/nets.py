@@ -142,3 +142,32 @@ class AlexNetClassifier(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.features(images))
+
+
+class FactorisedHead(nn.Module):
+    """A classifier over the product of attributes whose logit is a sum of one logit per
+    attribute: class ``(a_1, …, a_k)`` scores ``Σ_j head_j(f)[a_j]``, so its softmax is the
+    product of the attributes' softmaxes and its cross-entropy the sum of theirs. Every class
+    logit still exists (an attack can target "red striped crescent"), while each attribute's head
+    learns from every image. Classes are numbered row-major over ``factors``.
+
+    Shapes: ``[B, in_features]`` → ``[B, prod(factors)]``.
+    """
+
+    def __init__(self, in_features: int, factors: tuple[int, ...]) -> None:
+        super().__init__()
+        self.factors = tuple(int(f) for f in factors)
+        self.heads = nn.ModuleList(nn.Linear(in_features, f) for f in self.factors)
+        self.in_features = in_features
+        self.out_features = 1
+        for f in self.factors:
+            self.out_features *= f
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        k = len(self.factors)
+        total = features.new_zeros(features.shape[0], *([1] * k))
+        for j, head in enumerate(self.heads):
+            shape = [features.shape[0]] + [1] * k
+            shape[j + 1] = self.factors[j]
+            total = total + head(features).view(shape)
+        return total.flatten(1)

@@ -30,6 +30,7 @@ from aipray.metrics.ranking import CandidateScores
 from aipray.models import MODELS, load_recommender
 from aipray.models.base import model_meta
 from aipray.models.extractor import (
+    IN_PROCESS,
     class_names,
     load_extractor,
     make_extractor,
@@ -223,7 +224,7 @@ def train_extractor(
     catalog = Catalog.load(paths.dataset)
     cfg = trial.extractor_config
     warm = np.flatnonzero(catalog.warm_mask())
-    pretrain = cfg.weights == "pretrain"
+    pretrain = cfg.weights in IN_PROCESS
     extractor, info = make_extractor(
         cfg,
         np.asarray(catalog.images[warm]) if pretrain else None,

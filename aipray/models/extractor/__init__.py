@@ -34,6 +34,7 @@ from aipray.models.extractor.checkpoint import load_extractor, read_extractor_in
 from aipray.models.extractor.config import (
     ARCHS,
     CHECKPOINT_FORMAT,
+    IN_PROCESS,
     META_FILE,
     MODEL_FILE,
     SPEC_VERSION,
@@ -52,6 +53,7 @@ from aipray.models.extractor.weights import imagenet_weights_file, make_extracto
 __all__ = [
     "ARCHS",
     "CHECKPOINT_FORMAT",
+    "IN_PROCESS",
     "META_FILE",
     "MODEL_FILE",
     "SPEC_VERSION",

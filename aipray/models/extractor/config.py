@@ -9,6 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from aipray.params import Settings, param
 from aipray.store import file_sha256
 
@@ -17,6 +19,10 @@ TRAININGS = ("standard", "adversarial", "free")
 SPEC_VERSION = 1
 CHECKPOINT_FORMAT = "aipray-extractor"
 MODEL_FILE = "model.pt"
+#: weights trained in this process: on the catalog's categories, or on the surrogate "ImageNet"
+IN_PROCESS = ("pretrain", "surrogate")
+#: bumped when the surrogate pretraining set's drawing changes
+SURROGATE_VERSION = 1
 META_FILE = "model.json"
 
 
@@ -53,7 +59,7 @@ class ExtractorConfig(Settings):
     """
 
     arch: str = param("alexnet", choices=ARCHS)
-    weights: str = param("pretrain", doc="pretrain, imagenet or a checkpoint path")
+    weights: str = param("pretrain", doc="pretrain, surrogate, imagenet or a checkpoint path")
     download: bool = param(True)
     input_size: int = param(0, min=0, max=1024)
     preprocess: str = param("resize", choices=("resize", "resize_crop"))
@@ -66,17 +72,19 @@ class ExtractorConfig(Settings):
     adv_steps: int = param(7, min=1)
     adv_step_size: float | None = param(None, min=0, doc="pixel units; null: 2.5·eps/steps")
     free_replays: int = param(4, min=1)
+    surrogate_per_class: int = param(30, min=2, doc="images per class of the surrogate set")
+    surrogate_clutter: int = param(3, min=0, doc="most distractor blobs per surrogate image")
 
     def __post_init__(self) -> None:
         super().__post_init__()
         # A checkpoint path is made absolute so that workers with another working folder find it.
-        if self.weights not in ("pretrain", "imagenet") and self.weights:
+        if self.weights not in (*IN_PROCESS, "imagenet") and self.weights:
             object.__setattr__(self, "weights", str(Path(self.weights).expanduser().resolve()))
 
     @property
     def weights_path(self) -> Path | None:
-        """The checkpoint path, or ``None`` for ``pretrain`` and ``imagenet``."""
-        return None if self.weights in ("pretrain", "imagenet") else Path(self.weights)
+        """The checkpoint path, or ``None`` for ``pretrain``, ``surrogate`` and ``imagenet``."""
+        return None if self.weights in (*IN_PROCESS, "imagenet") else Path(self.weights)
 
     def adv_step(self) -> float:
         """PGD's step in 0..255 pixel units: ``adv_step_size``, or 2.5·ε/steps."""
@@ -99,7 +107,7 @@ class ExtractorConfig(Settings):
                     "path of a robust checkpoint such as imagenet_linf_4.pt)",
                 )
             )
-        if self.weights == "pretrain" and self.training != "standard" and self.adv_eps == 0:
+        if self.weights in IN_PROCESS and self.training != "standard" and self.adv_eps == 0:
             bad.append(
                 ("adv_eps", self.adv_eps, f"a number in (0, 255] with {self.training} training")
             )
@@ -110,7 +118,8 @@ class ExtractorConfig(Settings):
         bad: list[tuple[str, object, str]] = []
         path = self.weights_path
         expected = (
-            "pretrain, imagenet or the path of an existing checkpoint file or extractor folder"
+            "pretrain, surrogate, imagenet or the path of an existing checkpoint file or "
+            "extractor folder"
         )
         if not self.weights:
             bad.append(("weights", self.weights, expected))
@@ -129,12 +138,18 @@ class ExtractorConfig(Settings):
         ``standard`` adds no key, so standard fingerprints are those of before the setting."""
         out: dict[str, Any] = {"arch": self.arch, "weights": self.weights}
         out.update(input_size=self.input_size, preprocess=self.preprocess)
-        if self.weights == "pretrain":
+        if self.weights in IN_PROCESS:
             out.update(width=self.width, epochs=self.epochs, lr=self.lr, batch_size=self.batch_size)
+        if self.weights == "surrogate":
+            out.update(
+                surrogate_per_class=self.surrogate_per_class,
+                surrogate_clutter=self.surrogate_clutter,
+                surrogate_version=SURROGATE_VERSION,
+            )
         # Standard training adds nothing, so that existing cache keys stay valid.
         if self.training != "standard":
             out["training"] = self.training
-            if self.weights == "pretrain":
+            if self.weights in IN_PROCESS:
                 out.update(adv_eps=self.adv_eps, adv_steps=self.adv_steps)
                 out["adv_step_size"] = self.adv_step()
                 if self.training == "free":
@@ -156,6 +171,7 @@ def make_spec(
     width: float = 1.0,
     labels: str = "unknown",
     class_names: Sequence[str] | None = None,
+    factors: Sequence[int] | None = None,
 ) -> dict[str, Any]:
     """The JSON-able description from which :func:`build_extractor` rebuilds an extractor.
 
@@ -169,9 +185,13 @@ def make_spec(
             evaluation preset: shorter side to ``256/224·S``, then the centre ``S × S`` crop).
         image_size: image side the ``aipray`` layout is adapted to (first convolution, pooling).
         width: layer-width multiplier of the ``aipray`` layout.
-        labels: what the classes are: ``imagenet1k``, ``categories`` (catalog item categories,
-            named by ``class_names``) or ``unknown``.
-        class_names: one name per class (only for ``labels="categories"``).
+        labels: what the classes are: ``imagenet1k``, ``surrogate`` (the fine classes of the
+            surrogate pretraining set, :mod:`aipray.data.surrogate`), ``categories`` (catalog
+            item categories, named by ``class_names``) or ``unknown``.
+        class_names: one name per class (``labels="categories"`` or ``"surrogate"``).
+        factors: the ``aipray`` layout's classifier is a
+            :class:`~aipray.models.nets.FactorisedHead` over attributes of these sizes (their
+            product is ``num_classes``); ``None``: one linear layer.
     """
     if isinstance(input_size, int):
         input_size = (input_size, input_size)
@@ -189,6 +209,8 @@ def make_spec(
         if image_size is None:
             raise ValueError("the aipray AlexNet layout needs image_size")
         spec.update(image_size=int(image_size), width=float(width))
+    if factors is not None:
+        spec["factors"] = [int(f) for f in factors]
     _check_spec(spec)
     return spec
 
@@ -208,6 +230,13 @@ def _check_spec(spec: dict[str, Any]) -> None:
         raise ValueError(f"extractor spec: num_classes {spec.get('num_classes')!r}; expected >= 1")
     if spec.get("preprocess") not in ("resize", "resize_crop"):
         raise ValueError(f"extractor spec: preprocess {spec.get('preprocess')!r}")
+    factors = spec.get("factors")
+    if factors is not None:
+        if spec["layout"] != "aipray" or int(np.prod(factors)) != int(spec["num_classes"]):
+            raise ValueError(
+                f"extractor spec: factors {factors!r} need the aipray layout and a product of "
+                f"num_classes = {spec['num_classes']}"
+            )
     names = spec.get("class_names")
     if names is not None and len(names) != spec["num_classes"]:
         raise ValueError(

@@ -12,7 +12,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from aipray.models.extractor.config import _check_spec
-from aipray.models.nets import IMAGENET_MEAN, IMAGENET_STD, AlexNetClassifier, Normalize
+from aipray.models.nets import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    AlexNetClassifier,
+    FactorisedHead,
+    Normalize,
+)
 
 
 def imagenet_weights(arch: str) -> Any:
@@ -60,6 +66,8 @@ class Extractor(nn.Module):
         if self.layout == "aipray":
             net = AlexNetClassifier(self.num_classes, spec["image_size"], width=spec["width"])
             net.normalize = nn.Identity()  # normalisation happens once, in this module
+            if spec.get("factors"):
+                net.classifier = FactorisedHead(net.feature_dim, tuple(spec["factors"]))
             self.feature_dim = int(net.feature_dim)
         elif self.arch == "alexnet":
             import torchvision
@@ -74,8 +82,9 @@ class Extractor(nn.Module):
         self.net = net
 
     @property
-    def head(self) -> nn.Linear:
-        """The classifier's last layer, ``[B, feature_dim]`` → ``[B, num_classes]``."""
+    def head(self) -> nn.Module:
+        """The classifier's last layer, ``[B, feature_dim]`` → ``[B, num_classes]`` (linear, or
+        a :class:`~aipray.models.nets.FactorisedHead`)."""
         if self.layout == "aipray":
             return self.net.classifier
         if self.arch == "alexnet":

@@ -1,17 +1,21 @@
-"""In-process pretraining (``extractor.weights: pretrain``): the extractor's classifier is trained
-on the catalog's item categories, standing in for ImageNet pretraining, with cross-entropy on
+"""In-process pretraining: the extractor's classifier is trained on the catalog's item categories
+(``extractor.weights: pretrain``) or on the surrogate "ImageNet" of many fine classes
+(``surrogate``, :mod:`aipray.data.surrogate`: knows nothing of the marketplace's users and
+items), standing in for ImageNet pretraining, with cross-entropy on
 clean images (``training: standard``) or adversarially (``adversarial``, ``free``: see
 :mod:`~aipray.models.extractor.robust`)."""
 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import torch
 
+from aipray.data.surrogate import SurrogateConfig, make_surrogate
 from aipray.models.extractor.config import ExtractorConfig, make_spec
 from aipray.models.extractor.network import Extractor, build_extractor
 from aipray.models.extractor.robust import fit_robust_classifier
@@ -28,31 +32,37 @@ def _pretrain(
     seed: int,
     category_names: Sequence[str] | None,
 ) -> tuple[Extractor, dict[str, Any]]:
-    if images is None or categories is None:
-        raise ValueError("extractor.weights: pretrain needs images and their categories")
-    categories = np.asarray(categories)
-    if images.ndim != 4 or images.shape[1] != 3 or images.shape[0] != categories.shape[0]:
+    if images is None or images.ndim != 4 or images.shape[1] != 3:
         raise ValueError(
-            f"expected uint8 images [N, 3, H, W] and categories [N], got {images.shape} and "
-            f"{categories.shape}"
+            f"extractor.weights: {config.weights} needs the catalog's uint8 images [N, 3, H, W]"
         )
-    keep = np.flatnonzero(categories >= 0)
-    labels = categories[keep].astype(np.int64)
-    n_classes = int(labels.max()) + 1 if labels.size else 0
-    if category_names is not None:
-        n_classes = max(n_classes, len(category_names))
-    if np.unique(labels).size < 2:
-        raise ValueError("extractor.weights: pretrain needs items of at least two categories")
+    h, w = int(images.shape[2]), int(images.shape[3])
+    factors: tuple[int, ...] | None = None
+    if config.weights == "surrogate":
+        surrogate = SurrogateConfig(
+            per_class=config.surrogate_per_class,
+            image_size=config.input_size or min(h, w),
+            clutter=config.surrogate_clutter,
+        )
+        start = time.perf_counter()
+        images, labels = make_surrogate(surrogate)
+        keep = np.arange(labels.size)
+        n_classes, names, kind = surrogate.n_classes, list(surrogate.class_names()), "surrogate"
+        factors = surrogate.factors
+        h = w = surrogate.image_size
+        log.info(
+            "surrogate pretraining set: %d images of %d classes (%.0fs)",
+            labels.size,
+            n_classes,
+            time.perf_counter() - start,
+        )
+    else:
+        keep, labels, n_classes, names = _category_labels(images, categories, category_names)
+        kind = "categories"
     if config.arch == "resnet50":
         # Batch norm cannot train on a last batch of one image: drop an image if that would happen.
         keep = keep[: _size_without_single_batch(keep.size, config.batch_size)]
         labels = labels[: keep.size]
-    h, w = int(images.shape[2]), int(images.shape[3])
-    names = None
-    if category_names is not None:
-        names = [str(c) for c in category_names] + [
-            f"class {i}" for i in range(len(category_names), n_classes)
-        ]
     spec = make_spec(
         config.arch,
         n_classes,
@@ -61,8 +71,9 @@ def _pretrain(
         preprocess=config.preprocess,
         image_size=config.input_size or min(h, w),
         width=config.width,
-        labels="categories",
+        labels=kind,
         class_names=names,
+        factors=factors if config.arch == "alexnet" else None,
     )
     torch.manual_seed(seed)
     extractor = build_extractor(spec).to(device)
@@ -95,7 +106,7 @@ def _pretrain(
         )
     counts = np.bincount(labels, minlength=n_classes)
     info: dict[str, Any] = {
-        "source": "pretrain",
+        "source": config.weights,
         "training": config.training,
         "holdout_accuracy": float(result.best_score),
         "chance_accuracy": float(counts.max() / counts.sum()),
@@ -122,6 +133,34 @@ def _pretrain(
         result.seconds,
     )
     return extractor, info
+
+
+def _category_labels(
+    images: np.ndarray, categories: np.ndarray | None, category_names: Sequence[str] | None
+) -> tuple[np.ndarray, np.ndarray, int, list[str] | None]:
+    """``(kept image rows, their labels, number of classes, class names)`` for pretraining on
+    the catalog's categories (images of category ``-1`` are skipped)."""
+    if categories is None:
+        raise ValueError("extractor.weights: pretrain needs images and their categories")
+    categories = np.asarray(categories)
+    if images.shape[0] != categories.shape[0]:
+        raise ValueError(
+            f"expected uint8 images [N, 3, H, W] and categories [N], got {images.shape} and "
+            f"{categories.shape}"
+        )
+    keep = np.flatnonzero(categories >= 0)
+    labels = categories[keep].astype(np.int64)
+    n_classes = int(labels.max()) + 1 if labels.size else 0
+    if category_names is not None:
+        n_classes = max(n_classes, len(category_names))
+    if np.unique(labels).size < 2:
+        raise ValueError("extractor.weights: pretrain needs items of at least two categories")
+    names = None
+    if category_names is not None:
+        names = [str(c) for c in category_names] + [
+            f"class {i}" for i in range(len(category_names), n_classes)
+        ]
+    return keep, labels, n_classes, names
 
 
 def _size_without_single_batch(n: int, batch_size: int) -> int:

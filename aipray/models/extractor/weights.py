@@ -7,6 +7,10 @@ Where the weights come from (``ExtractorConfig.weights``):
   categories, standing in for ImageNet pretraining. ``arch: alexnet`` is the project's small
   width-scaled :class:`~aipray.models.nets.AlexNetClassifier`, adapted to the image size;
   ``arch: resnet50`` is torchvision's ResNet50 with one output per category.
+- ``surrogate`` (the synthetic sweeps): trained in-process on the surrogate "ImageNet" of
+  :mod:`aipray.data.surrogate` (192 fine classes of shape × colour family × texture, drawn in
+  clutter, knowing nothing of the marketplace), with a factorised classifier head; the catalog's
+  images only give the input size.
 - ``imagenet``: torchvision's ``IMAGENET1K_V1`` weights, read from torch's hub cache
   (``torch.hub.get_dir()/checkpoints``) and downloaded there only if ``download`` is true.
 - a path: a torchvision state dict of ``arch`` (any number of classes), a ``model.pt`` written by
@@ -43,6 +47,7 @@ from aipray.checkpoints import (
 from aipray.models.extractor.checkpoint import extractor_from, is_saved_extractor
 from aipray.models.extractor.config import (
     CHECKPOINT_FORMAT,
+    IN_PROCESS,
     META_FILE,
     MODEL_FILE,
     ExtractorConfig,
@@ -258,7 +263,7 @@ def make_extractor(
     Args:
         config: the sweep's extractor settings.
         images: uint8 ``[N, 3, H, W]`` images to pretrain on (the catalog's warm items); only
-            used by ``weights: pretrain``.
+            used by ``weights: pretrain`` (``surrogate`` takes only their size).
         categories: ``[N]`` category per image, ``-1`` where unknown (those are skipped).
         device: where to train and where the result lives.
         seed: seed of initialisation, held-out split and batch order.
@@ -282,7 +287,7 @@ def make_extractor(
             the file, what was expected and what was found).
     """
     device = torch.device(device)
-    if config.weights == "pretrain":
+    if config.weights in IN_PROCESS:
         extractor, info = _pretrain(config, images, categories, device, seed, category_names)
     elif config.weights == "imagenet":
         state, file = hub_state_dict(
