@@ -145,15 +145,38 @@ class SweepConfig:
 def _components(kind: str, registry, raw: Any, where: str, allowed=None) -> tuple[Component, ...]:
     if not isinstance(raw, dict) or not raw:
         raise ConfigError(f"{where}: {raw!r} is not allowed; expected a mapping of {kind} names")
-    names = allowed if allowed is not None else registry.names()
+    names = (
+        allowed
+        if allowed is not None
+        else [*registry.names(), *_import_paths(registry, raw, where)]
+    )
     out: list[Component] = []
     for name, settings in raw.items():
         if name not in names:
-            raise ConfigError(f"{where}: unknown {kind} {name!r}; allowed: {', '.join(names)}")
+            raise ConfigError(
+                f"{where}: unknown {kind} {name!r}; allowed: {', '.join(names)} or the import "
+                "path module:Class of one"
+            )
         cls = registry.get(name)
+        if not isinstance(getattr(cls, "Config", None), type):
+            raise ConfigError(
+                f"{where}.{name}: {cls.__name__} has no Config (the frozen dataclass of its "
+                "sweep settings); give it one to name it in a sweep"
+            )
         configs, _ = build_dataclass(cls.Config, settings, f"{where}.{name}", allow_axes=True)
         out.extend(Component(kind, name, c) for c in configs)
     return tuple(out)
+
+
+def _import_paths(registry, raw: Any, where: str) -> list[str]:
+    """The names in ``raw`` that are import paths (``module:Class``), each checked to import."""
+    paths = [n for n in (raw if isinstance(raw, dict) else ()) if isinstance(n, str) and ":" in n]
+    for name in paths:
+        try:
+            registry.get(name)
+        except KeyError as err:
+            raise ConfigError(f"{where}: {err.args[0]}") from None
+    return paths
 
 
 TOP_KEYS = {
@@ -300,7 +323,8 @@ def parse_sweep(raw: Any, source: Path | str = "<sweep>") -> SweepConfig:
 
 def _axes(raw: dict[str, Any], where: str) -> tuple[tuple[Component, ...], ...]:
     datasets = _components("dataset", DATASETS, raw["datasets"], f"{where}: datasets")
-    visual_models = [n for n in MODELS.names() if MODELS.get(n).visual]
+    paths = _import_paths(MODELS, raw["models"], f"{where}: models")
+    visual_models = [n for n in [*MODELS.names(), *paths] if MODELS.get(n).visual]
     models = _components("model", MODELS, raw["models"], f"{where}: models", visual_models)
     attacks = _components("attack", ATTACKS, raw["attacks"], f"{where}: attacks")
     defenses = _components(

@@ -53,7 +53,9 @@ class Store:
         self.root = Path(root).resolve()
 
     def path(self, kind: str, name: str, key: str) -> Path:
-        return self.root / kind / f"{name}-{key}"
+        """``root/kind/name-key``; a class named by import path (``pkg.mod:Class``) gets a
+        folder without the colon (``pkg.mod.Class``)."""
+        return self.root / kind / f"{name.replace(':', '.')}-{key}"
 
 
 def done(path: Path) -> bool:

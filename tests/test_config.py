@@ -337,3 +337,18 @@ def test_lpips_is_measured_only_when_named_and_missing_imagenet_weights_fail_ear
         parse_sweep(raw)
     assert parse_sweep(dict(BASE, lpips={"net": "vgg", "download": True})).lpips.download
     assert parse_sweep(dict(BASE, lpips={"backbone": "random"})).lpips.backbone == "random"
+
+
+def test_a_model_named_by_import_path():
+    """A ranker outside aipray names itself by ``module:Class``; a bad path is one clear line."""
+    sweep = parse_sweep(with_(["models"], {"tests.rankers:PooledRanker": {"dim": [4, 8]}}))
+    labels = sorted({t.model.label for t in sweep.trials()})
+    assert labels == ["tests.rankers:PooledRanker(dim=4)", "tests.rankers:PooledRanker(dim=8)"]
+    for name, needle in (
+        ("nowhere.rankers:Mine", "models: model 'nowhere.rankers:Mine' cannot be imported"),
+        ("tests.rankers:Missing", "has no attribute 'Missing'"),
+        ("aipray.models.base:Recommender", "Recommender has no Config"),
+    ):
+        with pytest.raises(ConfigError) as err:
+            parse_sweep(with_(["models"], {name: {}}))
+        assert needle in str(err.value) and "\n" not in str(err.value)

@@ -6,8 +6,6 @@ import sys
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
-from torch import nn
 
 import aipray
 from aipray.data.synthetic import SyntheticConfig, make_synthetic
@@ -17,29 +15,7 @@ from aipray.metrics.ranking import hit_rates_by_argsort
 from aipray.models.bpr import BPRConfig
 from aipray.pixels import to_float
 from aipray.protocol import aip
-
-
-class PooledRanker(aipray.Recommender):
-    """A user's own ranker, defined outside aipray/models: user vectors against a linear map of
-    4×4 average-pooled pixels. Only n_users, encode_items, score_codes and feature_network."""
-
-    def __init__(self, n_users: int, dim: int = 8) -> None:
-        super().__init__()
-        self.users = nn.Embedding(n_users, dim)
-        self.proj = nn.Linear(3 * 4 * 4, dim)
-
-    @property
-    def n_users(self) -> int:
-        return self.users.num_embeddings
-
-    def feature_network(self, images):
-        return F.adaptive_avg_pool2d(images, 4).flatten(1)
-
-    def encode_items(self, images, items=None):
-        return self.proj(self.feature_network(images))
-
-    def score_codes(self, users, codes):
-        return self.users(users) @ codes.T
+from tests.rankers import PooledRanker
 
 
 @pytest.fixture(scope="module")

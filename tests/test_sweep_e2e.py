@@ -201,6 +201,41 @@ def test_rerun_after_lost_tracking_reuses_results(tiny_first):
     assert {p: p.stat().st_mtime for p in (tmp_path / "store").rglob("*.pt")} == mtimes
 
 
+def test_a_ranker_named_by_import_path_runs_in_the_grid(tiny_first):
+    """A user's ranker defined in a test module (``tests/rankers.py``, never registered), named
+    in the YAML by import path: trained as a stage, attacked on Ray Data actors, one MLflow run
+    per trial; its checkpoint reloads from the constructor arguments it recorded."""
+    from aipray.models import load_recommender
+    from tests.rankers import PooledRanker
+
+    tmp_path, path, _sweep, _table, _failed = tiny_first
+    cfg = yaml.safe_load(path.read_text())
+    cfg.update(
+        name="own",
+        models={"tests.rankers:PooledRanker": {"dim": 8, "epochs": 3}},
+        attacks={"insa": {"eps": [32], "epochs": 3, "user_batch": 64}, "expa": {"eps": [8]}},
+        defenses={"none": {}},
+    )
+    cfg["attacks"]["expa"]["steps"] = 10
+    own = tmp_path / "own.yaml"
+    own.write_text(yaml.safe_dump(cfg))
+    sweep = load_sweep(own)  # same dataset and first stage as the tiny sweep: reused
+    _table, failed = run_sweep(sweep)
+    assert failed == []
+    children, _ = child_runs(sweep)
+    head = "synthetic/tests.rankers:PooledRanker(dim=8)"
+    assert {r.info.run_name for r in children} == {
+        f"{head}/insa/eps=32/none",
+        f"{head}/expa/eps=8/none",
+    }
+    assert all(r.info.status == "FINISHED" for r in children)
+    assert all(r.data.params["model"] == "tests.rankers:PooledRanker" for r in children)
+    assert all(r.data.metrics["n_items"] == 24 for r in children)
+    (folder,) = (tmp_path / "store" / "models").glob("tests.rankers.PooledRanker-*")
+    model = load_recommender(folder)
+    assert isinstance(model, PooledRanker) and model.init_args == {"n_users": 300, "dim": 8}
+
+
 def test_killed_driver_resumes_finished_trials_and_batches(tmp_path, ray_local, tiny_first):
     """SIGKILL the sweep's driver once two trials finished and a third stored some batches; the
     re-run runs only what is left, resumes the cut trial from its stored batches, adds no MLflow

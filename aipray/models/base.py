@@ -14,11 +14,16 @@ A ranker carries its own knowledge, so attacks, the protocols and the pipeline n
 
 A user's own ranker subclasses :class:`Recommender` (an ``nn.Module``) and implements ``n_users``,
 ``encode_items`` and ``score_codes`` (or ``user_vectors``); ``feature_network`` only for EXPA.
-Registering it (``@MODELS.register("mine")``) is needed only to name it in a sweep YAML.
+Its constructor's arguments are captured when it is built, so :meth:`Recommender.save` and
+:func:`load_recommender` need nothing more. A sweep YAML names it by its import path
+(``mypkg.rankers:MyRanker``, with a ``Config`` and a ``fit`` recipe) or, once registered
+(``@MODELS.register("mine")``), by that name.
 """
 
 from __future__ import annotations
 
+import functools
+import inspect
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -46,8 +51,10 @@ class Recommender(nn.Module):
     ``[U]`` → ``[U, B]``. For the dot-product models here ``score = user_vectors(users) @ codes.T``.
     Cold items are encoded with ``items=None``: only the image counts.
 
-    Subclasses keep their constructor arguments in ``self.init_args`` so that checkpoints rebuild
-    them (:meth:`save`, :func:`load_recommender`).
+    The arguments a subclass's constructor was called with are kept in ``self.init_args``
+    (captured by :meth:`__init_subclass__`, JSON-able values only), so that checkpoints rebuild
+    the model (:meth:`save`, :func:`load_recommender`); a model whose saved state differs from
+    its constructor arguments updates ``init_args`` itself.
     """
 
     name: ClassVar[str] = "custom"
@@ -67,6 +74,27 @@ class Recommender(nn.Module):
     #: INSA's default Adam step (AIP: 1e-4; its DVBPR used 1e-3)
     attack_lr: ClassVar[float] = 1e-4
     init_args: dict[str, Any]
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """Wrap the subclass's ``__init__`` so that building an instance records the arguments
+        of the outermost constructor (defaults filled in) as ``init_args``, unless that
+        constructor set ``init_args`` itself."""
+        super().__init_subclass__(**kwargs)
+        init = cls.__dict__.get("__init__")
+        if init is None:
+            return
+        signature = inspect.signature(init)
+
+        @functools.wraps(init)
+        def __init__(self: Recommender, *args: Any, **kw: Any) -> None:
+            outermost = type(self).__init__ is __init__
+            if outermost:
+                captured = _arguments(signature, type(self), self, *args, **kw)
+            init(self, *args, **kw)
+            if outermost and "init_args" not in self.__dict__:
+                self.init_args = captured
+
+        cls.__init__ = __init__  # type: ignore[method-assign]
 
     # --- scoring ---------------------------------------------------------------------------------
     @property
@@ -154,15 +182,57 @@ class Recommender(nn.Module):
         return torch.zeros(users.shape, device=users.device)
 
     # --- checkpoints ---------------------------------------------------------------------------
-    def save(self, directory: Path, extra: dict[str, Any] | None = None) -> None:
+    def save(self, directory: Path | str, extra: dict[str, Any] | None = None) -> None:
+        """Write ``directory/model.pt`` (the state dict) and ``directory/model.json`` (the
+        model's registered name or import path, ``init_args`` and ``extra``)."""
+        directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         torch.save(self.state_dict(), directory / "model.pt")
-        meta = {"model": self.name, "init_args": self.init_args, **(extra or {})}
-        (directory / "model.json").write_text(json.dumps(meta, indent=2))
+        meta = {"model": model_name(type(self)), "init_args": self.init_args, **(extra or {})}
+        try:
+            text = json.dumps(meta, indent=2)
+        except TypeError as err:
+            raise TypeError(
+                f"{type(self).__name__}: init_args {self.init_args!r} cannot be saved ({err}); "
+                "a checkpoint stores the constructor's arguments, so they must be JSON values"
+            ) from None
+        (directory / "model.json").write_text(text)
+
+
+def _arguments(
+    signature: inspect.Signature, cls: type, *args: Any, **kwargs: Any
+) -> dict[str, Any]:
+    """The constructor arguments ``args``/``kwargs`` bind to, defaults filled in, without
+    ``self``; ``**kwargs`` are merged in, ``*args`` cannot be saved."""
+    bound = signature.bind(*args, **kwargs)
+    bound.apply_defaults()
+    out: dict[str, Any] = {}
+    for index, (name, value) in enumerate(bound.arguments.items()):
+        kind = signature.parameters[name].kind
+        if index == 0:
+            continue  # self
+        if kind is inspect.Parameter.VAR_POSITIONAL:
+            if value:
+                raise TypeError(f"{cls.__name__}(*{name}): positional varargs cannot be saved")
+        elif kind is inspect.Parameter.VAR_KEYWORD:
+            out.update(value)
+        else:
+            out[name] = value
+    return out
+
+
+def model_name(cls: type) -> str:
+    """What a checkpoint and a sweep call ``cls``: its registered name, else its import path
+    ``module:QualName``."""
+    name = cls.__dict__.get("name")
+    if name is not None and name in MODELS and MODELS.get(name) is cls:
+        return name
+    return f"{cls.__module__}:{cls.__qualname__}"
 
 
 def load_recommender(directory: Path | str, device: str | torch.device = "cpu") -> Recommender:
-    """Rebuild a saved recommender in eval mode with frozen parameters."""
+    """Rebuild a saved recommender in eval mode with frozen parameters (its class by the
+    registered name or import path its checkpoint records)."""
     directory = Path(directory)
     meta = json.loads((directory / "model.json").read_text())
     model = MODELS.get(meta["model"])(**meta["init_args"])
