@@ -37,6 +37,7 @@ from aipray.params import (  # build_dataclass is re-exported: pipeline and test
     build_dataclass,
     param,
 )
+from aipray.plan import ResourcesConfig  # re-exported: it was defined here
 
 
 @dataclass(frozen=True)
@@ -45,27 +46,6 @@ class FirstStageConfig(Settings):
 
     candidates: int = param(1000, min=1)
     bpr: BPRConfig = field(default_factory=BPRConfig)
-
-
-@dataclass(frozen=True)
-class ResourcesConfig(Settings):
-    """How trials use the cluster.
-
-    Each trial is a light Tune function (``trial_cpus``) that drives a Ray Data pipeline whose
-    ``actors`` each hold one trained ranker (``actor_cpus`` / ``actor_gpus`` each) and process
-    ``batch_size`` cold items at a time. Training stages run as Ray tasks with ``train_cpus`` /
-    ``train_gpus``. GPUs are used only where requested and present.
-    """
-
-    max_concurrent_trials: int = param(2, min=1)
-    trial_cpus: float = param(0.01, min=0)
-    actors: int = param(1, min=1)
-    actor_cpus: float = param(0.5, min=0)
-    actor_gpus: float = param(0.0, min=0)
-    batch_size: int = param(64, min=1)
-    train_cpus: float = param(1.0, min=0)
-    train_gpus: float = param(0.0, min=0)
-    max_failures: int = param(2, min=0)
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +36,7 @@ from aipray.models.extractor import (
     popular_class,
     save_extractor,
 )
+from aipray.plan import StagePaths
 from aipray.protocol import aip
 from aipray.store import Store, atomic_dir, config_key, done
 
@@ -60,30 +60,6 @@ PUSH_VERSION = 2
 def pick_device(gpus: float) -> torch.device:
     """CUDA when GPUs were requested and one is visible, else CPU."""
     return torch.device("cuda" if gpus > 0 and torch.cuda.is_available() else "cpu")
-
-
-@dataclass(frozen=True)
-class StagePaths:
-    """Where every stage output of one trial lives, derived from the config alone."""
-
-    dataset: Path
-    extractor: Path
-    bpr: Path
-    candidates: Path
-    model: Path
-    context: Path
-    context_undefended: Path
-    attack: Path
-    result: Path
-    #: protocol perceptual: item classes, origin and target (unused under AIP's protocol)
-    push: Path | None = None
-
-    def as_dict(self) -> dict[str, str]:
-        return {k: str(v) for k, v in dataclasses.asdict(self).items() if v is not None}
-
-    @classmethod
-    def from_dict(cls, d: dict[str, str]) -> StagePaths:
-        return cls(**{k: Path(v) for k, v in d.items()})
 
 
 def stage_paths(sweep: SweepConfig, trial: TrialSpec) -> StagePaths:
