@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     torch.manual_seed(args.seed)
     catalog = make_synthetic(
-        SyntheticConfig(n_users=300, n_items=600, n_cold=0, image_size=args.image_size)
+        SyntheticConfig(n_users=300, n_items=600, n_cold=10, image_size=args.image_size)
     )
     warm = np.flatnonzero(catalog.warm_mask())
     extractor, info = make_extractor(
@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     x = torch.as_tensor(np.asarray(catalog.images)).float() / 255
     with torch.no_grad():
-        others = torch.flatnonzero(extractor(x).argmax(1) != target)[: args.images]
+        others = torch.nonzero(extractor(x).argmax(1) != target)[: args.images, 0]
     x = x[others]
     print(
         f"extractor held-out accuracy {info.get('holdout_accuracy', float('nan')):.3f}; "
