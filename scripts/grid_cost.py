@@ -38,9 +38,10 @@ except ImportError:  # run from a checkout without `pip install -e .`
 
 from aipray.attacks import ATTACKS
 from aipray.config import SweepConfig, TrialSpec, load_sweep
+from aipray.data.surrogate import SurrogateConfig
 from aipray.models import MODELS
 from aipray.models.dvbpr import DVBPR
-from aipray.models.extractor import build_extractor, make_spec
+from aipray.models.extractor import IN_PROCESS, build_extractor, make_spec
 from aipray.params import without_file_checks
 from aipray.pipeline.stages import stage_paths
 
@@ -123,17 +124,35 @@ def count_work(
         if paths.extractor not in seen and trial.needs_extractor:
             seen.add(paths.extractor)
             work["extractor", size.image, "forward"] += size.items  # the stored features
+            n = pretraining_passes(trial.extractor_config, size.items - size.cold)
+            if n:
+                work["extractor", size.image, "train"] += n
+                jobs.append(("extractor", size.image, "train", n))
     return work, jobs
+
+
+def pretraining_passes(config, warm_items: int) -> int:
+    """Image passes (forward and backward) of the extractor's in-process pretraining: its
+    images times its epochs, times ``adv_steps + 1`` for Madry's PGD training (Free AT replays
+    each batch ``m`` times over ``epochs / m`` epochs: the same as standard training)."""
+    if config.weights not in IN_PROCESS:
+        return 0
+    images = warm_items
+    if config.weights == "surrogate":
+        images = SurrogateConfig(per_class=config.surrogate_per_class).n_classes
+        images *= config.surrogate_per_class
+    factor = config.adv_steps + 1 if config.training == "adversarial" else 1
+    return images * config.epochs * factor
 
 
 def build(network: str, image: int, sweep: SweepConfig, device: torch.device) -> torch.nn.Module:
     """A network of the right shape (weights do not change its speed)."""
     if network == "extractor":
         ext = sweep.extractor
-        if ext.weights == "pretrain":
+        if ext.weights in IN_PROCESS:
             spec = make_spec(
                 ext.arch,
-                8,
+                SurrogateConfig().n_classes if ext.weights == "surrogate" else 8,
                 layout="aipray" if ext.arch == "alexnet" else "torchvision",
                 input_size=ext.input_size or image,
                 image_size=ext.input_size or image,

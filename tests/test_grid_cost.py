@@ -17,7 +17,10 @@ def test_quick_sweep_work_is_counted_after_sharing(run_script):
     insa, expa = 2 * 120 * 10 * 10, 2 * 120 * 100
     assert rows["dvbpr(dim=20)", "attack"][0] == insa + expa
     assert rows["extractor", "attack"][0] == insa + expa  # VBPR's INSA and EXPA through Φ
-    assert rows["dvbpr(dim=20)", "train"][0] == 12 * 12_000 * 2  # a positive and a negative
+    # at most 20 epochs (DVBPR stops earlier once validation stalls): a positive and a negative
+    assert rows["dvbpr(dim=20)", "train"][0] == 20 * 12_000 * 2
+    # the extractor pretrains on the surrogate set: 192 classes x 20 images, 30 epochs
+    assert rows["extractor", "train"][0] == 192 * 20 * 30
     # per trial 2 x 120 images (3 x 120 defended); per context every item once; the features
     trials = 2 * (2 * 2 * 120) + 2 * (3 * 2 * 120)
     assert rows["dvbpr(dim=20)", "forward"][0] == trials + 2 * 1200
