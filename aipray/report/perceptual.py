@@ -215,8 +215,11 @@ def chr_vs_eps(frame: pd.DataFrame, out: Path, k: int = 20) -> list[FigureRef]:
 
 
 def image_grid(frame: pd.DataFrame, fetch: Artifacts, out: Path, n: int = 4) -> list[FigureRef]:
-    """Like the paper's Figure 1: the same origin items, clean and attacked by each attack's
-    largest ε, under each extractor (columns), with the LPIPS of each attacked image."""
+    """Like the paper's Figure 1: one origin item per row, clean and attacked by each attack's
+    largest ε under each extractor (columns), with the class each extractor then predicts (by
+    name) and the LPIPS of each attacked image. Rows are the items most extractors attacked (an
+    extractor attacks the items it puts in the origin class); a cell stays empty where an
+    extractor did not attack that item."""
     refs = []
     for dataset, d in frame.groupby("dataset", sort=False):
         trainings = _trainings(d)
@@ -225,28 +228,37 @@ def image_grid(frame: pd.DataFrame, fetch: Artifacts, out: Path, n: int = 4) -> 
             eps = a["eps"].max()
             a = a if math.isnan(eps) else a[np.isclose(a["eps"].astype(float), eps)]
             arrays = {t: _first(a[a["extractor"] == t], fetch) for t in trainings}
-            if not any(v is not None for v in arrays.values()):
+            held = {t: _by_item(arr) for t, arr in arrays.items() if arr is not None}
+            if not held:
                 continue
-            base = next(v for v in arrays.values() if v is not None)
+            items = _shared_items(held, n)
             fig = Figure(figsize=(1.7 * (1 + len(trainings)), 1.8 * n))
             FigureCanvasAgg(fig)
             axes = fig.subplots(n, 1 + len(trainings), squeeze=False)
             for row in range(n):
                 for col in range(1 + len(trainings)):
                     axes[row, col].axis("off")
-                if row < len(base["item_ids"]):
-                    axes[row, 0].imshow(base["clean"][row].transpose(1, 2, 0))
-                    axes[row, 0].set_title(f"clean, item {base['item_ids'][row]}", fontsize=6)
+                if row >= len(items):
+                    continue
+                item = items[row]
+                arr, i = next(held[t][item] for t in trainings if item in held.get(t, {}))
+                axes[row, 0].imshow(arr["clean"][i].transpose(1, 2, 0))
+                title = f"clean, item {item}"
+                if "clean_class_name" in arr:  # the origin class, under every extractor
+                    title += f"\n{arr['clean_class_name'][i]}"
+                axes[row, 0].set_title(title, fontsize=6)
                 for col, t in enumerate(trainings, start=1):
-                    arr = arrays[t]
-                    if arr is None or row >= len(arr["item_ids"]):
+                    if item not in held.get(t, {}):
                         continue
-                    axes[row, col].imshow(arr["adversarial"][row].transpose(1, 2, 0))
-                    text = f"{TRAINING_NAMES.get(t, t)}, item {arr['item_ids'][row]}"
+                    arr, i = held[t][item]
+                    axes[row, col].imshow(arr["adversarial"][i].transpose(1, 2, 0))
+                    text = TRAINING_NAMES.get(t, t)
                     if "lpips" in arr:
-                        text += f"\nLPIPS {arr['lpips'][row]:.3f}"
-                    if "adv_class" in arr:
-                        text += f", class {arr['adv_class'][row]}"
+                        text += f", LPIPS {arr['lpips'][i]:.3f}"
+                    if "adv_class_name" in arr:
+                        text += f"\n→ {arr['adv_class_name'][i]}"
+                    elif "adv_class" in arr:
+                        text += f"\n→ class {arr['adv_class'][i]}"
                     axes[row, col].set_title(text, fontsize=6)
             fig.suptitle(f"{dataset}: {_attack_label(attack, eps)}", fontsize=9)
             path = out / "figures" / f"{slug('push_examples', dataset, attack)}.png"
@@ -254,6 +266,20 @@ def image_grid(frame: pd.DataFrame, fetch: Artifacts, out: Path, n: int = 4) -> 
             fig.savefig(path, dpi=120)
             refs.append(FigureRef("Attacked images", f"{dataset} {attack}", f"figures/{path.name}"))
     return refs
+
+
+def _by_item(arrays) -> dict[int, tuple]:
+    """item id → (the examples' arrays, the item's index in them)."""
+    return {int(item): (arrays, i) for i, item in enumerate(arrays["item_ids"])}
+
+
+def _shared_items(held: dict[str, dict[int, tuple]], n: int) -> list[int]:
+    """Up to ``n`` item ids, those attacked under the most extractors first, then by id."""
+    count: dict[int, int] = {}
+    for items in held.values():
+        for item in items:
+            count[item] = count.get(item, 0) + 1
+    return sorted(count, key=lambda item: (-count[item], item))[:n]
 
 
 def _first(rows: pd.DataFrame, fetch: Artifacts):
