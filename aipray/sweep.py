@@ -27,29 +27,10 @@ import pandas as pd
 from aipray.config import ConfigError, SweepConfig, TrialSpec, load_sweep
 from aipray.pipeline import stages
 from aipray.pipeline.stages import StagePaths, stage_paths, trial_key
+from aipray.plan import TrialPlan
+from aipray.protocol import PROTOCOLS
 
 log = logging.getLogger("aipray")
-
-PUSH_COLUMNS = {
-    "clean/chr_count_at_20": "chr@20",
-    "attacked/chr_count_at_20": "att_chr@20",
-    "p_value_chr_at_20": "p",
-    "success_mean": "success",
-    "feature_loss_mean": "fl",
-    "lpips_mean": "lpips",
-    "linf_255_max": "linf",
-}
-TABLE_COLUMNS = {
-    "cooperative/hr_at_5": "coop@5",
-    "adversarial/hr_at_5": "adv@5",
-    "ordinary/hr_at_5": "ord@5",
-    "ordinary_attacked/hr_at_5": "ord_att@5",
-    "random/hr_at_5": "rand@5",
-    "prediction_shift": "shift",
-    "p_value_hr_at_5": "p",
-    "linf_255_max": "linf",
-    "ssim_mean": "ssim",
-}
 
 
 def flatten(prefix: str, obj: Any) -> dict[str, Any]:
@@ -63,9 +44,8 @@ def flatten(prefix: str, obj: Any) -> dict[str, Any]:
     return {prefix: obj}
 
 
-def trial_payload(sweep: SweepConfig, trial: TrialSpec) -> dict[str, Any]:
-    """Everything a trial needs, as plain data (it travels to Tune and into MLflow params)."""
-    paths = stage_paths(sweep, trial)
+def trial_params(sweep: SweepConfig, trial: TrialSpec) -> dict[str, Any]:
+    """The trial's MLflow params: the grid point's names and every setting, flattened."""
     params: dict[str, Any] = {
         "dataset": trial.dataset.label,
         "model": trial.model.name,
@@ -80,32 +60,56 @@ def trial_payload(sweep: SweepConfig, trial: TrialSpec) -> dict[str, Any]:
     params.update(flatten("attack", trial.attack.config))
     params.update(flatten("defense", trial.defense.config))
     params.update(flatten("first_stage", sweep.first_stage))
-    if trial.needs_extractor or trial.push is not None:
+    if PROTOCOLS.get(sweep.protocol)().uses_extractor(trial):
         params.update(flatten("extractor", trial.extractor_config))
-    payload = {
-        "name": trial.name,
-        "key": trial_key(paths),
-        "paths": paths.as_dict(),
-        "model": trial.model.as_dict(),
-        "attack": trial.attack.as_dict(),
-        "defense": trial.defense.as_dict(),
-        "resources": dataclasses.asdict(sweep.resources),
-        "examples": sweep.examples,
-        "image_shape": None,
-        "protocol": sweep.protocol,
-        "seed": sweep.seed,
-        "lpips": None if sweep.lpips is None else dataclasses.asdict(sweep.lpips),
-    }
     if sweep.lpips is not None:
         params.update(flatten("lpips", sweep.lpips))
     if trial.push is not None:
-        params["protocol"] = "perceptual"
+        params["protocol"] = sweep.protocol
         params["mode"] = trial.push.config.mode
         params["extractor"] = trial.extractor_config.training
         params.update(flatten("perceptual", trial.push.config))
-        payload["mode"] = trial.push.config.mode
-    payload["params"] = params
-    return payload
+    return params
+
+
+def trial_plan(
+    sweep: SweepConfig, trial: TrialSpec, image_shape: tuple[int, int, int]
+) -> TrialPlan:
+    """The trial as the value Tune, Ray Data and the protocol receive (``image_shape``: the
+    prepared dataset's)."""
+    paths = stage_paths(sweep, trial)
+    return TrialPlan(
+        name=trial.name,
+        key=trial_key(paths),
+        protocol=sweep.protocol,
+        dataset=trial.dataset,
+        model=trial.model,
+        attack=trial.attack,
+        defense=trial.defense,
+        extractor=trial.extractor_config,
+        paths=paths,
+        resources=sweep.resources,
+        image_shape=tuple(image_shape),  # type: ignore[arg-type]
+        seed=sweep.seed,
+        examples=sweep.examples,
+        push=None if trial.push is None else trial.push.config,
+        lpips=sweep.lpips,
+        params=trial_params(sweep, trial),
+    )
+
+
+def trial_plans(sweep: SweepConfig, trials: list[TrialSpec]) -> list[TrialPlan]:
+    """:func:`trial_plan` of each trial, once its dataset is prepared."""
+    from aipray.data import Catalog
+
+    shapes: dict[Path, tuple[int, int, int]] = {}
+    plans = []
+    for trial in trials:
+        dataset = stage_paths(sweep, trial).dataset
+        if dataset not in shapes:
+            shapes[dataset] = Catalog.load(dataset).image_shape
+        plans.append(trial_plan(sweep, trial, shapes[dataset]))
+    return plans
 
 
 # --- stages as Ray tasks -------------------------------------------------------------------------
@@ -161,24 +165,7 @@ def _compute_stage(
     torch.set_num_threads(max(1, threads))
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
     device = stages.pick_device(sweep.resources.train_gpus)
-    if kind == "dataset":
-        stages.prepare_dataset(trial.dataset, paths.dataset)
-    elif kind == "first_stage":
-        stages.train_bpr(sweep, paths, device)
-        if trial.push is None:  # the category push ranks everything: no candidates
-            stages.build_candidates(sweep, paths, device)
-    elif kind == "extractor":
-        stages.train_extractor(sweep, trial, paths, device)
-    elif kind == "push":
-        from aipray.pipeline.push import build_push
-
-        build_push(sweep, trial, paths, device)
-    elif kind == "ranker":
-        stages.train_ranker(sweep, trial, paths, device)
-    elif kind == "context":
-        stages.build_context(trial, paths, device)
-    elif kind == "context_undefended":
-        stages.build_context(trial, paths, device, undefended=True)
+    stages.compute_stage(kind, sweep, trial, paths, device)
 
 
 def run_stages(sweep: SweepConfig, trials: list[TrialSpec]) -> None:
@@ -194,26 +181,14 @@ def run_stages(sweep: SweepConfig, trials: list[TrialSpec]) -> None:
         num_cpus=res.train_cpus, num_gpus=res.train_gpus, max_retries=res.max_failures
     )
     threads = max(1, round(res.train_cpus))
-    if sweep.protocol == "perceptual":
-        waves: list[list[tuple[str, str]]] = [
-            [("dataset", "dataset")],
-            [("first_stage", "bpr"), ("extractor", "extractor")],
-            [("ranker", "model"), ("push", "push")],
-        ]
-    else:
-        waves = [
-            [("dataset", "dataset")],
-            [("first_stage", "candidates"), ("extractor", "extractor")],
-            [("ranker", "model")],
-            [("context", "context"), ("context_undefended", "context_undefended")],
-        ]
-    for wave in waves:
+    protocol = PROTOCOLS.get(sweep.protocol)()
+    for wave in protocol.stages:
         refs, seen = [], set()
         for trial in trials:
             paths = stage_paths(sweep, trial)
-            for kind, field in wave:
-                target = getattr(paths, field)
-                if kind == "extractor" and not (trial.needs_extractor or trial.push):
+            for kind in wave:
+                target = stages.stage_output(kind, paths)
+                if kind == "extractor" and not protocol.uses_extractor(trial):
                     continue
                 if done(target) or target in seen:
                     continue
@@ -242,7 +217,7 @@ def run_stages(sweep: SweepConfig, trials: list[TrialSpec]) -> None:
 
 
 # --- the attack grid ----------------------------------------------------------------------------
-def run_grid(sweep: SweepConfig, payloads: list[dict[str, Any]], tracker) -> list[str]:
+def run_grid(sweep: SweepConfig, plans: list[TrialPlan], tracker) -> list[str]:
     """Run pending trials with Tune; returns the names of trials that failed."""
     from ray import tune
 
@@ -250,18 +225,18 @@ def run_grid(sweep: SweepConfig, payloads: list[dict[str, Any]], tracker) -> lis
     from aipray.pipeline.trial import run_trial
 
     res = sweep.resources
-    by_key = {p["key"]: p for p in payloads}
+    by_key = {p.key: p for p in plans}
     # Tune's console (an experiment box, result paths, a TensorBoard hint) stays off: the
     # TrackingCallback's bar and one line per trial say what a user needs
     os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
-    trainable = tune.with_parameters(run_trial, payloads=by_key)
+    trainable = tune.with_parameters(run_trial, plans=by_key)
     tuner = tune.Tuner(
         tune.with_resources(trainable, {"cpu": res.trial_cpus}),
         param_space={"trial": tune.grid_search(list(by_key))},
         tune_config=tune.TuneConfig(
             max_concurrent_trials=res.max_concurrent_trials,
             reuse_actors=True,  # one process serves trial after trial: no start-up and imports
-            trial_name_creator=lambda t: by_key[t.config["trial"]]["name"],
+            trial_name_creator=lambda t: by_key[t.config["trial"]].name,
             trial_dirname_creator=lambda t: t.config["trial"],
         ),
         run_config=tune.RunConfig(
@@ -276,7 +251,7 @@ def run_grid(sweep: SweepConfig, payloads: list[dict[str, Any]], tracker) -> lis
     # A trial failed when it stored no result (a failed Tune result may carry no config).
     from aipray.store import done
 
-    return [p["name"] for p in payloads if not done(Path(p["paths"]["result"]))]
+    return [p.name for p in plans if not done(p.paths.result)]
 
 
 def summary_table(
@@ -285,7 +260,7 @@ def summary_table(
     """Main metrics (or ``columns``: metric → column name) of the sweep's current trials (runs
     of older settings are left out)."""
     if columns is None:
-        columns = PUSH_COLUMNS if protocol == "perceptual" else TABLE_COLUMNS
+        columns = PROTOCOLS.get(protocol).columns
     rows = []
     for key, run in tracker.child_runs().items():
         if key not in keys:
@@ -326,12 +301,8 @@ def _run_pending(sweep, pending, tracker, ray_address, num_cpus) -> list[str]:
 
     console.install()  # Ray's unactionable worker lines stay off the console
     try:
-        run_stages(sweep, [t for t, _ in pending])
-        from aipray.data import Catalog
-
-        for _, p in pending:
-            p["image_shape"] = list(Catalog.load(p["paths"]["dataset"]).image_shape)
-        return run_grid(sweep, [p for _, p in pending], tracker)
+        run_stages(sweep, pending)
+        return run_grid(sweep, trial_plans(sweep, pending), tracker)
     finally:
         if started_here:
             ray.shutdown()
@@ -362,12 +333,12 @@ def run_sweep(
     from aipray.pipeline.tracking import Tracker
 
     trials = sweep.trials()
-    payloads = [trial_payload(sweep, t) for t in trials]
+    keys = [trial_key(stage_paths(sweep, t)) for t in trials]
     tracker = Tracker(
         sweep.tracking_uri(), sweep.experiment(), sweep.artifact_location(), sweep.name
     )
     finished = tracker.finished_keys()
-    pending = [(t, p) for t, p in zip(trials, payloads, strict=True) if p["key"] not in finished]
+    pending = [t for t, k in zip(trials, keys, strict=True) if k not in finished]
     log.info(
         "%s: %d trials, %d already finished, %d to run",
         sweep.name,
@@ -391,7 +362,7 @@ def run_sweep(
         raise
     finally:
         tracker.end(status)
-    return summary_table(tracker, {p["key"] for p in payloads}, sweep.protocol, columns), failed
+    return summary_table(tracker, set(keys), sweep.protocol, columns), failed
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -11,7 +11,7 @@ import pytest
 
 from aipray.config import load_sweep
 from aipray.pipeline.stages import stage_paths
-from aipray.sweep import main, trial_payload, with_seed
+from aipray.sweep import main, trial_params, with_seed
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -33,7 +33,7 @@ def test_another_seed_retrains_everything_on_the_same_data():
         assert after.dataset == before.dataset
         for stage in ("bpr", "candidates", "extractor", "model", "context", "attack", "result"):
             assert getattr(after, stage) != getattr(before, stage), stage
-        assert trial_payload(other, again)["params"]["seed"] == 7
+        assert trial_params(other, again)["seed"] == 7
 
 
 def test_seed_keeps_a_named_experiment_apart(tmp_path):

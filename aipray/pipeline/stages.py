@@ -25,7 +25,6 @@ from aipray.data import DATASETS, Catalog
 from aipray.data.catalog import summary
 from aipray.defenses import DEFENSES
 from aipray.metrics.full_ranking import full_hit_rate, model_scores
-from aipray.metrics.ranking import CandidateScores
 from aipray.models import MODELS, load_recommender
 from aipray.models.base import model_meta
 from aipray.models.extractor import (
@@ -37,7 +36,9 @@ from aipray.models.extractor import (
     save_extractor,
 )
 from aipray.plan import StagePaths
-from aipray.protocol import aip
+from aipray.protocol import PROTOCOLS, aip
+from aipray.protocol.aip import load_context, load_served  # noqa: F401 - re-exported
+from aipray.protocol.base import pick_device  # noqa: F401 - re-exported
 from aipray.store import Store, atomic_dir, config_key, done
 
 log = logging.getLogger(__name__)
@@ -55,11 +56,6 @@ RESULT_VERSION = 3
 #: bumped when how the category push picks its classes changes (2: by the catalog's categories
 #: with at least one predicted item, not by the predicted counts)
 PUSH_VERSION = 2
-
-
-def pick_device(gpus: float) -> torch.device:
-    """CUDA when GPUs were requested and one is visible, else CPU."""
-    return torch.device("cuda" if gpus > 0 and torch.cuda.is_available() else "cpu")
 
 
 def stage_paths(sweep: SweepConfig, trial: TrialSpec) -> StagePaths:
@@ -342,14 +338,28 @@ def build_context(
     return out
 
 
-def load_served(context: Path, model: Path, device: torch.device | str = "cpu"):
-    """The ranker as served under the context's defence (the trained one unless the defence
-    changed it)."""
-    served = context / "served"
-    return load_recommender(served if served.is_dir() else model, device)
+# --- any stage, by kind ---------------------------------------------------------------------------
+def stage_output(kind: str, paths: StagePaths) -> Path:
+    """Where the stage ``kind`` (a name in a protocol's ``stages``) stores its output: the
+    :class:`StagePaths` field of that name (the ranker's is ``model``)."""
+    return getattr(paths, "model" if kind == "ranker" else kind)
 
 
-def load_context(path: Path, device: torch.device | str = "cpu") -> CandidateScores:
-    return CandidateScores(
-        **torch.load(path / "context.pt", map_location=device, weights_only=True)
-    )
+def compute_stage(
+    kind: str, sweep: SweepConfig, trial: TrialSpec, paths: StagePaths, device: torch.device
+) -> None:
+    """Build the stage ``kind``'s output unless it is stored: the stages every protocol shares
+    here, a protocol's own by its object (:meth:`aipray.protocol.base.Protocol.build_stage`)."""
+    shared = {
+        "dataset": lambda: prepare_dataset(trial.dataset, paths.dataset),
+        "bpr": lambda: train_bpr(sweep, paths, device),
+        "candidates": lambda: build_candidates(sweep, paths, device),
+        "extractor": lambda: train_extractor(sweep, trial, paths, device),
+        "ranker": lambda: train_ranker(sweep, trial, paths, device),
+        "context": lambda: build_context(trial, paths, device),
+        "context_undefended": lambda: build_context(trial, paths, device, undefended=True),
+    }
+    if kind in shared:
+        shared[kind]()
+    else:
+        PROTOCOLS.get(sweep.protocol)().build_stage(kind, trial, paths, device)

@@ -20,6 +20,7 @@ from ray.tune import Callback
 from tqdm.auto import tqdm
 
 from aipray.pipeline.tags import PARENT_TAG, TAG_KEY, TAG_ROLE, TAG_SWEEP
+from aipray.plan import TrialPlan
 
 log = logging.getLogger(__name__)
 
@@ -141,9 +142,9 @@ class TrackingCallback(Callback):
     each finished trial and its headline numbers (Tune's own console output is turned off: its
     per-trial tables drown everything else on a grid of hundreds of trials)."""
 
-    def __init__(self, tracker: Tracker, payloads: dict[str, dict[str, Any]]) -> None:
+    def __init__(self, tracker: Tracker, plans: dict[str, TrialPlan]) -> None:
         self.tracker = tracker
-        self.payloads = payloads
+        self.plans = plans
         self.run_ids: dict[str, str] = {}
         self.bar: tqdm | None = None
 
@@ -152,7 +153,7 @@ class TrackingCallback(Callback):
         return {k: v for k, v in self.__dict__.items() if k != "bar"} | {"bar": None}
 
     def setup(self, **info) -> None:
-        self.bar = tqdm(total=len(self.payloads), desc="trials", unit="trial", dynamic_ncols=True)
+        self.bar = tqdm(total=len(self.plans), desc="trials", unit="trial", dynamic_ncols=True)
 
     def _say(self, line: str) -> None:
         if self.bar is None:
@@ -160,31 +161,29 @@ class TrackingCallback(Callback):
         else:
             self.bar.write(line)
 
-    def _payload(self, trial) -> dict[str, Any]:
-        return self.payloads[trial.config["trial"]]
+    def _plan(self, trial) -> TrialPlan:
+        return self.plans[trial.config["trial"]]
 
     def on_trial_start(self, iteration, trials, trial, **info) -> None:
-        p = self._payload(trial)
-        self.run_ids[p["key"]] = self.tracker.child_run(p["key"], p["name"], p["params"])
+        p = self._plan(trial)
+        self.run_ids[p.key] = self.tracker.child_run(p.key, p.name, p.params)
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
-        p = self._payload(trial)
-        run_id = self.run_ids.get(p["key"]) or self.tracker.child_run(
-            p["key"], p["name"], p["params"]
-        )
-        result = Path(p["paths"]["result"])
+        p = self._plan(trial)
+        run_id = self.run_ids.get(p.key) or self.tracker.child_run(p.key, p.name, p.params)
+        result = p.paths.result
         metrics = json.loads((result / "metrics.json").read_text())
         files = [f for f in sorted(result.iterdir()) if f.is_file()]
         self.tracker.log_result(run_id, metrics, files)
         if self.bar is not None:
             self.bar.update(1)
-        self._say(f"done {p['name']}: {headline(metrics)}")
+        self._say(f"done {p.name}: {headline(metrics)}")
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
-        p = self._payload(trial)
-        if p["key"] in self.run_ids:
-            self.tracker.fail(self.run_ids[p["key"]])
-        self._say(f"FAILED {p['name']} (Tune retries it up to resources.max_failures times)")
+        p = self._plan(trial)
+        if p.key in self.run_ids:
+            self.tracker.fail(self.run_ids[p.key])
+        self._say(f"FAILED {p.name} (Tune retries it up to resources.max_failures times)")
 
     def on_experiment_end(self, trials, **info) -> None:
         if self.bar is not None:

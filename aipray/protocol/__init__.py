@@ -15,6 +15,11 @@ code evaluates a user's own ranker in a notebook::
 item of an origin class towards a target class, retrain (poisoning) or rescore (evasion), and
 compare CHR@K / nCDCG@K over full rankings (``perceptual.push`` runs it in one call).
 
+Each is also a registered :class:`~aipray.protocol.base.Protocol` object (``PROTOCOLS.get("aip")``,
+``PROTOCOLS.get("perceptual")``) that runs one sweep trial from its
+:class:`~aipray.plan.TrialPlan`: :func:`~aipray.protocol.base.run` does it in this process, and a
+sweep's Ray Data actors call the same object's evaluator on the same batches.
+
 Importing this package does not import Ray.
 """
 
@@ -29,15 +34,20 @@ from aipray.protocol.aip import (
     reduce_items,
     top_candidates,
 )
+from aipray.protocol.base import PROTOCOLS, Protocol, protocol_of, run
 
 __all__ = [
+    "PROTOCOLS",
     "ColdItemEvaluator",
     "FirstStage",
+    "Protocol",
     "attack",
     "candidate_scores",
     "evaluate",
     "first_stage",
     "perceptual",
+    "protocol_of",
     "reduce_items",
+    "run",
     "top_candidates",
 ]
