@@ -336,14 +336,15 @@ def test_every_ranker_attack_kind_and_defence_with_report(tmp_path, ray_local):
     insa = by_name["synthetic/alexrank/insa/eps=16/none"]
     assert insa.metrics["adversarial/hr_at_5"] > insa.metrics["cooperative/hr_at_5"]
     assert insa.metrics["linf_255_max"] <= 16
-    csema = by_name["synthetic/amr(dim=10,adv_eps_relative=0.05)/csema/none"]
+    csema = by_name["synthetic/amr(dim=10)/csema/none"]  # AMR's own ε: 0.1 of max |f|
     assert csema.params["eps"] == "none" and csema.metrics["linf_255_max"] > 16
-    fgsm = by_name["synthetic/amr(dim=10,adv_eps_relative=0.05)/fgsm/eps=8/none"]
+    fgsm = by_name["synthetic/amr(dim=10)/fgsm/eps=8/none"]
     # every trial reports the health of what it stands on; AMR its absolute adversary size
     for run in by_name.values():
         assert 0 < run.metrics["first_stage/val_hr_at_10"] <= 1
         assert run.metrics["first_stage/val_random_hr_at_10"] == pytest.approx(10 / 101)
-    assert fgsm.metrics["ranker/adv_eps"] > 0 and 0 < fgsm.metrics["ranker/val_hr_at_10"] <= 1
+    assert fgsm.metrics["ranker/adv_eps"] == pytest.approx(0.1)  # in features / max |f|
+    assert 0 < fgsm.metrics["ranker/val_hr_at_10"] <= 1
     assert 0 <= fgsm.metrics["success_rate"] <= 1 and fgsm.metrics["linf_255_max"] <= 8
     # c-SEMA and FGSM know no ranker: their images are computed once and shared by both rankers
     alex_fgsm = by_name["synthetic/alexrank/fgsm/eps=8/none"]
