@@ -40,6 +40,7 @@ from aipray.config import load_sweep
 from aipray.data import Catalog
 from aipray.data.synthetic import TEXTURES, item_styles
 from aipray.metrics.full_ranking import full_hit_rate, model_scores, popularity_scores
+from aipray.metrics.probe import probe_accuracy
 from aipray.models import MODELS, load_recommender
 from aipray.models.base import model_meta
 from aipray.models.extractor import extract_features, load_extractor
@@ -79,25 +80,6 @@ def fixed_features(table: torch.Tensor) -> type[VBPR]:
             return FeatureEncoder(table.to(self.E.weight.device), self.encode_features)
 
     return FixedFeatureVBPR
-
-
-def probe_accuracy(features: torch.Tensor, labels: np.ndarray, seed: int = 0) -> float:
-    """Held-out accuracy (a fifth of the items) of a linear softmax probe on ``features``."""
-    rng = np.random.default_rng(seed)
-    order = rng.permutation(labels.size)
-    test, train = order[: labels.size // 5], order[labels.size // 5 :]
-    x = (features - features[train].mean(0)) / (features[train].std(0) + 1e-6)
-    y = torch.as_tensor(labels)
-    torch.manual_seed(seed)
-    probe = torch.nn.Linear(x.shape[1], int(labels.max()) + 1)
-    opt = torch.optim.Adam(probe.parameters(), lr=0.01, weight_decay=1e-4)
-    for _ in range(300):
-        loss = torch.nn.functional.cross_entropy(probe(x[train]), y[train])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    with torch.no_grad():
-        return float((probe(x[test]).argmax(1) == y[test]).float().mean())
 
 
 def changed(config, recipe: str):

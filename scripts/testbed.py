@@ -1,0 +1,240 @@
+#!/usr/bin/env python
+"""Is the synthetic testbed an instrument? Its properties over training seeds, before any attack.
+
+    python scripts/testbed.py sweeps/quick.yaml --seeds 0 1 2
+    python scripts/testbed.py sweeps/quick.yaml --seeds 0 1 2 --robust free  # + a robust one
+
+For every seed this computes (or reads back from the sweep's store: the same stages the sweep
+runs, so a later ``python -m aipray.sweep SWEEP --seed N`` reuses them) the dataset, the first
+stage, the extractor and the sweep's rankers, and prints:
+
+- **what the features carry**: held-out accuracy of linear probes that read each item's shape,
+  hue (in sixths of the hue circle) and texture off the extractor's features (a fifth of the
+  items held out; majority class beside it);
+- **the rankers against the baselines**: HR@10 of each user's *test* item over the full ranking
+  of warm items, with its standard error over users, for every visual ranker of the sweep, the
+  first-stage BPR, a BPR with VBPR's number of factors (the first stage's recipe otherwise), and
+  the popularity ranker; and the first stage's share of test items among its top-C beside
+  popularity's;
+- **how easily the classifier is fooled**: targeted PGD at ε = 8 (10 steps of ε/6, no random
+  start, 8-bit rounding) towards the extractor's TAaMR target class (the class it predicts most
+  over training interactions), the share of warm items not already of that class it turns; and,
+  with ``--robust free`` (or ``adversarial``), the same for the extractor trained robustly with
+  the sweep's settings (``adv_eps``: 4 unless the sweep says otherwise). Free AT (Shafahi et al.
+  2019, m = 4) costs what standard training costs; Madry's PGD training about ``adv_steps + 1``
+  times as much.
+
+Then a summary over seeds (mean, min, max) and the issue's targets: probes >= 0.9; VBPR above
+BPR of its size and above the first stage by two standard errors; DVBPR above popularity;
+first stage above popularity at top-C; PGD success >= 0.8 standard, <= 0.3 robust.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+try:
+    import aipray  # noqa: F401
+except ImportError:  # run from a checkout without `pip install -e .`
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from aipray.attacks.taamr import signed_ascent
+from aipray.config import load_sweep
+from aipray.data import Catalog
+from aipray.data.synthetic import item_styles
+from aipray.grid import Component
+from aipray.metrics.full_ranking import full_hit_rate, model_scores, popularity_scores
+from aipray.metrics.probe import probe_accuracy
+from aipray.models import MODELS, load_recommender
+from aipray.models.extractor import extract_features, load_extractor, read_extractor_info
+from aipray.pipeline import stages
+from aipray.store import atomic_dir, done
+from aipray.sweep import with_seed
+
+PGD_EPS, PGD_STEPS = 8.0, 10
+
+
+def pgd_success(extractor, catalog: Catalog, target: int, *, limit: int, seed: int) -> float:
+    """Share of (at most ``limit``, drawn with ``seed``) warm items not already classified as
+    ``target`` that targeted PGD ε = 8 (10 steps of ε/6) turns into ``target``, after 8-bit
+    rounding."""
+    warm = np.flatnonzero(catalog.warm_mask())
+    images = torch.as_tensor(np.asarray(catalog.images[warm])).float() / 255.0
+    with torch.no_grad():
+        before = torch.cat([extractor(images[i : i + 256]) for i in range(0, len(images), 256)])
+    candidates = np.flatnonzero(before.argmax(1).numpy() != target)
+    rng = np.random.default_rng(seed)
+    pick = rng.choice(candidates, size=min(limit, candidates.size), replace=False)
+    x = images[pick]
+    eps = torch.full((1, 1, 1, 1), PGD_EPS)
+
+    def toward_target(x_adv: torch.Tensor, step: int) -> torch.Tensor:
+        labels = torch.full((x_adv.shape[0],), target, dtype=torch.long)
+        return -torch.nn.functional.cross_entropy(extractor(x_adv), labels, reduction="none")
+
+    hits = 0
+    for i in range(0, len(x), 64):
+        adv = signed_ascent(
+            x[i : i + 64],
+            toward_target,
+            eps=eps,
+            step=eps / 6,
+            steps=PGD_STEPS,
+        )
+        with torch.no_grad():
+            hits += int((extractor(adv).argmax(1) == target).sum())
+    return hits / max(1, len(x))
+
+
+def robust_extractor(sweep, trial, paths, device, training: str) -> Path:
+    """The sweep's extractor trained robustly (``training``: ``free`` or ``adversarial``, with the
+    sweep's ``adv_eps``), stored beside the standard one."""
+    config = dataclasses.replace(trial.extractor_config, training=training)
+    robust_trial = dataclasses.replace(trial, extractor=Component("extractor", config.arch, config))
+    out = stages.stage_paths(sweep, robust_trial).extractor
+    if not done(out):
+        stages.train_extractor(
+            sweep, robust_trial, dataclasses.replace(paths, extractor=out), device
+        )
+    return out
+
+
+def measure(sweep, *, robust: str | None, limit: int) -> dict[str, float]:
+    device = torch.device("cpu")
+    trials = sweep.trials()
+    visual = {}
+    for trial in trials:
+        visual.setdefault(trial.model.name, trial)
+    first = next(iter(visual.values()))
+    paths = stages.stage_paths(sweep, first)
+    stages.prepare_dataset(first.dataset, paths.dataset)
+    stages.train_bpr(sweep, paths, device)
+    stages.build_candidates(sweep, paths, device)
+    stages.train_extractor(sweep, first, paths, device)
+    row: dict[str, float] = {}
+    catalog = Catalog.load(paths.dataset)
+    extractor = load_extractor(paths.extractor, device)
+    features = extract_features(extractor, catalog.images, device=device)
+    truth = item_styles(first.dataset.config)
+    hue_sixths = np.floor(truth.hues * 6).astype(np.int64) % 6
+    for name, labels in (
+        ("shape", truth.categories),
+        ("hue", hue_sixths),
+        ("texture", truth.textures),
+    ):
+        row[f"probe/{name}"] = probe_accuracy(features, labels)
+        row[f"probe/{name}_majority"] = np.bincount(labels).max() / labels.size
+
+    def full(scores_of) -> float:
+        return full_hit_rate(scores_of, catalog, held_out="test")
+
+    for name, trial in visual.items():
+        model_paths = stages.stage_paths(sweep, trial)
+        stages.train_ranker(sweep, trial, model_paths, device)
+        model = load_recommender(model_paths.model, device)
+        row[f"full/{name}"] = full(model_scores(model, catalog, device))
+    bpr = load_recommender(paths.bpr, device)
+    row["full/bpr_first_stage"] = full(model_scores(bpr, catalog, device))
+    dim = getattr(visual.get("vbpr", first).model.config, "dim", None)
+    if dim is not None:
+        small = paths.bpr.with_name(paths.bpr.name + f"-factors{dim}")
+        if not done(small):
+            config = dataclasses.replace(sweep.first_stage.bpr, factors=dim)
+            model, info = MODELS.get("bpr").fit(
+                config, catalog, extractor=None, device=device, seed=sweep.seed
+            )
+            with atomic_dir(small) as tmp:
+                model.cpu().save(tmp, {"training": info})
+        row["full/bpr_same_size"] = full(model_scores(load_recommender(small, device), catalog))
+    row["full/popularity"] = full(popularity_scores(catalog))
+    h = row["full/bpr_first_stage"]  # the standard error of an HR@10 at the first stage's level
+    row["full/se"] = float(np.sqrt(h * (1 - h) / catalog.n_users))
+    health = stages.first_stage_health(paths)
+    row["top_c/bpr"] = health["test_in_top_c"]
+    row["top_c/popularity"] = health["popularity_test_in_top_c"]
+    target = int(read_extractor_info(paths.extractor)["target_class"])
+    row["pgd8/standard"] = pgd_success(extractor, catalog, target, limit=limit, seed=sweep.seed)
+    if robust:
+        robust_path = robust_extractor(sweep, first, paths, device, robust)
+        robust_net = load_extractor(robust_path, device)
+        target = int(read_extractor_info(robust_path)["target_class"])
+        row["pgd8/robust"] = pgd_success(robust_net, catalog, target, limit=limit, seed=sweep.seed)
+    return row
+
+
+def summary(table: pd.DataFrame) -> pd.DataFrame:
+    return pd.DataFrame({"mean": table.mean(), "min": table.min(), "max": table.max()})
+
+
+def targets(table: pd.DataFrame) -> list[tuple[str, bool, str]]:
+    """Each target of the testbed, whether it holds under every seed, and the numbers."""
+    out = []
+    for name in ("shape", "hue", "texture"):
+        col = table[f"probe/{name}"]
+        out.append((f"probe {name} >= 0.9", bool((col >= 0.9).all()), f"min {col.min():.3f}"))
+    se = table["full/se"]
+    if "full/vbpr" in table:
+        for ref in ("bpr_same_size", "bpr_first_stage"):
+            if ref in {c.split("/")[1] for c in table}:
+                gap = table["full/vbpr"] - table[f"full/{ref}"]
+                ok = bool((gap >= 2 * se).all())
+                bound = f"2 SE <= {2 * se.max():.3f}"
+                out.append((f"VBPR > {ref} by 2 SE", ok, f"gaps {_fmt(gap, True)} ({bound})"))
+    if "full/dvbpr" in table:
+        gap = table["full/dvbpr"] - table["full/popularity"]
+        out.append(("DVBPR > popularity", bool((gap > 0).all()), f"gaps {_fmt(gap, True)}"))
+        gap = table["full/dvbpr"] - table["full/bpr_first_stage"]
+        out.append(("DVBPR - first-stage BPR (reported)", True, f"gaps {_fmt(gap, True)}"))
+    gap = table["top_c/bpr"] - table["top_c/popularity"]
+    out.append(
+        ("first stage > popularity at top-C", bool((gap > 0).all()), f"gaps {_fmt(gap, True)}")
+    )
+    col = table["pgd8/standard"]
+    out.append(("PGD eps 8 fools >= 0.8 (standard)", bool((col >= 0.8).all()), _fmt(col)))
+    if "pgd8/robust" in table:
+        col = table["pgd8/robust"]
+        out.append(("PGD eps 8 fools <= 0.3 (robust)", bool((col <= 0.3).all()), _fmt(col)))
+    return out
+
+
+def _fmt(values: pd.Series, signed: bool = False) -> str:
+    return " / ".join(f"{v:+.3f}" if signed else f"{v:.3f}" for v in values)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("sweep", type=Path)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument(
+        "--robust", choices=("free", "adversarial"), default=None, help="also a robust extractor"
+    )
+    parser.add_argument("--pgd-items", type=int, default=300, help="items PGD attacks per seed")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
+    sweep = load_sweep(args.sweep)
+    if sweep.protocol != "aip" or not any(t.dataset.name == "synthetic" for t in sweep.trials()):
+        raise SystemExit(f"{args.sweep}: needs an AIP sweep on the synthetic marketplace")
+    rows = {}
+    for seed in args.seeds:
+        rows[seed] = measure(with_seed(sweep, seed), robust=args.robust, limit=args.pgd_items)
+        print(f"seed {seed}: " + ", ".join(f"{k} {v:.3f}" for k, v in rows[seed].items()))
+    table = pd.DataFrame(rows).T
+    table.index.name = "seed"
+    with pd.option_context("display.width", 200, "display.float_format", "{:.3f}".format):
+        print(table.T)
+        print(summary(table))
+    for name, ok, numbers in targets(table):
+        print(f"{'holds' if ok else 'MISSED':7} {name}: {numbers}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
