@@ -49,7 +49,8 @@ except ImportError:  # run from a checkout without `pip install -e .`
 from aipray.attacks.taamr import signed_ascent
 from aipray.config import load_sweep
 from aipray.data import Catalog
-from aipray.data.synthetic import item_styles
+from aipray.data.surrogate import SurrogateConfig, make_surrogate
+from aipray.data.synthetic import item_styles, make_synthetic
 from aipray.grid import Component
 from aipray.metrics.full_ranking import full_hit_rate, model_scores, popularity_scores
 from aipray.metrics.probe import probe_accuracy
@@ -170,6 +171,27 @@ def measure(sweep, *, robust: str | None, limit: int) -> dict[str, float]:
     return row
 
 
+def write_figure(sweep, path: Path, per_row: int = 12) -> None:
+    """A PNG of what the extractor learns from and what it is applied to: two rows of surrogate
+    images (random classes) above two rows of the marketplace's product images, 4× enlarged."""
+    from PIL import Image
+
+    trial = sweep.trials()[0]
+    config = trial.extractor_config
+    size = trial.dataset.config.image_size
+    surrogate, _ = make_surrogate(
+        SurrogateConfig(per_class=2, image_size=size, clutter=config.surrogate_clutter)
+    )
+    catalog = make_synthetic(dataclasses.replace(trial.dataset.config, n_users=50))
+    rows = [surrogate[: 2 * per_row], np.asarray(catalog.images[: 2 * per_row])]
+    tiles = np.concatenate(rows).reshape(4, per_row, 3, size, size)
+    grid = tiles.transpose(0, 3, 1, 4, 2).reshape(4 * size, per_row * size, 3)
+    image = Image.fromarray(grid).resize((per_row * size * 4, 4 * size * 4), Image.NEAREST)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image.save(path)
+    print(f"wrote {path}")
+
+
 def summary(table: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame({"mean": table.mean(), "min": table.min(), "max": table.max()})
 
@@ -212,14 +234,19 @@ def _fmt(values: pd.Series, signed: bool = False) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("sweep", type=Path)
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--seeds", type=int, nargs="*", default=[0, 1, 2], help="none: figure only")
     parser.add_argument(
         "--robust", choices=("free", "adversarial"), default=None, help="also a robust extractor"
     )
     parser.add_argument("--pgd-items", type=int, default=300, help="items PGD attacks per seed")
+    parser.add_argument("--figure", type=Path, default=None, help="PNG: surrogate vs catalog")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
     sweep = load_sweep(args.sweep)
+    if args.figure is not None:
+        write_figure(sweep, args.figure)
+    if not args.seeds:
+        return 0
     if sweep.protocol != "aip" or not any(t.dataset.name == "synthetic" for t in sweep.trials()):
         raise SystemExit(f"{args.sweep}: needs an AIP sweep on the synthetic marketplace")
     rows = {}

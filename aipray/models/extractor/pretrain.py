@@ -125,7 +125,7 @@ def _pretrain(
         if config.training == "free":
             info["free_replays"] = config.free_replays
     log.info(
-        "extractor pretrained (%s) on %d images, %d categories: held-out accuracy %.3f (%.0fs)",
+        "extractor pretrained (%s) on %d images, %d classes: held-out accuracy %.3f (%.0fs)",
         config.training,
         keep.size,
         n_classes,

@@ -1,0 +1,61 @@
+"""scripts/testbed.py: the testbed's targets are judged as stated, and its figure is drawn."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pandas as pd
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _testbed():
+    spec = importlib.util.spec_from_file_location("testbed", ROOT / "scripts" / "testbed.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _row(**changes) -> dict[str, float]:
+    row = {
+        "probe/shape": 0.99,
+        "probe/hue": 0.95,
+        "probe/texture": 0.91,
+        "full/vbpr": 0.50,
+        "full/bpr_same_size": 0.45,
+        "full/bpr_first_stage": 0.47,
+        "full/dvbpr": 0.30,
+        "full/popularity": 0.20,
+        "full/se": 0.014,
+        "top_c/bpr": 0.8,
+        "top_c/popularity": 0.6,
+        "pgd8/standard": 0.9,
+        "pgd8/robust": 0.2,
+    }
+    row.update(changes)
+    return row
+
+
+def test_every_target_must_hold_under_every_seed():
+    targets = _testbed().targets
+    good = pd.DataFrame({0: _row(), 1: _row()}).T
+    assert all(ok for _, ok, _ in targets(good))
+    # one seed's VBPR only 0.02 above BPR-64: inside two standard errors (0.028), so missed
+    mixed = pd.DataFrame({0: _row(), 1: _row(**{"full/vbpr": 0.49})}).T
+    verdict = {name: ok for name, ok, _ in targets(mixed)}
+    assert verdict["VBPR > bpr_first_stage by 2 SE"] is False
+    assert verdict["VBPR > bpr_same_size by 2 SE"] is True  # 0.04 above
+    weak = pd.DataFrame({0: _row(**{"probe/texture": 0.89, "pgd8/standard": 0.79})}).T
+    verdict = {name: ok for name, ok, _ in targets(weak)}
+    assert not verdict["probe texture >= 0.9"]
+    assert not verdict["PGD eps 8 fools >= 0.8 (standard)"]
+    assert verdict["probe hue >= 0.9"]
+
+
+def test_figure_shows_surrogate_and_catalog_images(run_script, tmp_path):
+    out = tmp_path / "testbed.png"
+    run_script("testbed.py", "sweeps/quick.yaml", "--figure", str(out), "--seeds")
+    with Image.open(out) as image:
+        assert image.size == (12 * 32 * 4, 4 * 32 * 4)  # 12 columns, 4 rows of 32 px, 4x
