@@ -21,12 +21,17 @@ import torch
 Objective = Callable[[torch.Tensor, int], torch.Tensor]
 
 
-def quantize_within(x_adv: torch.Tensor, x: torch.Tensor, eps: float) -> torch.Tensor:
-    """Round to the 8-bit grid while keeping ``|round(x_adv) − x| ≤ eps/255`` and ``[0, 1]``.
+def quantize_within(
+    x_adv: torch.Tensor, x: torch.Tensor, eps: float | torch.Tensor
+) -> torch.Tensor:
+    """Round to the 8-bit grid while keeping ``|round(x_adv) − x| ≤ eps/255`` and ``[0, 1]``
+    (``eps`` a number, or a tensor broadcast over ``x``, e.g. ``[1, 3, 1, 1]`` per channel).
 
     When ``x`` is itself on the 8-bit grid (stored images are), plain rounding already keeps the
     bound; the clamp makes it hold for off-grid inputs too (e.g. resized images).
     """
+    if isinstance(eps, torch.Tensor):
+        eps = eps.to(x.device, x.dtype)
     q = torch.round(x_adv * 255.0)
     lo = torch.clamp(torch.ceil(x * 255.0 - eps - 1e-4), min=0.0)
     hi = torch.clamp(torch.floor(x * 255.0 + eps + 1e-4), max=255.0)
@@ -48,9 +53,9 @@ def linf_ascent(
     images: torch.Tensor,
     objective: Objective,
     *,
-    eps: float,
+    eps: float | torch.Tensor,
     steps: int,
-    lr: float,
+    lr: float | torch.Tensor,
     method: str = "adam",
     random_start: bool = False,
     generator: torch.Generator | None = None,
@@ -63,9 +68,11 @@ def linf_ascent(
     Args:
         images: ``[B, 3, H, W]`` float in [0, 1]; never modified.
         objective: ``(x_adv, step) → [B]`` values to maximise.
-        eps: L∞ bound in 0..255 pixel units.
+        eps: L∞ bound in 0..255 pixel units: a number, or a tensor broadcast over the images
+            (``[1, 3, 1, 1]``: one bound per channel, as ε in a classifier's normalised space).
         steps: number of updates.
-        lr: Adam learning rate (``method="adam"``) or step size in [0, 1] units (``"sign"``: PGD).
+        lr: Adam learning rate (``method="adam"``) or step size in [0, 1] units (``"sign"``: PGD;
+            a tensor like ``eps`` for a per-channel step).
         method: ``"adam"`` (AIP's INSA/EXPA) or ``"sign"`` (signed-gradient PGD; FGSM = 1 step).
         random_start: start from a uniform point of the ε-ball (Madry et al.).
         plateau: stop each image once its objective stops improving (default: ``steps`` each).
@@ -77,13 +84,22 @@ def linf_ascent(
         Adversarial images ``[B, 3, H, W]`` in [0, 1] (on the 8-bit grid unless ``quantize`` is
         off), detached.
     """
-    if eps < 0 or not math.isfinite(eps):
-        raise ValueError(f"eps must be a finite number >= 0, got {eps}")
     x = images.detach()
+    if isinstance(eps, torch.Tensor):
+        eps = eps.to(x.device, x.dtype)
+        if bool((eps < 0).any()) or not bool(torch.isfinite(eps).all()):
+            raise ValueError(f"eps must be finite numbers >= 0, got {eps.flatten().tolist()}")
+        no_room = bool((eps == 0).all())
+    else:
+        if eps < 0 or not math.isfinite(eps):
+            raise ValueError(f"eps must be a finite number >= 0, got {eps}")
+        no_room = eps == 0
+    if isinstance(lr, torch.Tensor):
+        lr = lr.to(x.device, x.dtype)
     bound = eps / 255.0
     if steps_taken is not None:
-        steps_taken.fill_(0 if eps == 0 else steps)
-    if eps == 0 or steps == 0:
+        steps_taken.fill_(0 if no_room else steps)
+    if no_room or steps == 0:
         return quantize_within(x, x, eps) if quantize else x
     delta = torch.zeros_like(x)
     if random_start:
@@ -91,6 +107,8 @@ def linf_ascent(
         delta = (2 * noise - 1).to(x.device) * bound
         delta = (x + delta).clamp(0, 1) - x
     delta.requires_grad_(True)
+    if method == "adam" and isinstance(lr, torch.Tensor):
+        raise ValueError("a per-channel lr needs method='sign'")
     opt = torch.optim.Adam([delta], lr=lr) if method == "adam" else None
     running = torch.arange(x.shape[0], device=x.device)  # images still being optimised
     if plateau is not None:
@@ -123,7 +141,7 @@ def linf_ascent(
             else:
                 delta.grad = -grad  # Adam minimises
                 opt.step()
-            delta.clamp_(-bound, bound)
+            delta.copy_(torch.clamp(delta, -bound, bound))
             delta.copy_((x + delta).clamp(0.0, 1.0) - x)
             if before is not None and running.numel() < x.shape[0]:
                 # stopped images keep their δ (Adam's momentum would still move them)

@@ -46,7 +46,7 @@ try:
 except ImportError:  # run from a checkout without `pip install -e .`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from aipray.attacks.taamr import signed_ascent
+from aipray.attacks.base import linf_ascent
 from aipray.config import load_sweep
 from aipray.data import Catalog
 from aipray.data.surrogate import SurrogateConfig, make_surrogate
@@ -75,7 +75,6 @@ def pgd_success(extractor, catalog: Catalog, target: int, *, limit: int, seed: i
     rng = np.random.default_rng(seed)
     pick = rng.choice(candidates, size=min(limit, candidates.size), replace=False)
     x = images[pick]
-    eps = torch.full((1, 1, 1, 1), PGD_EPS)
 
     def toward_target(x_adv: torch.Tensor, step: int) -> torch.Tensor:
         labels = torch.full((x_adv.shape[0],), target, dtype=torch.long)
@@ -83,12 +82,13 @@ def pgd_success(extractor, catalog: Catalog, target: int, *, limit: int, seed: i
 
     hits = 0
     for i in range(0, len(x), 64):
-        adv = signed_ascent(
+        adv = linf_ascent(
             x[i : i + 64],
             toward_target,
-            eps=eps,
-            step=eps / 6,
+            eps=PGD_EPS,
             steps=PGD_STEPS,
+            lr=PGD_EPS / 6 / 255.0,
+            method="sign",
         )
         with torch.no_grad():
             hits += int((extractor(adv).argmax(1) == target).sum())

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from aipray.attacks.base import ATTACKS, Attack, AttackInputs, linf_ascent, quantize_within
+from aipray.attacks.base import ATTACKS, Attack, AttackInputs, linf_ascent
 from aipray.models.nets import IMAGENET_STD, Normalize
 from aipray.params import Settings, param
 
@@ -46,35 +46,6 @@ def channel_bound(classifier: torch.nn.Module, eps_space: str) -> torch.Tensor:
     if eps_space == "normalized":
         return input_std(classifier)
     raise ValueError(f"eps_space: {eps_space!r} is not allowed; expected one of {EPS_SPACES}")
-
-
-def signed_ascent(
-    images: torch.Tensor,
-    objective,
-    *,
-    eps: torch.Tensor,
-    step: torch.Tensor,
-    steps: int,
-    random_start: bool = False,
-    generator: torch.Generator | None = None,
-) -> torch.Tensor:
-    """Signed-gradient ascent (FGSM = one step, PGD) inside a per-channel L∞ box: ``eps`` and
-    ``step`` are ``[1, C, 1, 1]`` bounds in 0..255 pixel units. Clipped to [0, 1] every step,
-    rounded to the 8-bit grid at the end with each channel's bound kept."""
-    x = images.detach()
-    eps = eps.to(x.device, x.dtype)
-    bound, lr = eps / 255.0, step.to(x.device, x.dtype) / 255.0
-    delta = torch.zeros_like(x)
-    if random_start:
-        noise = torch.rand(x.shape, generator=generator, dtype=x.dtype)  # CPU: reproducible
-        delta = (x + (2 * noise - 1).to(x.device) * bound).clamp(0, 1) - x
-    for i in range(steps):
-        delta.requires_grad_(True)
-        (grad,) = torch.autograd.grad(objective(x + delta, i).sum(), delta)
-        with torch.no_grad():
-            delta = torch.minimum(torch.maximum(delta + lr * grad.sign(), -bound), bound)
-            delta = (x + delta).clamp(0.0, 1.0) - x
-    return quantize_within((x + delta).detach(), x, eps)
 
 
 def _targeted_objective(classifier: torch.nn.Module, target: int):
@@ -128,8 +99,8 @@ class FGSM(_ClassifierAttack):
         eps = self.config.eps
         if self.config.eps_space == "pixel":
             return linf_ascent(images, objective, eps=eps, steps=1, lr=eps / 255.0, method="sign")
-        bound = eps * self.channel_scale
-        return signed_ascent(images, objective, eps=bound, step=bound, steps=1)
+        bound = eps * self.channel_scale  # per channel, 0..255 pixel units
+        return linf_ascent(images, objective, eps=bound, steps=1, lr=bound / 255.0, method="sign")
 
 
 @dataclass(frozen=True)
@@ -172,12 +143,13 @@ class PGD(_ClassifierAttack):
         cfg = self.config
         step = cfg.step()
         if cfg.eps_space != "pixel":
-            return signed_ascent(
+            return linf_ascent(
                 images,
                 _targeted_objective(self.inputs.classifier, self.target),
                 eps=cfg.eps * self.channel_scale,
-                step=step * self.channel_scale,
                 steps=cfg.steps,
+                lr=step * self.channel_scale / 255.0,
+                method="sign",
                 random_start=cfg.random_start,
                 generator=torch.Generator().manual_seed(cfg.seed),
             )
