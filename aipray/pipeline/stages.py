@@ -37,8 +37,8 @@ from aipray.models.extractor import (
 )
 from aipray.plan import StagePaths
 from aipray.protocol import PROTOCOLS, aip
-from aipray.protocol.aip import load_context, load_served  # noqa: F401 - re-exported
 from aipray.protocol.base import pick_device  # noqa: F401 - re-exported
+from aipray.protocol.cold_items import load_context, load_served  # noqa: F401 - re-exported
 from aipray.store import Store, atomic_dir, config_key, done
 
 log = logging.getLogger(__name__)

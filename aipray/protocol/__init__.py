@@ -15,15 +15,16 @@ code evaluates a user's own ranker in a notebook::
 item of an origin class towards a target class, retrain (poisoning) or rescore (evasion), and
 compare CHR@K / nCDCG@K over full rankings (``perceptual.push`` runs it in one call).
 
-Each is also a registered :class:`~aipray.protocol.base.Protocol` object (``PROTOCOLS.get("aip")``,
-``PROTOCOLS.get("perceptual")``) that runs one sweep trial from its
+Each is also a registered :class:`~aipray.protocol.base.Protocol` object (``PROTOCOLS.get("aip")``
+in :mod:`~aipray.protocol.cold_items`, ``PROTOCOLS.get("perceptual")`` in
+:mod:`~aipray.protocol.category_push`) that runs one sweep trial from its
 :class:`~aipray.plan.TrialPlan`: :func:`~aipray.protocol.base.run` does it in this process, and a
 sweep's Ray Data actors call the same object's evaluator on the same batches.
 
 Importing this package does not import Ray.
 """
 
-from aipray.protocol import perceptual
+from aipray.protocol import category_push, cold_items, perceptual  # noqa: F401 - registers both
 from aipray.protocol.aip import (
     ColdItemEvaluator,
     FirstStage,

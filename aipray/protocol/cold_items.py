@@ -1,0 +1,220 @@
+"""AIP's cold-item protocol as a registered :class:`~aipray.protocol.base.Protocol` (``aip``): one
+sweep trial from its :class:`~aipray.plan.TrialPlan` — its stages' stored outputs (candidate
+scores, the served ranker), the per-batch :class:`~aipray.protocol.aip.ColdItemEvaluator`, the
+reduction and the example figures. The maths it calls lives in :mod:`aipray.protocol.aip`."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import ClassVar
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import torch
+from PIL import Image, ImageDraw
+
+from aipray.attacks.base import ATTACKS
+from aipray.data.catalog import Catalog
+from aipray.defenses import DEFENSES
+from aipray.metrics.ranking import (
+    CandidateScores,
+)
+from aipray.models.base import Recommender, load_recommender, model_meta
+from aipray.models.extractor import load_extractor, read_extractor_info
+from aipray.pixels import to_float, to_uint8
+from aipray.plan import StagePaths, TrialPlan
+from aipray.protocol.aip import (
+    ColdItemEvaluator,
+    attack_inputs,
+    hook_item,
+    is_identity,
+    reduce_items,
+)
+from aipray.protocol.base import PROTOCOLS, Protocol, decode_images, lpips_metric
+from aipray.store import atomic_dir, done
+
+log = logging.getLogger(__name__)
+
+
+# --- the protocol object: one trial from its plan -----------------------------------------------
+def load_context(path: Path, device: torch.device | str = "cpu") -> CandidateScores:
+    """The candidate scores a context stage stored (:func:`candidate_scores`)."""
+    return CandidateScores(
+        **torch.load(path / "context.pt", map_location=device, weights_only=True)
+    )
+
+
+def load_served(context: Path, model: Path, device: torch.device | str = "cpu") -> Recommender:
+    """The ranker as served under the context's defence (the trained one unless the defence
+    changed it)."""
+    served = context / "served"
+    return load_recommender(served if served.is_dir() else model, device)
+
+
+def stage_metrics(paths: StagePaths) -> dict[str, float]:
+    """The health of what the trial stands on: the first stage's (``first_stage/*``, see
+    :class:`FirstStage`) and the ranker's validation HR@10 against 100 sampled negatives
+    (``ranker/val_hr_at_10``; NaN for rankers without training) and among all warm items
+    (``ranker/full_hr_at_10``, against ``first_stage/full_popularity_hr_at_10``), plus what its
+    training derived (AMR: ``ranker/adv_eps``, the absolute ε of its adversary)."""
+    health = json.loads((paths.candidates / "summary.json").read_text())
+    out = {f"first_stage/{k}": float(v) for k, v in health.items()}
+    training = model_meta(paths.model).get("training")
+    out["ranker/val_hr_at_10"] = float(training["best_score"]) if training else float("nan")
+    out["ranker/full_hr_at_10"] = float((training or {}).get("full_hr_at_10", float("nan")))
+    for key, value in ((training or {}).get("info") or {}).items():
+        out[f"ranker/{key}"] = float(value)
+    return out
+
+
+def example_grid(
+    clean: torch.Tensor, adv: torch.Tensor, defended: torch.Tensor, scale: int = 4
+) -> Image.Image:
+    """Rows of original | adversarial | defended (adversarial) images, upscaled for viewing."""
+    n, _, h, w = clean.shape
+    cell_h, cell_w, pad, head = h * scale, w * scale, 4, 16
+    grid = Image.new("RGB", (3 * (cell_w + pad) + pad, head + n * (cell_h + pad) + pad), "white")
+    draw = ImageDraw.Draw(grid)
+    for col, title in enumerate(("original", "adversarial", "defended")):
+        draw.text((pad + col * (cell_w + pad), 2), title, fill="black")
+    for row in range(n):
+        for col, batch in enumerate((clean, adv, defended)):
+            arr = to_uint8(batch[row]).permute(1, 2, 0)
+            tile = Image.fromarray(arr.cpu().numpy()).resize((cell_w, cell_h), Image.NEAREST)
+            grid.paste(tile, (pad + col * (cell_w + pad), head + pad + row * (cell_h + pad)))
+    return grid
+
+
+EMBEDDING_SAMPLE = 1000  # warm items in a trial's embedding map
+EMBEDDING_COLD = 50  # cold items shown before/after the attack
+
+
+@PROTOCOLS.register("aip")
+class ColdItems(Protocol):
+    """AIP's cold-item protocol as a sweep trial: the items are the dataset's cold items (those
+    the attack covers), each batch goes through :class:`ColdItemEvaluator`, and the rows reduce
+    by :func:`reduce_items`. A non-adaptive attack's images do not depend on the defence: they
+    are stored under the attack's key and serve every defence's trial."""
+
+    stages = (
+        ("dataset",),
+        ("bpr", "extractor"),
+        ("candidates", "ranker"),
+        ("context", "context_undefended"),
+    )
+    columns: ClassVar[dict[str, str]] = {
+        "cooperative/hr_at_5": "coop@5",
+        "adversarial/hr_at_5": "adv@5",
+        "ordinary/hr_at_5": "ord@5",
+        "ordinary_attacked/hr_at_5": "ord_att@5",
+        "random/hr_at_5": "rand@5",
+        "prediction_shift": "shift",
+        "p_value_hr_at_5": "p",
+        "linf_255_max": "linf",
+        "ssim_mean": "ssim",
+    }
+
+    def items(self, plan: TrialPlan) -> pa.Table:
+        paths = plan.paths
+        source = paths.attack if done(paths.attack) else paths.dataset / "cold"
+        table = pq.read_table(source)  # item_id, image (and adv when the attack is stored)
+        keep = ATTACKS.get(plan.attack.name).restrict(
+            plan.attack.config, table.column("item_id").to_pylist()
+        )
+        if len(keep) < table.num_rows:
+            table = table.filter(pc.is_in(table.column("item_id"), pa.array(keep, pa.int64())))
+        return table
+
+    def evaluator(self, plan: TrialPlan, device: torch.device) -> ColdItemEvaluator:
+        paths = plan.paths
+        ranker = load_recommender(paths.model, device)
+        catalog = Catalog.load(paths.dataset)
+        attack_cls = ATTACKS.get(plan.attack.name)
+        config = plan.attack.config
+        if attack_cls.knowledge == "classifier":
+            target = int(read_extractor_info(paths.extractor)["target_class"])
+            classifier = load_extractor(paths.extractor, device)
+            inputs = attack_inputs(config, catalog, classifier, target)
+        else:
+            inputs = attack_inputs(config, catalog)
+        defense = DEFENSES.get(plan.defense.name)(plan.defense.config)
+        defended = not is_identity(defense)
+        return ColdItemEvaluator(
+            ranker,
+            attack_cls(config, ranker, inputs),
+            load_context(paths.context, device),
+            load_context(paths.context_undefended, device) if defended else None,
+            defense,
+            load_served(paths.context, paths.model, device),
+            lpips=lpips_metric(plan.lpips, device),
+        )
+
+    def store_attack(self, plan: TrialPlan, table: pa.Table, rows: pd.DataFrame) -> None:
+        if done(plan.paths.attack):
+            return
+        clean = table.select(["item_id", "image"]).to_pandas()
+        adv = clean.sort_values("item_id", ignore_index=True).merge(
+            rows[["item_id", "adv"]], on="item_id"
+        )
+        with atomic_dir(plan.paths.attack) as tmp:
+            pq.write_table(pa.Table.from_pandas(adv, preserve_index=False), tmp / "adv.parquet")
+
+    def finish(
+        self, plan: TrialPlan, rows: pd.DataFrame, folder: Path, device: torch.device
+    ) -> dict[str, float]:
+        set_sizes = load_context(plan.paths.context).set_sizes
+        metrics = reduce_items(rows, set_sizes)
+        metrics.update(stage_metrics(plan.paths))
+        if plan.examples:
+            write_examples(plan, rows, plan.examples, folder)
+        return metrics
+
+
+def write_examples(plan: TrialPlan, rows: pd.DataFrame, n: int, folder: Path) -> None:
+    """``examples.png`` / ``examples.npz`` (clean | adversarial | defended images of the first
+    ``n`` items) and ``embeddings.npz``: the ranker's item representation of a sample of warm
+    items and of the first cold items before and after the attack (the report's 2-D map).
+    ``rows`` are the trial's per-item rows (with ``adv``) in item order."""
+    catalog = Catalog.load(plan.paths.dataset)
+    ids = rows["item_id"].to_numpy()
+    shape = plan.image_shape
+    clean = to_float(catalog.images[ids[:n]])
+    adv = decode_images(rows["adv"].to_numpy()[:n], shape)
+    defended = DEFENSES.get(plan.defense.name)(plan.defense.config)(adv)
+    example_grid(clean, adv, defended).save(folder / "examples.png")
+    as_uint8 = {
+        k: to_uint8(v).numpy()
+        for k, v in (("clean", clean), ("adversarial", adv), ("defended", defended))
+    }
+    np.savez_compressed(folder / "examples.npz", item_ids=ids[:n], **as_uint8)
+
+    model = load_recommender(plan.paths.model)
+    rng = np.random.default_rng(0)
+    warm = np.flatnonzero(catalog.warm_mask())
+    sample = np.sort(rng.choice(warm, size=min(EMBEDDING_SAMPLE, warm.size), replace=False))
+    m = min(EMBEDDING_COLD, len(rows))
+    with torch.no_grad():
+        reference = torch.cat(
+            [
+                model.item_embedding(to_float(catalog.images[sample[i : i + 256]]))
+                for i in range(0, sample.size, 256)
+            ]
+        )
+        clean_m = to_float(catalog.images[ids[:m]])
+        adv_m = decode_images(rows["adv"].to_numpy()[:m], shape)
+        hook = hook_item(plan.attack.config, catalog)
+        hook_img = to_float(catalog.images[hook : hook + 1])
+        np.savez_compressed(
+            folder / "embeddings.npz",
+            reference=reference.numpy().astype(np.float32),
+            reference_category=catalog.categories[sample],
+            clean=model.item_embedding(clean_m).numpy().astype(np.float32),
+            adversarial=model.item_embedding(adv_m).numpy().astype(np.float32),
+            hook=model.item_embedding(hook_img)[0].numpy().astype(np.float32),
+            item_ids=ids[:m],
+        )
