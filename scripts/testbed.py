@@ -50,7 +50,7 @@ from aipray.attacks.base import linf_ascent
 from aipray.config import load_sweep
 from aipray.data import Catalog
 from aipray.data.surrogate import SurrogateConfig, make_surrogate
-from aipray.data.synthetic import item_styles, make_synthetic
+from aipray.data.synthetic import make_synthetic, style_labels
 from aipray.grid import Component
 from aipray.metrics.full_ranking import full_hit_rate, model_scores, popularity_scores
 from aipray.metrics.probe import probe_accuracy
@@ -124,13 +124,7 @@ def measure(sweep, *, robust: str | None, limit: int) -> dict[str, float]:
     catalog = Catalog.load(paths.dataset)
     extractor = load_extractor(paths.extractor, device)
     features = extract_features(extractor, catalog.images, device=device)
-    truth = item_styles(first.dataset.config)
-    hue_sixths = np.floor(truth.hues * 6).astype(np.int64) % 6
-    for name, labels in (
-        ("shape", truth.categories),
-        ("hue", hue_sixths),
-        ("texture", truth.textures),
-    ):
+    for name, labels in style_labels(first.dataset.config).items():
         row[f"probe/{name}"] = probe_accuracy(features, labels)
         row[f"probe/{name}_majority"] = np.bincount(labels).max() / labels.size
 

@@ -38,7 +38,7 @@ except ImportError:  # run from a checkout without `pip install -e .`
 
 from aipray.config import load_sweep
 from aipray.data import Catalog
-from aipray.data.synthetic import TEXTURES, item_styles
+from aipray.data.synthetic import TEXTURES, item_styles, style_labels
 from aipray.metrics.full_ranking import full_hit_rate, model_scores, popularity_scores
 from aipray.metrics.probe import probe_accuracy
 from aipray.models import MODELS, load_recommender
@@ -116,13 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     extractor = load_extractor(paths.extractor, "cpu")
     real = extract_features(extractor, catalog.images, device=torch.device("cpu"))
     styles = torch.as_tensor(style_features(trial.dataset.config, real.shape[1]))
-    truth = item_styles(trial.dataset.config)
-    hue_sixths = np.floor(truth.hues * 6).astype(np.int64) % 6
-    for name, labels in (
-        ("category", truth.categories),
-        ("hue (sixths)", hue_sixths),
-        ("texture", truth.textures),
-    ):
+    for name, labels in style_labels(trial.dataset.config).items():
         chance = np.bincount(labels).max() / labels.size
         print(
             f"linear probe of the extractor's features, {name}: held-out accuracy "

@@ -23,3 +23,17 @@ def test_item_styles_are_the_styles_the_images_were_drawn_with():
         drawn = np.arctan2(np.sin(angle).mean(), np.cos(angle).mean()) / (2 * np.pi) % 1.0
         gap = abs(drawn - styles.hues[item])
         assert min(gap, 1 - gap) < 0.03, item
+
+
+def test_style_labels_are_the_items_shape_hue_sixth_and_texture():
+    from aipray.data.synthetic import SyntheticConfig, item_styles, style_labels
+
+    config = SyntheticConfig(n_users=20, n_items=60, n_cold=5, image_size=16)
+    labels, styles = style_labels(config), item_styles(config)
+    assert list(labels) == ["shape", "hue", "texture"]
+    assert np.array_equal(labels["shape"], styles.categories)
+    assert np.array_equal(labels["texture"], styles.textures)
+    hue = labels["hue"]
+    assert hue.min() >= 0 and hue.max() <= 5
+    # a hue in [k/6, (k+1)/6) is sixth k
+    assert np.all(styles.hues >= hue / 6) and np.all(styles.hues < (hue + 1) / 6)

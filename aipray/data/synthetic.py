@@ -157,6 +157,17 @@ def item_styles(config: SyntheticConfig) -> ItemStyles:
     return _draw_styles(np.random.default_rng(config.seed), config)
 
 
+def style_labels(config: SyntheticConfig) -> dict[str, np.ndarray]:
+    """Each item's style as integer labels, what users choose by: ``shape`` (its category),
+    ``hue`` (the sixth of the hue circle it falls in) and ``texture``."""
+    styles = item_styles(config)
+    return {
+        "shape": styles.categories,
+        "hue": np.floor(styles.hues * 6).astype(np.int64) % 6,
+        "texture": styles.textures,
+    }
+
+
 def make_synthetic(config: SyntheticConfig, name: str = "synthetic") -> Catalog:
     """Generate the marketplace described in the module docstring."""
     rng = np.random.default_rng(config.seed)
