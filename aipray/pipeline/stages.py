@@ -197,10 +197,12 @@ def train_extractor(
     cfg = trial.extractor_config
     warm = np.flatnonzero(catalog.warm_mask())
     pretrain = cfg.weights in IN_PROCESS
+    # the surrogate set brings its own images: of the catalog's it needs one, for their size
+    rows = warm[:1] if cfg.weights == "surrogate" else warm
     extractor, info = make_extractor(
         cfg,
-        np.asarray(catalog.images[warm]) if pretrain else None,
-        catalog.categories[warm] if pretrain else None,
+        np.asarray(catalog.images[rows]) if pretrain else None,
+        catalog.categories[rows] if pretrain else None,
         device=device,
         seed=sweep.seed,
         category_names=catalog.category_names,
