@@ -139,8 +139,7 @@ def pretraining_passes(config, warm_items: int) -> int:
         return 0
     images = warm_items
     if config.weights == "surrogate":
-        images = SurrogateConfig(per_class=config.surrogate_per_class).n_classes
-        images *= config.surrogate_per_class
+        images = SurrogateConfig().n_classes * config.surrogate_per_class
     factor = config.adv_steps + 1 if config.training == "adversarial" else 1
     return images * config.epochs * factor
 

@@ -158,10 +158,6 @@ class FactorisedHead(nn.Module):
         super().__init__()
         self.factors = tuple(int(f) for f in factors)
         self.heads = nn.ModuleList(nn.Linear(in_features, f) for f in self.factors)
-        self.in_features = in_features
-        self.out_features = 1
-        for f in self.factors:
-            self.out_features *= f
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         k = len(self.factors)
