@@ -4,12 +4,11 @@ which :func:`~aipray.models.extractor.network.build_extractor` rebuilds an extra
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-import numpy as np
 
 from aipray.params import Settings, param
 from aipray.store import file_sha256
@@ -232,7 +231,8 @@ def _check_spec(spec: dict[str, Any]) -> None:
         raise ValueError(f"extractor spec: preprocess {spec.get('preprocess')!r}")
     factors = spec.get("factors")
     if factors is not None:
-        if spec["layout"] != "aipray" or int(np.prod(factors)) != int(spec["num_classes"]):
+        product = math.prod(int(f) for f in factors)
+        if spec["layout"] != "aipray" or product != int(spec["num_classes"]):
             raise ValueError(
                 f"extractor spec: factors {factors!r} need the aipray layout and a product of "
                 f"num_classes = {spec['num_classes']}"
