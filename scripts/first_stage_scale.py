@@ -5,7 +5,7 @@ Men size (34,244 users, 110,636 items), each recipe's health printed as measured
     python scripts/first_stage_scale.py --users 5000 --items 16000
     python scripts/first_stage_scale.py --sweep sweeps/quick.yaml  # a sweep's marketplace and BPR
 
-Prints, per recipe: validation HR@10 against 100 sampled negatives (random: 10/101), HR@10 of the
+Prints, per recipe: validation HR@10 over the full ranking (what training selects on), HR@10 of the
 validation item among all warm items (and the popularity ranker's), the share of test items in
 the top-C (and the popularity ranker's), the mean user-vector norm and the training time. Images
 are tiny (BPR never sees them), except with ``--sweep``: the sweep's own synthetic marketplace,

@@ -15,9 +15,9 @@ with the sweep's VBPR recipe (or ``--recipe`` changes to it):
 - BPR with VBPR's number of factors, and the sweep's first-stage BPR,
 
 and prints how well a linear probe reads each style off the extractor's features, then HR@10 of
-each user's validation item against 100 sampled negatives and among all warm items (with the
-popularity ranker's), with the latter's standard error over users. Needs the sweep's dataset,
-first stage and extractor in the store (run the sweep first).
+each user's validation item among all warm items (at most 5,000 users, what training selected
+on, and every user, with the popularity ranker's and the standard error over users). Needs the
+sweep's dataset, first stage and extractor in the store (run the sweep first).
 """
 
 from __future__ import annotations
@@ -39,7 +39,12 @@ except ImportError:  # run from a checkout without `pip install -e .`
 from aipray.config import load_sweep
 from aipray.data import Catalog
 from aipray.data.synthetic import TEXTURES, item_styles, style_labels
-from aipray.metrics.full_ranking import full_hit_rate, model_scores, popularity_scores
+from aipray.metrics.full_ranking import (
+    full_hit_rate,
+    full_random_hit_rate,
+    model_scores,
+    popularity_scores,
+)
 from aipray.metrics.probe import probe_accuracy
 from aipray.models import MODELS, load_recommender
 from aipray.models.base import model_meta
@@ -147,8 +152,8 @@ def main(argv: list[str] | None = None) -> int:
     report(f"first-stage BPR ({sweep.first_stage.bpr.factors} factors)", first, val, 0)
     popularity = full_hit_rate(popularity_scores(catalog), catalog)
     print(
-        f"popularity: full HR@10 {popularity:.3f}; random against 100 negatives "
-        f"{10 / 101:.3f}; VBPR recipe {config}"
+        f"popularity: full HR@10 {popularity:.3f}; random {full_random_hit_rate(catalog):.3f}; "
+        f"VBPR recipe {config}"
     )
     return 0
 

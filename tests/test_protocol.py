@@ -11,7 +11,7 @@ import torch
 import aipray
 from aipray.data.synthetic import SyntheticConfig, make_synthetic
 from aipray.defenses import DEFENSES
-from aipray.metrics.full_ranking import full_hit_rate, popularity_scores
+from aipray.metrics.full_ranking import full_hit_rate, full_random_hit_rate, popularity_scores
 from aipray.metrics.ranking import hit_rates_by_argsort
 from aipray.models.bpr import BPRConfig
 from aipray.pixels import to_float
@@ -138,15 +138,33 @@ def test_full_hit_rate_against_a_loop(catalog):
     fast = full_hit_rate(lambda users: table[users], catalog, k=10, chunk=37)
     indptr, train_items = catalog.train_csr()
     warm = catalog.warm_mask()
-    hits = 0
+    hit = np.zeros(catalog.n_users, dtype=bool)
     for u in range(catalog.n_users):
         allowed = warm.copy()
         allowed[train_items[indptr[u] : indptr[u + 1]]] = False
         allowed[catalog.test_items[u]] = False
         allowed[catalog.val_items[u]] = False
         own = table[u, catalog.val_items[u]].item()
-        hits += int((table[u].numpy()[allowed] >= own).sum() < 10)
-    assert fast == pytest.approx(hits / catalog.n_users)
+        hit[u] = (table[u].numpy()[allowed] >= own).sum() < 10
+    assert fast == pytest.approx(hit.mean())
+    # a subset of users in any order (what validation reads at scale): their mean only
+    some = rng.choice(catalog.n_users, size=catalog.n_users // 3, replace=False)
+    subset = full_hit_rate(lambda users: table[users], catalog, k=10, chunk=11, users=some)
+    assert subset == pytest.approx(hit[some].mean())
+
+
+def test_full_random_hit_rate_is_a_random_rankers_mean(catalog):
+    """The random level of the full-ranking HR@10: scores drawn afresh 200 times average to it."""
+    gen = torch.Generator().manual_seed(0)
+    draws = [
+        full_hit_rate(
+            lambda users: torch.rand(users.numel(), catalog.n_items, generator=gen), catalog, k=10
+        )
+        for _ in range(200)
+    ]
+    expected = full_random_hit_rate(catalog, k=10)
+    assert 0 < expected < 0.5
+    assert np.mean(draws) == pytest.approx(expected, abs=4 * np.std(draws) / np.sqrt(200))
 
 
 def test_a_defence_reaches_alexrank_profiles(catalog, first):

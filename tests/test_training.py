@@ -10,7 +10,7 @@ from aipray.models.amr import AMR, AMRConfig
 from aipray.models.base import load_recommender
 from aipray.models.bpr import BPR, BPRConfig
 from aipray.models.extractor import build_extractor, extract_features, make_spec
-from aipray.models.train import FeatureAdversary, fit_bpr, validation_hr, validation_negatives
+from aipray.models.train import FeatureAdversary, fit_bpr, validation_hr, validation_users
 from aipray.params import SettingError
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -30,8 +30,8 @@ def extractor():
 
 
 def val_hr(model, catalog):
-    negatives = validation_negatives(catalog, 100, seed=1)  # what fit_bpr(seed=0) validates on
-    return validation_hr(model, model.training_encoder(catalog.images), catalog, negatives, CPU)
+    users = validation_users(catalog, seed=1)  # what fit_bpr(seed=0) validates on
+    return validation_hr(model, model.training_encoder(catalog.images), catalog, users, CPU)
 
 
 def test_a_flat_validation_stops_after_patience_epochs(catalog):

@@ -161,11 +161,11 @@ def category_ranking(
     in_category_t = torch.as_tensor(in_category, device=device)
     k_top = min(ks[-1], catalog.n_items)
     hits, n_category = [], []
-    for start, scores in full_scores_masked(
+    for ids, scores in full_scores_masked(
         scores_of, catalog, mask_held_out="", chunk=chunk, device=device
     ):
         if torch.isnan(scores).any():
-            raise ValueError(f"scores_of returned NaN scores for users from {start}")
+            raise ValueError(f"scores_of returned NaN scores for users from {ids[0]}")
         items, values = top_items(scores, k_top)
         rankable = values > -torch.inf
         hits.append((in_category_t[items] & rankable).cpu().numpy())

@@ -28,6 +28,7 @@ from aipray.defenses import DEFENSES
 from aipray.metrics.full_ranking import (
     ScoresOf,
     full_hit_rate,
+    full_random_hit_rate,
     full_scores_masked,
     model_scores,
     popularity_scores,
@@ -92,9 +93,11 @@ def top_scored(
 class FirstStage:
     """The trained first stage, its candidates and its health.
 
-    ``health`` holds, as plain floats: ``val_hr_at_10`` (validation HR@10 against 100 sampled
-    negatives, what training selected on) and ``val_random_hr_at_10`` (a random ranker's 10/101);
-    ``full_hr_at_10`` (the validation item ranked among all warm items outside the training set)
+    ``health`` holds, as plain floats: ``val_hr_at_10`` (the best epoch's validation HR@10 over
+    the full ranking, what training selected on; on at most 5,000 sampled users) and
+    ``val_random_hr_at_10`` (a random ranker's expected value of it);
+    ``full_hr_at_10`` (the validation item ranked among all warm items outside the training set,
+    every user)
     and ``full_popularity_hr_at_10`` (the same for the popularity ranker); ``test_in_top_c``
     (share of users whose test item is among the candidates), ``popularity_test_in_top_c`` (the
     same for the popularity ranker's top-C: what the candidates would be without BPR) and ``C``.
@@ -139,7 +142,7 @@ def first_stage_health(
     popular_in_top = (popular == catalog.test_items[:, None]).any(1)
     return {
         "val_hr_at_10": best,
-        "val_random_hr_at_10": 10 / 101,
+        "val_random_hr_at_10": full_random_hit_rate(catalog, k=10),
         "full_hr_at_10": full_hit_rate(model_scores(model, catalog, device), catalog, k=10),
         "full_popularity_hr_at_10": full_hit_rate(popularity_scores(catalog), catalog, k=10),
         "test_in_top_c": float(in_top.mean()),

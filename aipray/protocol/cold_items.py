@@ -58,9 +58,10 @@ def load_served(context: Path, model: Path, device: torch.device | str = "cpu") 
 
 def stage_metrics(paths: StagePaths) -> dict[str, float]:
     """The health of what the trial stands on: the first stage's (``first_stage/*``, see
-    :class:`FirstStage`) and the ranker's validation HR@10 against 100 sampled negatives
-    (``ranker/val_hr_at_10``; NaN for rankers without training) and among all warm items
-    (``ranker/full_hr_at_10``, against ``first_stage/full_popularity_hr_at_10``), plus what its
+    :class:`FirstStage`) and the ranker's validation HR@10 among all warm items, as training
+    selected its best epoch on it (``ranker/val_hr_at_10``, at most 5,000 sampled users; NaN for
+    rankers without training) and over every user (``ranker/full_hr_at_10``, against
+    ``first_stage/full_popularity_hr_at_10``), plus what its
     training derived (AMR: ``ranker/adv_eps``, the absolute ε of its adversary)."""
     health = json.loads((paths.candidates / "summary.json").read_text())
     out = {f"first_stage/{k}": float(v) for k, v in health.items()}

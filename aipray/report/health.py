@@ -39,7 +39,7 @@ def weak_first_stage(val: float, random: float) -> str | None:
 
 
 def first_stage_table(frame: pd.DataFrame) -> Table:
-    """Per dataset: BPR's validation HR@10 (100 sampled negatives) with a random ranker's, its
+    """Per dataset: BPR's validation HR@10 (what training selected on) with a random ranker's, its
     HR@10 among all warm items with a popularity ranker's, the share of users whose test item is
     in the top-C candidates; then each ranker row's validation HR@10 (same protocol)."""
     blocks, data, notes = {}, [], {}
@@ -59,11 +59,12 @@ def first_stage_table(frame: pd.DataFrame) -> Table:
         if warning:
             notes[ds] = [warning]
     note = (
-        "Validation HR@10 against 100 sampled negatives (`val`; a random ranker gets 10/101), "
-        "BPR's HR@10 of each user's validation item among all warm items outside the user's "
-        "training set (`full`, vs a popularity ranker), and the share of users whose test item "
-        "is among BPR's top-C candidates (vs among the C most popular items). Ranker rows: the "
-        "second-stage ranker's validation HR@10, sampled and full "
+        "Validation HR@10 of each user's validation item among all warm items outside the "
+        "user's training set: `val` is what training selected its best epoch on (at most 5,000 "
+        "sampled users; a random ranker's beside it), `full` the same over every user (vs a "
+        "popularity ranker); and the share of users whose test item is among BPR's top-C "
+        "candidates (vs among the C most popular items). Ranker rows: the second-stage "
+        "ranker's validation HR@10, as selected and over every user "
         f"(`{MISSING}`: not trained or not logged)."
     )
     title = "First stage and rankers"
