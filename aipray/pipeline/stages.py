@@ -45,8 +45,10 @@ log = logging.getLogger(__name__)
 
 #: the baseline context every trial measures its defence's cost against
 NO_DEFENSE = Component("defense", "none", DEFENSES.get("none").Config())
-#: bumped when what a ranker's training stores changes (2: full-ranking HR@10 on validation)
-TRAINING_VERSION = 2
+#: bumped when what a ranker's training stores changes (2: full-ranking HR@10 on validation;
+#: 3: the best epoch selected on full-ranking validation HR@10, not against 100 sampled
+#: negatives; the first stage's BPR is keyed by it too from 3 on)
+TRAINING_VERSION = 3
 #: one JSON line per stage computed (kind, output, seconds, peak memory of its process), under
 #: the store: what a sweep's stages cost, for the scale benchmark and for a user sizing a cluster
 STAGE_LOG = "stages.jsonl"
@@ -63,7 +65,9 @@ def stage_paths(sweep: SweepConfig, trial: TrialSpec) -> StagePaths:
     ds_key = config_key(trial.dataset.as_dict())
     extractor = trial.extractor_config
     ext_key = config_key([ds_key, extractor.fingerprint(), sweep.seed])
-    bpr_key = config_key([ds_key, dataclasses.asdict(sweep.first_stage.bpr), sweep.seed])
+    bpr_key = config_key(
+        [ds_key, dataclasses.asdict(sweep.first_stage.bpr), sweep.seed, TRAINING_VERSION]
+    )
     cand_key = config_key([bpr_key, sweep.first_stage.candidates])
     model_cls = MODELS.get(trial.model.name)
     uses_extractor = model_cls.uses_extractor
