@@ -340,9 +340,13 @@ def test_every_ranker_attack_kind_and_defence_with_report(tmp_path, ray_local):
     assert csema.params["eps"] == "none" and csema.metrics["linf_255_max"] > 16
     fgsm = by_name["synthetic/amr(dim=10)/fgsm/eps=8/none"]
     # every trial reports the health of what it stands on; AMR its absolute adversary size
+    # (a random ranker's full-ranking HR@10 is pinned in test_protocol; here: one dataset, one
+    # value, and the first stage beats it)
+    randoms = {run.metrics["first_stage/val_random_hr_at_10"] for run in by_name.values()}
+    assert len(randoms) == 1
     for run in by_name.values():
-        assert 0 < run.metrics["first_stage/val_hr_at_10"] <= 1
-        assert run.metrics["first_stage/val_random_hr_at_10"] == pytest.approx(10 / 101)
+        val = run.metrics["first_stage/val_hr_at_10"]
+        assert 0 < run.metrics["first_stage/val_random_hr_at_10"] < val <= 1
     assert fgsm.metrics["ranker/adv_eps"] == pytest.approx(0.1)  # in features / max |f|
     assert 0 < fgsm.metrics["ranker/val_hr_at_10"] <= 1
     assert 0 <= fgsm.metrics["success_rate"] <= 1 and fgsm.metrics["linf_255_max"] <= 8
