@@ -14,8 +14,9 @@ stage, the extractor and the sweep's rankers, and prints:
 - **the rankers against the baselines**: HR@10 of each user's *test* item over the full ranking
   of warm items, with its standard error over users, for every visual ranker of the sweep, the
   first-stage BPR, a BPR with VBPR's number of factors (the first stage's recipe otherwise), and
-  the popularity ranker; and the first stage's share of test items among its top-C beside
-  popularity's;
+  the popularity ranker, and the generator's own ranking (the synthetic users' true logits: the
+  ceiling of what a ranker can learn from the interactions); and the first stage's share of test
+  items among its top-C beside popularity's;
 - **how easily the classifier is fooled**: targeted PGD at ε = 8 (10 steps of ε/6, no random
   start, 8-bit rounding) towards the extractor's TAaMR target class (the class it predicts most
   over training interactions), the share of warm items not already of that class it turns; and,
@@ -50,7 +51,7 @@ from aipray.attacks.base import linf_ascent
 from aipray.config import load_sweep
 from aipray.data import Catalog
 from aipray.data.surrogate import SurrogateConfig, make_surrogate
-from aipray.data.synthetic import make_synthetic, style_labels
+from aipray.data.synthetic import make_synthetic, style_labels, true_preferences
 from aipray.grid import Component
 from aipray.metrics.full_ranking import full_hit_rate, model_scores, popularity_scores
 from aipray.metrics.probe import probe_accuracy
@@ -150,6 +151,7 @@ def measure(sweep, *, robust: str | None, limit: int) -> dict[str, float]:
                 model.cpu().save(tmp, {"training": info})
         row["full/bpr_same_size"] = full(model_scores(load_recommender(small, device), catalog))
     row["full/popularity"] = full(popularity_scores(catalog))
+    row["full/generator"] = full(generator_scores(first.dataset.config, catalog))
     h = row["full/bpr_first_stage"]  # the standard error of an HR@10 at the first stage's level
     row["full/se"] = float(np.sqrt(h * (1 - h) / catalog.n_users))
     health = stages.first_stage_health(paths)
@@ -163,6 +165,18 @@ def measure(sweep, *, robust: str | None, limit: int) -> dict[str, float]:
         target = int(read_extractor_info(robust_path)["target_class"])
         row["pgd8/robust"] = pgd_success(robust_net, catalog, target, limit=limit, seed=sweep.seed)
     return row
+
+
+def generator_scores(config, catalog: Catalog):
+    """The synthetic users' own logits as a ranker: the marketplace's ceiling."""
+    replayed, logits = true_preferences(config)
+    if not np.array_equal(replayed.test_items, catalog.test_items):
+        raise SystemExit("the stored catalog is not the one its config generates")
+
+    def scores_of(users: torch.Tensor) -> torch.Tensor:
+        return torch.as_tensor(logits(users.cpu().numpy()), dtype=torch.float32)
+
+    return scores_of
 
 
 def write_figure(sweep, path: Path, per_row: int = 12) -> None:

@@ -16,6 +16,7 @@ Everything is deterministic given the config.
 from __future__ import annotations
 
 import colorsys
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -168,15 +169,61 @@ def style_labels(config: SyntheticConfig) -> dict[str, np.ndarray]:
     }
 
 
+@dataclass(frozen=True)
+class UserTastes:
+    """What each user likes: two styles (category, hue, texture), the second weighted
+    ``second_weight`` (0: one style only), and the items' log-popularity they also follow."""
+
+    categories: np.ndarray  # [U, 2]
+    hues: np.ndarray  # [U, 2]
+    textures: np.ndarray  # [U, 2]
+    second_weight: np.ndarray  # [U]
+    log_popularity: np.ndarray  # [N]
+
+    def logits(self, config: SyntheticConfig, styles: ItemStyles, user: int) -> np.ndarray:
+        """User ``user``'s logit of every item [N]: the better-matching style's affinity (category
+        1, hue up to 0.8, texture 0.5) times ``taste_sharpness``, plus popularity. Interactions
+        are a Gumbel top-k draw of these."""
+        aff = np.full(styles.categories.size, -np.inf)
+        for s in range(self.categories.shape[1]):
+            weight = 1.0 if s == 0 else self.second_weight[user]
+            if weight == 0.0:
+                continue
+            a = (
+                1.0 * (styles.categories == self.categories[user, s])
+                + 0.8 * _hue_affinity(styles.hues, self.hues[user, s])
+                + 0.5 * (styles.textures == self.textures[user, s])
+            )
+            aff = np.maximum(aff, a + np.log(weight))
+        return config.taste_sharpness * aff + config.popularity_weight * self.log_popularity
+
+
 def make_synthetic(config: SyntheticConfig, name: str = "synthetic") -> Catalog:
     """Generate the marketplace described in the module docstring."""
+    return _generate(config, name)[0]
+
+
+def true_preferences(config: SyntheticConfig) -> tuple[Catalog, Callable[[np.ndarray], np.ndarray]]:
+    """The marketplace ``config`` makes and its users' own logits: ``logits(users [U]) → [U, N]``
+    for the catalog's (re-indexed) users. Ranking by them is what the generator itself would do,
+    the ceiling of what any ranker can learn from the interactions."""
+    catalog, tastes, styles, kept_users = _generate(config, "synthetic")
+
+    def logits(users: np.ndarray) -> np.ndarray:
+        return np.stack([tastes.logits(config, styles, int(kept_users[u])) for u in users])
+
+    return catalog, logits
+
+
+def _generate(
+    config: SyntheticConfig, name: str
+) -> tuple[Catalog, UserTastes, ItemStyles, np.ndarray]:
     rng = np.random.default_rng(config.seed)
     n_items, n_cat = config.n_items, config.n_categories
 
     # Items: attributes, popularity and images.
     styles = _draw_styles(rng, config)
-    category_weight, categories = styles.category_weight, styles.categories
-    hues, textures = styles.hues, styles.textures
+    categories, hues, textures = styles.categories, styles.hues, styles.textures
     log_pop = rng.normal(0.0, config.popularity_spread, size=n_items)
     hook = int(rng.integers(n_items))
     log_pop[hook] = log_pop.max() + np.log(config.hook_boost)
@@ -190,28 +237,20 @@ def make_synthetic(config: SyntheticConfig, name: str = "synthetic") -> Catalog:
     # Users: one or two favourite styles each; interactions by Gumbel top-k sampling.
     n_users = config.n_users
     n_styles = 2
-    style_cat = rng.choice(n_cat, size=(n_users, n_styles), p=category_weight)
-    style_hue = rng.uniform(0.0, 1.0, size=(n_users, n_styles))
-    style_tex = rng.integers(0, len(TEXTURES), size=(n_users, n_styles))
-    second_weight = np.where(rng.uniform(size=n_users) < 0.5, 0.0, 0.8)
+    tastes = UserTastes(
+        categories=rng.choice(n_cat, size=(n_users, n_styles), p=styles.category_weight),
+        hues=rng.uniform(0.0, 1.0, size=(n_users, n_styles)),
+        textures=rng.integers(0, len(TEXTURES), size=(n_users, n_styles)),
+        second_weight=np.where(rng.uniform(size=n_users) < 0.5, 0.0, 0.8),
+        log_popularity=log_pop,
+    )
     counts = config.min_interactions + rng.poisson(
         config.mean_interactions - config.min_interactions, size=n_users
     )
     counts = np.minimum(counts, n_items // 4)
     users, items = [], []
     for u in range(n_users):
-        aff = np.full(n_items, -np.inf)
-        for s in range(n_styles):
-            weight = 1.0 if s == 0 else second_weight[u]
-            if weight == 0.0:
-                continue
-            a = (
-                1.0 * (categories == style_cat[u, s])
-                + 0.8 * _hue_affinity(hues, style_hue[u, s])
-                + 0.5 * (textures == style_tex[u, s])
-            )
-            aff = np.maximum(aff, a + np.log(weight))
-        logits = config.taste_sharpness * aff + config.popularity_weight * log_pop
+        logits = tastes.logits(config, styles, u)
         chosen = np.argpartition(-(logits + rng.gumbel(size=n_items)), counts[u])[: counts[u]]
         users.append(np.full(counts[u], u))
         items.append(chosen.copy())  # not a view: it would keep all n_items entries alive
@@ -242,7 +281,7 @@ def make_synthetic(config: SyntheticConfig, name: str = "synthetic") -> Catalog:
     train_mask[starts] = False
     train_mask[starts + 1] = False
 
-    return Catalog(
+    catalog = Catalog(
         name=name,
         train_users=all_users[train_mask].astype(np.int64),
         train_items=all_items[train_mask].astype(np.int64),
@@ -253,3 +292,4 @@ def make_synthetic(config: SyntheticConfig, name: str = "synthetic") -> Catalog:
         images=images,
         category_names=config.category_names(),
     )
+    return catalog, tastes, styles, kept_users
