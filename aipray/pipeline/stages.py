@@ -87,7 +87,10 @@ def stage_paths(sweep: SweepConfig, trial: TrialSpec) -> StagePaths:
     # an attack's images depend on what the attacker knows, and are shared accordingly
     sources = {"ranker": model_key, "classifier": ext_key, "none": ds_key}
     sources["feature_network"] = ext_key if model_cls.features_from_extractor else model_key
-    attack_key = attack_images_key(sources[ATTACKS.get(trial.attack.name).knowledge], trial.attack)
+    # an adaptive attack also knows the defence it optimised through; an oblivious one serves all
+    defended = (trial.defense.as_dict(),) if trial.adaptive else ()
+    source = sources[ATTACKS.get(trial.attack.name).knowledge]
+    attack_key = attack_images_key(source, trial.attack, *defended)
     result_parts = [ctx_key, bare_key, attack_key, sweep.examples, RESULT_VERSION]
     if sweep.lpips is not None:  # results without LPIPS keep their keys
         result_parts.append(sweep.lpips.fingerprint())
@@ -141,8 +144,8 @@ def _push_paths(
 def attack_images_key(source_key: str, attack: Component, *more: Any) -> str:
     """The key of an attack's stored images: the key of what the attacker knows (a ranker, a
     feature network, an extractor, a dataset, a category push), the attack's config, its
-    ``version`` and :meth:`~aipray.attacks.base.Attack.fingerprint`, and ``more`` (what else a
-    protocol stores beside the images)."""
+    ``version`` and :meth:`~aipray.attacks.base.Attack.fingerprint`, and ``more`` (what else
+    decides the images, or a protocol stores beside them: an adaptive attack's defence)."""
     cls = ATTACKS.get(attack.name)
     return config_key(
         [source_key, attack.as_dict(), cls.version, cls.fingerprint(attack.config), *more]

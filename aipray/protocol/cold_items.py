@@ -99,8 +99,9 @@ EMBEDDING_COLD = 50  # cold items shown before/after the attack
 class ColdItems(Protocol):
     """AIP's cold-item protocol as a sweep trial: the items are the dataset's cold items (those
     the attack covers), each batch goes through :class:`ColdItemEvaluator`, and the rows reduce
-    by :func:`reduce_items`. A non-adaptive attack's images do not depend on the defence: they
-    are stored under the attack's key and serve every defence's trial."""
+    by :func:`reduce_items`. An oblivious attack's images do not depend on the defence: they
+    are stored under the attack's key and serve every defence's trial; an adaptive attack's are
+    made through the trial's defence, against the ranker served under it, and keyed by both."""
 
     stages = (
         ("dataset",),
@@ -137,21 +138,24 @@ class ColdItems(Protocol):
         catalog = Catalog.load(paths.dataset)
         attack_cls = ATTACKS.get(plan.attack.name)
         config = plan.attack.config
+        defense = DEFENSES.get(plan.defense.name)(plan.defense.config)
         if attack_cls.knowledge == "classifier":
             target = int(read_extractor_info(paths.extractor)["target_class"])
             classifier = load_extractor(paths.extractor, device)
-            inputs = attack_inputs(config, catalog, classifier, target)
+            inputs = attack_inputs(config, catalog, classifier, target, defense)
         else:
-            inputs = attack_inputs(config, catalog)
-        defense = DEFENSES.get(plan.defense.name)(plan.defense.config)
+            inputs = attack_inputs(config, catalog, defense=defense)
         defended = not is_identity(defense)
+        served = load_served(paths.context, paths.model, device)
+        # an adaptive attack optimises against the ranker the platform serves under the defence
+        attacked = served if getattr(config, "adaptive", False) else ranker
         return ColdItemEvaluator(
             ranker,
-            attack_cls(config, ranker, inputs),
+            attack_cls(config, attacked, inputs),
             load_context(paths.context, device),
             load_context(paths.context_undefended, device) if defended else None,
             defense,
-            load_served(paths.context, paths.model, device),
+            served,
             lpips=lpips_metric(plan.lpips, device),
         )
 
