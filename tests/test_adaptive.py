@@ -6,11 +6,12 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+import yaml
 from torch import nn
 
 from aipray.attacks import ATTACKS, AttackInputs
 from aipray.attacks.base import through_defense
-from aipray.config import parse_sweep
+from aipray.config import load_sweep, parse_sweep
 from aipray.defenses.base import Defense
 from aipray.models.base import Recommender
 from aipray.params import ConfigError
@@ -268,3 +269,55 @@ def test_bad_adaptive_settings_fail_in_one_line_before_anything_runs(change, mes
     with pytest.raises(ConfigError) as err:
         parse_sweep({**SWEEP, **change})
     assert message in str(err.value) and "\n" not in str(err.value)
+
+
+# --- through Ray and MLflow -----------------------------------------------------------------------
+@pytest.mark.slow
+def test_a_sweep_with_an_adaptive_trial_runs_through_ray_into_mlflow(tmp_path, one_thread):
+    """A tiny sweep of adaptive INSA against no defence and bit depth 3 on a local Ray: against
+    no defence it is the oblivious attack, so two trials, one MLflow run each, each with its
+    own images; the report tells them apart."""
+    import ray
+    from mlflow.tracking import MlflowClient
+
+    from aipray.report.runs import load_runs, resolve_source
+    from aipray.sweep import run_sweep
+
+    raw = {
+        "name": "adaptive-e2e",
+        "storage": str(tmp_path / "store"),
+        "mlflow": {
+            "tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}",
+            "artifact_location": (tmp_path / "artifacts").as_uri(),
+        },
+        "examples": 0,
+        "datasets": {"synthetic": {"n_users": 120, "n_items": 160, "n_cold": 8, "image_size": 16}},
+        "first_stage": {"candidates": 20, "bpr": {"epochs": 3, "batch_size": 512}},
+        "models": {"dvbpr": {"dim": 8, "width": 0.125, "epochs": 2, "batch_size": 256}},
+        "attacks": {"insa": {"eps": [16], "epochs": 2, "lr": 0.01, "adaptive": True}},
+        "defenses": {"none": {}, "bitdepth": {"bits": 3}},
+        "resources": {"max_concurrent_trials": 2, "actor_cpus": 0.5, "batch_size": 8},
+    }
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    sweep = load_sweep(path)
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    try:
+        _, failed = run_sweep(sweep)
+    finally:
+        ray.shutdown()
+    assert failed == []
+    client = MlflowClient(sweep.tracking_uri())
+    experiment = client.get_experiment_by_name(sweep.experiment())
+    runs = client.search_runs([experiment.experiment_id], "tags.`aipray.role` = 'trial'")
+    adaptive = "synthetic/dvbpr(dim=8)/insa(adaptive)/eps=16/bitdepth(bits=3)"
+    oblivious = "synthetic/dvbpr(dim=8)/insa/eps=16/none"
+    assert sorted(r.info.run_name for r in runs) == sorted([adaptive, oblivious])
+    for run in runs:
+        assert run.info.status == "FINISHED"
+        assert run.data.metrics["n_items"] == 8
+        assert "attack_seconds_per_item" in run.data.metrics  # each made its images
+        assert run.data.params["attack.adaptive"] == str(run.info.run_name == adaptive)
+    assert len(list((tmp_path / "store" / "attacks").iterdir())) == 2
+    frame = load_runs(resolve_source(str(path))).frame
+    assert sorted(frame["attack"]) == ["insa", "insa(adaptive)"]
