@@ -37,7 +37,9 @@ def test_none_is_identity():
 
 
 def test_unknown_defense_lists_allowed():
-    with pytest.raises(KeyError, match="allowed: bitdepth, jpeg, none"):
+    with pytest.raises(
+        KeyError, match="allowed: bitdepth, denoiser, jpeg, none, random_resize_pad"
+    ):
         DEFENSES.get("blur")
 
 

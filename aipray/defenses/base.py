@@ -12,17 +12,26 @@ al., ICML 2018), so that an adaptive attack is a switch on the attack, not a rew
   (Backward Pass Differentiable Approximation, straight-through): JPEG, bit depth;
 - ``randomised = True``: every call draws new randomness; an attacker averages its objective over
   several draws per step (Expectation over Transformation, ``eot_samples`` of the attack).
+
+A defence with weights (``trained = True``: the denoiser) is built by its own stage of the sweep
+(:meth:`Defense.fit`, stored with :meth:`Defense.save`); everything after it gets the defence by
+:func:`make_defense`, which loads it from that stage's folder.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 
 from aipray.params import Settings
 from aipray.registry import Registry
+
+if TYPE_CHECKING:
+    from aipray.data.catalog import Catalog
+    from aipray.models.base import Recommender
 
 DEFENSES: Registry[Defense] = Registry("defense")
 
@@ -48,12 +57,32 @@ class Defense:
     randomised: ClassVar[bool] = False
     #: leaves images as they are (no defence): nothing to recompute for it
     identity: ClassVar[bool] = False
+    #: has weights, built by the sweep's ``defense`` stage (:meth:`fit`, :meth:`load`)
+    trained: ClassVar[bool] = False
+    #: bumped when what a trained defence's stage stores changes, so it is rebuilt
+    version: ClassVar[int] = 1
 
     def __init__(self, config: Any) -> None:
         self.config = config
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
+
+    @classmethod
+    def fit(
+        cls, config: Any, catalog: Catalog, ranker: Recommender, *, device: Any, seed: int
+    ) -> Defense:
+        """A trained defence (``trained = True``) ready to serve in front of ``ranker``."""
+        raise NotImplementedError(f"{cls.__name__} has no weights to train")
+
+    def save(self, folder: Path) -> None:
+        """Store a trained defence's weights in ``folder`` (:meth:`load` reads them)."""
+        raise NotImplementedError(f"{type(self).__name__} has no weights to store")
+
+    @classmethod
+    def load(cls, config: Any, folder: Path) -> Defense:
+        """A trained defence as :meth:`save` stored it."""
+        raise NotImplementedError(f"{cls.__name__} has no weights to load")
 
     def draw(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """One application with its randomness from ``generator``; a deterministic defence is
@@ -76,6 +105,20 @@ class Defense:
             f"{type(self).__name__}.gradient: {self.gradient!r} is not allowed; expected one of "
             f"{', '.join(GRADIENTS)}"
         )
+
+
+def make_defense(name: str, config: Any, folder: Path | None = None) -> Defense:
+    """The registered defence ``name`` with ``config``; a trained one is loaded from ``folder``,
+    the output of the trial's ``defense`` stage."""
+    cls = DEFENSES.get(name)
+    if not cls.trained:
+        return cls(config)
+    if folder is None or not Path(folder).is_dir():
+        raise ValueError(
+            f"defence {name!r} has weights: its stage's folder {folder} is missing; run the "
+            "sweep's stages (or Defense.fit) first"
+        )
+    return cls.load(config, Path(folder))
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ from PIL import Image, ImageDraw
 
 from aipray.attacks.base import ATTACKS
 from aipray.data.catalog import Catalog
-from aipray.defenses import DEFENSES
+from aipray.defenses import make_defense
 from aipray.metrics.ranking import (
     CandidateScores,
 )
@@ -107,6 +107,7 @@ class ColdItems(Protocol):
         ("dataset",),
         ("bpr", "extractor"),
         ("candidates", "ranker"),
+        ("defense",),
         ("context", "context_undefended"),
     )
     columns: ClassVar[dict[str, str]] = {
@@ -138,7 +139,7 @@ class ColdItems(Protocol):
         catalog = Catalog.load(paths.dataset)
         attack_cls = ATTACKS.get(plan.attack.name)
         config = plan.attack.config
-        defense = DEFENSES.get(plan.defense.name)(plan.defense.config)
+        defense = make_defense(plan.defense.name, plan.defense.config, paths.defense)
         if attack_cls.knowledge == "classifier":
             target = int(read_extractor_info(paths.extractor)["target_class"])
             classifier = load_extractor(paths.extractor, device)
@@ -190,7 +191,7 @@ def write_examples(plan: TrialPlan, rows: pd.DataFrame, n: int, folder: Path) ->
     shape = plan.image_shape
     clean = to_float(catalog.images[ids[:n]])
     adv = decode_images(rows["adv"].to_numpy()[:n], shape)
-    defended = DEFENSES.get(plan.defense.name)(plan.defense.config)(adv)
+    defended = make_defense(plan.defense.name, plan.defense.config, plan.paths.defense)(adv)
     example_grid(clean, adv, defended).save(folder / "examples.png")
     as_uint8 = {
         k: to_uint8(v).numpy()
