@@ -71,6 +71,27 @@ def test_a_checkpoint_is_loaded_and_a_wrong_or_missing_one_said_so(world, tmp_pa
         )
     with pytest.raises(ValueError, match="has weights: its stage's folder"):
         make_defense("denoiser", config, tmp_path / "nothing")
+    # the stage is keyed by the checkpoint's content: a replaced file is a new defence
+    with_checkpoint = {
+        "name": "checkpoint-key",
+        "storage": str(tmp_path / "store"),
+        "datasets": {"synthetic": {}},
+        "models": {"dvbpr": {}},
+        "attacks": {"insa": {"eps": [8], "adaptive": True}},
+        "defenses": {"denoiser": {"width": 8, "checkpoint": str(tmp_path / "unet.pt")}},
+    }
+
+    def stored_under():
+        sweep = parse_sweep(with_checkpoint)
+        (trial,) = sweep.trials()
+        paths = stages.stage_paths(sweep, trial)
+        return paths.defense, paths.context, paths.attack
+
+    before = stored_under()
+    assert before == stored_under()
+    torch.save({k: v + 1 for k, v in trained.net.state_dict().items()}, tmp_path / "unet.pt")
+    after = stored_under()
+    assert all(a != b for a, b in zip(before, after, strict=True))
     raw = {
         "name": "missing-checkpoint",
         "datasets": {"synthetic": {}},

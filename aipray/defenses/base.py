@@ -75,6 +75,12 @@ class Defense:
         """A trained defence (``trained = True``) ready to serve in front of ``ranker``."""
         raise NotImplementedError(f"{cls.__name__} has no weights to train")
 
+    @classmethod
+    def fingerprint(cls, config: Any) -> Any:
+        """What, besides the config and ``version``, decides a trained defence (the content of
+        a checkpoint it loads)."""
+        return None
+
     def save(self, folder: Path) -> None:
         """Store a trained defence's weights in ``folder`` (:meth:`load` reads them)."""
         raise NotImplementedError(f"{type(self).__name__} has no weights to store")

@@ -30,6 +30,7 @@ from torch import nn
 from aipray.defenses.base import DEFENSES, Defense
 from aipray.params import Settings, param
 from aipray.pixels import to_float
+from aipray.store import file_sha256
 
 if TYPE_CHECKING:
     from aipray.data.catalog import Catalog
@@ -199,6 +200,14 @@ class Denoiser(Defense):
         out = cls(config, net.cpu())
         out.info = info
         return out
+
+    @classmethod
+    def fingerprint(cls, config: DenoiserConfig) -> str | None:
+        """The checkpoint's SHA-256: a replaced file is a new defence (``None`` when trained
+        here, or when the file is not on this machine)."""
+        if config.checkpoint and Path(config.checkpoint).is_file():
+            return file_sha256(config.checkpoint)
+        return None
 
     def save(self, folder: Path) -> None:
         folder = Path(folder)

@@ -87,7 +87,8 @@ def stage_paths(sweep: SweepConfig, trial: TrialSpec) -> StagePaths:
     defense_cls = DEFENSES.get(trial.defense.name)
     trained: tuple[str, ...] = ()
     if defense_cls.trained:
-        parts = [model_key, trial.defense.as_dict(), defense_cls.version]
+        fingerprint = defense_cls.fingerprint(trial.defense.config)
+        parts = [model_key, trial.defense.as_dict(), defense_cls.version, fingerprint]
         trained = (config_key(parts),)
     ctx_key = config_key([model_key, cand_key, trial.defense.as_dict(), *trained])
     bare_key = config_key([model_key, cand_key, NO_DEFENSE.as_dict()])
