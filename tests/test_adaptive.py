@@ -280,6 +280,7 @@ def test_a_sweep_with_an_adaptive_trial_runs_through_ray_into_mlflow(tmp_path, o
     import ray
     from mlflow.tracking import MlflowClient
 
+    from aipray.report import build_report
     from aipray.report.runs import load_runs, resolve_source
     from aipray.sweep import run_sweep
 
@@ -321,3 +322,14 @@ def test_a_sweep_with_an_adaptive_trial_runs_through_ray_into_mlflow(tmp_path, o
     assert len(list((tmp_path / "store" / "attacks").iterdir())) == 2
     frame = load_runs(resolve_source(str(path))).frame
     assert sorted(frame["attack"]) == ["insa", "insa(adaptive)"]
+    # the report's robustness table: each defence against the oblivious and adaptive attack
+    text = (
+        build_report(str(path), tmp_path / "report", log_to_mlflow=False) / "report.md"
+    ).read_text()
+    section = text.split("## Robustness: oblivious and adaptive attacks", 1)[1].split("\n## ", 1)[0]
+    lines = [line for line in section.splitlines() if line.startswith("| DVBPR")]
+    metric = {r.info.run_name: r.data.metrics["adversarial/hr_at_5"] for r in runs}
+    none_row, bits_row = (line.split(" | ") for line in lines)
+    assert none_row[3:4] == ["none"] and bits_row[3:4] == ["bitdepth(bits=3)"]
+    assert none_row[5] == none_row[8] == f"{metric[oblivious]:.4f}"  # adaptive = oblivious
+    assert bits_row[5] == "–" and bits_row[8] == f"{metric[adaptive]:.4f}"  # no oblivious run
