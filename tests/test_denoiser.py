@@ -3,6 +3,8 @@ stage, or loaded from a checkpoint; attacked obliviously and adaptively."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -138,3 +140,9 @@ def test_denoiser_trials_share_its_stage_and_the_adaptive_one_its_own_images(tmp
     for metrics in results:
         assert metrics["n_items"] == 6
         assert 0 <= metrics["adversarial/hr_at_5"] <= 1
+    # each stored image set says what it was made against: the adaptive one, the denoiser too
+    made = [json.loads((p.attack / "provenance.json").read_text()) for p in paths]
+    assert made[0]["defense"] is None and made[0]["defense_stage"] is None
+    assert made[1]["defense"] == "denoiser(train_eps=16)"
+    assert made[1]["defense_stage"] == paths[1].defense.name
+    assert made[0]["model"] == made[1]["model"] == paths[0].model.name
