@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 
 import pandas as pd
-import pytest
 
 from aipray.attacks.sema import STORED_SET
 from aipray.config import parse_sweep
@@ -49,7 +48,6 @@ def _rows(plan) -> pd.DataFrame:
     return rows.drop(columns=["attack_seconds"]).sort_values("item_id", ignore_index=True)
 
 
-@pytest.mark.slow
 def test_a_stored_image_set_reevaluates_to_the_same_numbers(tmp_path, one_thread):
     store = tmp_path / "store"
     made = _run_all(
