@@ -26,7 +26,12 @@ from aipray.grid import (  # re-exported: the grid's values were defined here be
     PerceptualConfig,
     TrialSpec,
 )
-from aipray.grid_checks import check_cold_items, check_perceptual, check_pretrain_possible
+from aipray.grid_checks import (
+    check_adaptive,
+    check_cold_items,
+    check_perceptual,
+    check_pretrain_possible,
+)
 from aipray.metrics.perceptual import LPIPSConfig
 from aipray.models import MODELS
 from aipray.models.bpr import BPRConfig
@@ -306,6 +311,7 @@ def _axes(raw: dict[str, Any], where: str) -> tuple[tuple[Component, ...], ...]:
     paths = _import_paths(MODELS, raw["models"], f"{where}: models")
     visual_models = [n for n in [*MODELS.names(), *paths] if MODELS.get(n).visual]
     models = _components("model", MODELS, raw["models"], f"{where}: models", visual_models)
+    check_adaptive(raw["attacks"], f"{where}: attacks")
     attacks = _components("attack", ATTACKS, raw["attacks"], f"{where}: attacks")
     defenses = _components(
         "defense", DEFENSES, raw.get("defenses") or {"none": {}}, f"{where}: defenses"

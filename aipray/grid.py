@@ -11,9 +11,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from aipray.attacks import ATTACKS
+from aipray.attacks.base import AdaptiveConfig
+from aipray.defenses import DEFENSES
 from aipray.models import MODELS
 from aipray.models.extractor import ExtractorConfig
-from aipray.params import Settings, fmt, param
+from aipray.params import Settings, fmt, key_fields, param
 from aipray.store import config_key
 
 
@@ -43,7 +45,9 @@ class Component:
         return f"{self.name}({inner})"
 
     def as_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "config": dataclasses.asdict(self.config)}
+        """What the component's store keys hash: its name and its settings
+        (:func:`~aipray.params.key_fields`)."""
+        return {"name": self.name, "config": key_fields(self.config)}
 
     def key(self) -> str:
         return config_key(self.as_dict())
@@ -76,6 +80,23 @@ class PerceptualConfig(Settings):
 PROTOCOLS = ("aip", "perceptual")
 
 
+def attack_against(attack: Component, defense: Component) -> Component:
+    """The attack as it runs against ``defense``: an adaptive attack against no defence is the
+    oblivious attack, and EOT's ``eot_samples`` count only for an adaptive attack on a
+    randomised defence (1 otherwise). So a grid of ``adaptive: [false, true]`` × defences holds
+    each distinct attack once, and an oblivious attack keeps its store key whatever it says."""
+    config = attack.config
+    if not isinstance(config, AdaptiveConfig):
+        return attack
+    defense_cls = DEFENSES.get(defense.name)
+    adaptive = config.adaptive and not defense_cls.identity
+    samples = config.eot_samples if adaptive and defense_cls.randomised else 1
+    if (adaptive, samples) == (config.adaptive, config.eot_samples):
+        return attack
+    changed = dataclasses.replace(config, adaptive=adaptive, eot_samples=samples)
+    return Component(attack.kind, attack.name, changed)
+
+
 @dataclass(frozen=True)
 class TrialSpec:
     """One grid point: (dataset, model, attack, ε, defence) under AIP's protocol; under
@@ -91,6 +112,11 @@ class TrialSpec:
     @property
     def eps(self) -> float | None:
         return getattr(self.attack.config, "eps", None)
+
+    @property
+    def adaptive(self) -> bool:
+        """The attack optimises through the trial's defence."""
+        return bool(getattr(self.attack.config, "adaptive", False))
 
     @property
     def needs_extractor(self) -> bool:
@@ -117,7 +143,11 @@ class TrialSpec:
         if self.push is not None:
             training = self.extractor_config.training
             return f"{head}/{training}/{self.attack.name}{eps}/{self.push.config.mode}"
-        return f"{head}/{self.attack.name}{eps}/{self.defense.label}"
+        attack = self.attack.name
+        if self.adaptive:
+            samples = self.attack.config.eot_samples
+            attack += "(adaptive" + (f",eot={samples})" if samples > 1 else ")")
+        return f"{head}/{attack}{eps}/{self.defense.label}"
 
 
 @dataclass(frozen=True)
@@ -134,8 +164,10 @@ class Grid:
     pushes: tuple[Component | None, ...] = (None,)
 
     def trials(self) -> list[TrialSpec]:
+        """Every grid point, the attack as it runs against the point's defence
+        (:func:`attack_against`): the same trial may appear twice."""
         return [
-            TrialSpec(d, m, a, f, e, p)
+            TrialSpec(d, m, attack_against(a, f), f, e, p)
             for f in self.defenses
             for e in self.extractors
             for p in self.pushes

@@ -4,7 +4,7 @@ the value and what is allowed."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from aipray.attacks import ATTACKS
 from aipray.data import DATASETS
@@ -24,6 +24,24 @@ def check_cold_items(grids: list[Grid], where: str) -> None:
                 raise ConfigError(
                     f"{where}: datasets.{ds.name}.n_cold: 0 is not allowed with protocol: "
                     "aip; expected an integer >= 1 (its cold items are what it attacks)"
+                )
+
+
+def check_adaptive(raw_attacks: Any, where: str) -> None:
+    """``adaptive`` and ``eot_samples`` only on attacks that can optimise through a defence
+    (their Config is an :class:`~aipray.attacks.base.AdaptiveConfig`), with a message that
+    names them rather than an unknown key."""
+    if not isinstance(raw_attacks, dict):
+        return  # the attacks' own parse reports it
+    able = [n for n in ATTACKS.names() if ATTACKS.get(n).can_be_adaptive()]
+    for name, settings in raw_attacks.items():
+        if not isinstance(settings, dict) or name not in ATTACKS:
+            continue
+        for key in ("adaptive", "eot_samples"):
+            if key in settings and not ATTACKS.get(name).can_be_adaptive():
+                raise ConfigError(
+                    f"{where}.{name}.{key}: {settings[key]!r} is not allowed; {name} cannot "
+                    f"optimise through a defence (adaptive attacks: {', '.join(able)})"
                 )
 
 
@@ -51,6 +69,12 @@ def check_perceptual(
                 raise ConfigError(
                     f"{where}: attacks.{attack.name}: not allowed with protocol: perceptual; "
                     f"allowed: {', '.join(allowed)} (classifier-targeted attacks and controls)"
+                )
+            if getattr(attack.config, "adaptive", False):
+                raise ConfigError(
+                    f"{where}: attacks.{attack.name}.adaptive: True is not allowed with protocol: "
+                    "perceptual; expected false (its defences are extractors, whose own "
+                    "gradients every attack already follows)"
                 )
             if getattr(attack.config, "target", None) is not None:
                 raise ConfigError(

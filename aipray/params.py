@@ -56,14 +56,36 @@ def param(
     max: float | None = None,
     choices: tuple[Any, ...] | None = None,
     doc: str = "",
+    keyed_at_default: bool = True,
 ) -> Any:
     """A dataclass field with validation metadata.
 
     ``axis=True`` lets the sweep YAML give a list of values for the field: the grid then has one
     point per value (ε of an attack, JPEG quality, embedding length).
+
+    ``keyed_at_default=False`` leaves the field out of the config's store key
+    (:func:`key_fields`) while it holds its default: a field added to a config later keeps the
+    keys of everything stored before it existed.
     """
-    meta = {"axis": axis, "min": min, "max": max, "choices": choices, "doc": doc}
+    meta = {
+        "axis": axis,
+        "min": min,
+        "max": max,
+        "choices": choices,
+        "doc": doc,
+        "keyed_at_default": keyed_at_default,
+    }
     return dataclasses.field(default=default, metadata=meta)
+
+
+def key_fields(config: Any) -> dict[str, Any]:
+    """The config as the dict its store keys hash: ``dataclasses.asdict`` without the fields
+    declared ``keyed_at_default=False`` that hold their default."""
+    out = dataclasses.asdict(config)
+    for f in dataclasses.fields(config):
+        if not f.metadata.get("keyed_at_default", True) and out[f.name] == f.default:
+            del out[f.name]
+    return out
 
 
 class Settings:

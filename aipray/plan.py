@@ -36,6 +36,9 @@ class StagePaths:
     result: Path
     #: protocol perceptual: item classes, origin and target (unused under AIP's protocol)
     push: Path | None = None
+    #: a defence with weights (the denoiser), built for the trial's ranker; ``None`` for the
+    #: others
+    defense: Path | None = None
 
     def as_dict(self) -> dict[str, str]:
         return {k: str(v) for k, v in dataclasses.asdict(self).items() if v is not None}

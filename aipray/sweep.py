@@ -188,7 +188,7 @@ def run_stages(sweep: SweepConfig, trials: list[TrialSpec]) -> None:
             paths = stage_paths(sweep, trial)
             for kind in wave:
                 target = stages.stage_output(kind, paths)
-                if kind == "extractor" and not protocol.uses_extractor(trial):
+                if target is None or (kind == "extractor" and not protocol.uses_extractor(trial)):
                     continue
                 if done(target) or target in seen:
                     continue

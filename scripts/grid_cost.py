@@ -80,15 +80,17 @@ def network_of(trial: TrialSpec, attack_side: bool) -> str:
 
 
 def attack_steps(trial: TrialSpec, size: Size, expa_steps: int | None) -> int:
-    """Updates per image of the trial's attack."""
+    """Updates per image of the trial's attack, each counted once per EOT draw (an adaptive
+    attack on a randomised defence passes ``eot_samples`` images through the network)."""
     cls, cfg = ATTACKS.get(trial.attack.name), trial.attack.config
+    draws = getattr(cfg, "eot_samples", 1)  # 1 unless adaptive against a randomised defence
     if cls.knowledge == "none":
         return 0
     if hasattr(cfg, "user_batch"):  # INSA: epochs over batches of users
-        return cfg.epochs * math.ceil(size.users / cfg.user_batch)
+        return draws * cfg.epochs * math.ceil(size.users / cfg.user_batch)
     if expa_steps is not None and getattr(cfg, "patience", None) is not None:  # early-stopped
-        return min(expa_steps, cfg.steps)
-    return getattr(cfg, "steps", 1) * getattr(cfg, "binary_steps", 1)
+        return draws * min(expa_steps, cfg.steps)
+    return draws * getattr(cfg, "steps", 1) * getattr(cfg, "binary_steps", 1)
 
 
 def count_work(

@@ -48,7 +48,11 @@ def test_grid_skips_missing_combinations():
             {},
             "unknown attack 'fgsm2'; allowed: csema, cw, expa, fgsm, insa, noise, pgd, provided",
         ),
-        (("defenses", "blur"), {}, "unknown defense 'blur'; allowed: bitdepth, jpeg, none"),
+        (
+            ("defenses", "blur"),
+            {},
+            "unknown defense 'blur'; allowed: bitdepth, denoiser, jpeg, none, random_resize_pad",
+        ),
         (("attacks", "insa", "eps"), -4, "attacks.insa.eps: -4 is not allowed"),
         (("attacks", "insa", "eps"), "big", "attacks.insa.eps: 'big' is not allowed"),
         (("attacks", "insa", "eps"), [8, -1], "attacks.insa.eps: -1 is not allowed"),

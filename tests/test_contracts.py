@@ -17,7 +17,7 @@ from PIL import Image
 
 from aipray.attacks import ATTACKS, AttackResult
 from aipray.data.synthetic import SyntheticConfig, make_synthetic
-from aipray.defenses import DEFENSES
+from aipray.defenses import DEFENSES, GRADIENTS, make_defense
 from aipray.models import MODELS, load_recommender
 from aipray.models.extractor import build_extractor, make_spec
 from aipray.pixels import to_float
@@ -153,23 +153,44 @@ def test_attack_contract(name, world, tmp_path):
 
 
 @pytest.mark.parametrize("name", DEFENSES.names())
-def test_defense_contract(name, world):
-    """Images in, images of the same shape in [0, 1] out, deterministically; the identity
-    changes nothing; a differentiable defence passes gradients."""
+def test_defense_contract(name, world, tmp_path):
+    """Images in, images of the same shape in [0, 1] out, the same for the same image every
+    time; the identity changes nothing. It declares how an attacker differentiates through it,
+    and its attackable form has that gradient: its own (``exact``: finite, reaching the
+    pixels) or the identity's (``bpda``), with a deterministic defence's forward unchanged. A
+    defence with weights is built by its recipe against a trained ranker and stored and loaded
+    as the sweep's stage does (:func:`make_defense`)."""
     catalog, _ = world
     cls = DEFENSES.get(name)
-    defense = cls(cls.Config())
+    if cls.trained:
+        config = cls.Config(**small(cls, width=4, train_items=8, batch_size=8))
+        ranker = trained(next(m for m in MODELS.names() if MODELS.get(m).visual), world)
+        built = cls.fit(config, catalog, ranker, device="cpu", seed=0)
+        built.save(tmp_path)
+        defense = make_defense(name, config, tmp_path)
+        x, _ = cold_images(catalog)
+        assert torch.equal(defense(x), built(x))
+    else:
+        defense = make_defense(name, cls.Config())
     x, _ = cold_images(catalog)
     out = defense(x)
     assert out.shape == x.shape and out.dtype == x.dtype
     assert out.min() >= 0 and out.max() <= 1
     assert torch.equal(defense(x), out)
+    assert torch.equal(defense(x[1:]), out[1:])  # an image is served alike in any batch
     if cls.identity:
         assert torch.equal(out, x)
-    if cls.differentiable:
-        y = x.clone().requires_grad_(True)
-        (grad,) = torch.autograd.grad(defense(y).sum(), y)
-        assert torch.isfinite(grad).all()
+    assert cls.gradient in GRADIENTS
+    y = x.clone().requires_grad_(True)
+    seen = defense.attackable(y, torch.Generator().manual_seed(0))
+    assert seen.shape == x.shape and seen.min() >= 0 and seen.max() <= 1
+    if not cls.randomised:
+        assert torch.equal(seen.detach(), out)
+    weights = torch.rand(x.shape, generator=torch.Generator().manual_seed(1))
+    (grad,) = torch.autograd.grad((seen * weights).sum(), y)
+    assert torch.isfinite(grad).all() and grad.abs().sum() > 0
+    if cls.gradient == "bpda":
+        assert torch.equal(grad, weights)
 
 
 PLUGIN = '''

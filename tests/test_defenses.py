@@ -37,7 +37,9 @@ def test_none_is_identity():
 
 
 def test_unknown_defense_lists_allowed():
-    with pytest.raises(KeyError, match="allowed: bitdepth, jpeg, none"):
+    with pytest.raises(
+        KeyError, match="allowed: bitdepth, denoiser, jpeg, none, random_resize_pad"
+    ):
         DEFENSES.get("blur")
 
 
@@ -81,3 +83,82 @@ def test_defence_levels_monotone_in_strength(name):
     }
     errors = [float((d(img) - img).abs().mean()) for d in levels[name]]
     assert errors == sorted(errors)
+
+
+@pytest.mark.parametrize("defense", [jpeg(50), bitdepth(3)], ids=["jpeg50", "bitdepth3"])
+def test_bpda_gradient_is_the_identitys_and_forward_is_the_defence(defense):
+    """BPDA (Athalye et al. 2018): an attacker differentiating through JPEG or bit depth gets
+    the gradient it would get through the identity, and the forward pass is the defence's."""
+    assert defense.gradient == "bpda"
+    identity = DEFENSES.get("none")(DEFENSES.get("none").Config())
+    g = torch.Generator().manual_seed(3)
+    x = torch.randint(0, 256, (2, 3, 16, 16), generator=g).float() / 255
+    weights = torch.randn(x.shape, generator=g)
+    grads = []
+    for d in (defense, identity):
+        y = x.clone().requires_grad_(True)
+        seen = d.attackable(y)
+        (grad,) = torch.autograd.grad((seen * weights).pow(2).sum(), y)
+        grads.append(grad)
+        if d is defense:
+            assert torch.equal(seen.detach(), defense(x))
+            assert not torch.equal(seen.detach(), x)  # it did transform the images
+    # d/dy Σ w·s(y)² = 2·w·s(y)·(ds/dy): the identity's Jacobian, at the defended point
+    torch.testing.assert_close(grads[0], 2 * weights * weights * defense(x))
+    torch.testing.assert_close(grads[1], 2 * weights * weights * x)
+    # the backward pass itself is the identity's: the same upstream gradient passes unchanged
+    y = x.clone().requires_grad_(True)
+    (passed,) = torch.autograd.grad(defense.attackable(y), y, grad_outputs=weights)
+    assert torch.equal(passed, weights)
+
+
+def resize_pad(min_scale=0.5, seed=0):
+    cls = DEFENSES.get("random_resize_pad")
+    return cls(cls.Config(min_scale=min_scale, seed=seed))
+
+
+def test_resize_pad_by_hand():
+    """All-ones 8×8 images: at the smallest scale (0.5) the image becomes a 4×4 block of ones
+    in the corner the draw picks, the rest black; at scale 1 it is left where it was."""
+    ones = torch.ones(1, 3, 8, 8)
+    top_left = resize_pad(0.5).transform(ones, torch.tensor([[0.0, 0.0, 0.0]]))
+    bottom_right = resize_pad(0.5).transform(ones, torch.tensor([[0.0, 1.0, 1.0]]))
+    block = torch.zeros(8, 8)
+    block[:4, :4] = 1
+    torch.testing.assert_close(top_left[0, 0], block)
+    torch.testing.assert_close(bottom_right[0, 0], block.flip(0, 1))
+    x = torch.rand(2, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(resize_pad(1.0)(x), x)
+
+
+def test_resize_pad_serves_each_image_its_own_draw_and_attackers_new_ones():
+    g = torch.Generator().manual_seed(2)
+    x = torch.randint(0, 256, (6, 3, 16, 16), generator=g).float() / 255
+    defense = resize_pad(0.5)
+    served = defense(x)
+    # the same image, alone, in another order or another batch: served the same way
+    assert torch.equal(defense(x[2:3]), served[2:3])
+    assert torch.equal(defense(x.flip(0)), served.flip(0))
+    # identical images share a draw; another seed draws anew
+    twice = torch.cat([x[:1], x[:1]])
+    assert torch.equal(defense(twice)[0], defense(twice)[1])
+    assert not torch.equal(resize_pad(0.5, seed=1)(x), served)
+    # black borders of different sizes: the images were not all drawn alike
+    black = (served == 0).flatten(1).float().mean(1)
+    assert black.unique().numel() > 1
+    # an attacker's draws come from its generator: new at each call, repeated by its seed
+    first = defense.attackable(x, torch.Generator().manual_seed(5))
+    again = defense.attackable(x, torch.Generator().manual_seed(5))
+    other = defense.attackable(x, torch.Generator().manual_seed(6))
+    assert torch.equal(first, again) and not torch.equal(first, other)
+
+
+def test_resize_pad_gradient_is_exact():
+    """Its declared gradient is its own: autograd agrees with finite differences."""
+    defense = resize_pad(0.6)
+    assert defense.gradient == "exact" and defense.randomised
+    x = torch.rand(2, 3, 6, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+    u = torch.rand(2, 3, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
+    assert torch.autograd.gradcheck(
+        lambda y: defense.transform(y, u), (x.requires_grad_(True),), eps=1e-6, atol=1e-5
+    )

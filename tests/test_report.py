@@ -391,6 +391,83 @@ def test_aip_table8_rule_ignores_the_p_value():
     assert stats["p"] == pytest.approx(1e-4)  # significant, and defended: pushed below
 
 
+# Robustness table: INSA ε=8 on VBPR, each defence against the oblivious and adaptive attack:
+# defence, adaptive, adversarial HR@5, cooperative HR@5, ordinary HR@5 (undefended: 0.02), p.
+ROBUSTNESS = [
+    ("none", False, 0.30, 0.01, 0.02, 0.001),
+    ("jpeg(quality=50)", False, 0.008, 0.009, 0.017, 0.6),  # holds: 0.008 ≤ 0.009
+    ("jpeg(quality=50)", True, 0.25, 0.009, 0.017, 1e-4),  # broken through BPDA
+    ("bitdepth(bits=3)", False, 0.012, 0.01, 0.019, 0.4),  # p ≥ 0.01 but above: does not hold
+    ("bitdepth(bits=3)", True, 0.01, 0.01, 0.019, 1.0),  # equal: holds
+    ("denoiser(train_eps=16)", True, 0.2, 0.008, 0.018, 1e-5),  # no oblivious trial
+]
+
+
+def test_robustness_table_oblivious_and_adaptive(tmp_path):
+    import pandas as pd
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    exp_id = client.create_experiment(SWEEP, artifact_location=(tmp_path / "artifacts").as_uri())
+    parent = client.create_run(
+        exp_id, run_name=SWEEP, tags={"aipray.role": "sweep", "aipray.sweep": SWEEP}
+    ).info.run_id
+    for defense, adaptive, adv, coop, ordinary, p in ROBUSTNESS:
+        extra = {"attack.adaptive": adaptive}
+        params = _params("vbpr", 20, "insa", 8, defense, **extra)
+        _child(client, exp_id, parent, params, _metrics(coop, adv, ordinary, ordinary, 0.02, 1, p))
+    # an attack without an adaptive run stays out of the table
+    params = _params("vbpr", 20, "expa", 8, "jpeg(quality=50)", **{"attack.adaptive": False})
+    _child(client, exp_id, parent, params, _metrics(0.009, 0.5, 0.017, 0.017, 0.02, 1, 0.01))
+    out = tmp_path / "report"
+    assert main([SWEEP, "--tracking-uri", uri, "--out", str(out)]) == 0
+    t = table((out / "report.md").read_text(), "Robustness: oblivious and adaptive attacks")
+    assert list(t) == [  # no defence first, then by name
+        f"{VBPR} / INSA / 8 / none",
+        f"{VBPR} / INSA / 8 / bitdepth(bits=3)",
+        f"{VBPR} / INSA / 8 / denoiser(train_eps=16)",
+        f"{VBPR} / INSA / 8 / jpeg(quality=50)",
+    ]
+    # against no defence the adaptive attack is the oblivious one; nothing there to hold
+    assert t[f"{VBPR} / INSA / 8 / none"] == {
+        "cooperative HR@5": "0.0100",
+        "oblivious HR@5": "0.3000",
+        "oblivious p": "0.001",
+        "holds vs oblivious": "–",
+        "adaptive HR@5": "0.3000",
+        "adaptive p": "0.001",
+        "holds vs adaptive": "–",
+        "ordinary cost": "+0.0000",
+    }
+    assert t[f"{VBPR} / INSA / 8 / jpeg(quality=50)"] == {
+        "cooperative HR@5": "0.0090",
+        "oblivious HR@5": "0.0080",
+        "oblivious p": "0.6",
+        "holds vs oblivious": "yes",
+        "adaptive HR@5": "0.2500",
+        "adaptive p": "0.0001",
+        "holds vs adaptive": "no",
+        "ordinary cost": "-0.0030",  # 0.017 − 0.02
+    }
+    bits = t[f"{VBPR} / INSA / 8 / bitdepth(bits=3)"]
+    assert (bits["holds vs oblivious"], bits["holds vs adaptive"]) == ("no", "yes")
+    assert bits["ordinary cost"] == "-0.0010"
+    denoiser = t[f"{VBPR} / INSA / 8 / denoiser(train_eps=16)"]
+    assert (denoiser["oblivious HR@5"], denoiser["oblivious p"]) == ("–", "–")
+    assert denoiser["holds vs oblivious"] == "–" and denoiser["holds vs adaptive"] == "no"
+    assert (denoiser["cooperative HR@5"], denoiser["ordinary cost"]) == ("0.0080", "-0.0020")
+    # the CSV holds the numbers, and goes to the sweep's parent run with the other tables
+    csv = pd.read_csv(out / "tables" / "robustness.csv")
+    jpeg = csv[csv["defence"] == "jpeg(quality=50)"].iloc[0]
+    assert jpeg["adaptive HR@5"] == pytest.approx(0.25) and jpeg["adaptive p"] == pytest.approx(
+        1e-4
+    )
+    assert jpeg["holds vs oblivious"] and not jpeg["holds vs adaptive"]
+    assert set(csv["attack"]) == {"INSA"}
+    logged = {a.path for a in client.list_artifacts(parent, "report/tables")}
+    assert "report/tables/robustness.csv" in logged
+
+
 def test_random_level_is_the_protocols():
     import torch
 

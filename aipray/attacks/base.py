@@ -1,19 +1,63 @@
 """The :class:`Attack` interface and the attack registry; the L∞ projected-gradient engine every
 optimisation attack shares lives in :mod:`aipray.linf` (re-exported here).
+
+An attack whose Config inherits :class:`AdaptiveConfig` can be made adaptive (``adaptive:
+true``): it then optimises through the trial's input defence, as the defence declares an
+attacker differentiates it (:meth:`aipray.defenses.base.Defense.attackable`: its exact gradient,
+or BPDA), averaging a randomised defence's draws per step (EOT). :meth:`Attack.through_defense`
+turns any objective into its adaptive form, so each attack keeps one objective.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import torch
 
 from aipray.linf import Objective, Plateau, linf_ascent, quantize_within  # noqa: F401 re-exported
+from aipray.params import Settings, param
 from aipray.registry import Registry
 
+if TYPE_CHECKING:
+    from aipray.defenses.base import Defense
+
 ATTACKS: Registry[Attack] = Registry("attack")
+
+
+@dataclass(frozen=True)
+class AdaptiveConfig(Settings):
+    """The settings of an attack that can be adaptive (the base of its Config).
+
+    ``adaptive``: optimise through the trial's input defence (defence ∘ ranker, or defence ∘
+    classifier) instead of the undefended model (``false``, oblivious: AIP's and
+    Denoise-to-protect's setting); a grid axis, so ``[false, true]`` gives both trials.
+    ``eot_samples``: draws of a randomised defence whose objectives are averaged per step
+    (Athalye et al.'s Expectation over Transformation; one draw = a plain adaptive attack).
+
+    Both are left out of the attack's store key at their defaults, so an oblivious attack keeps
+    the key it had before attacks could be adaptive.
+    """
+
+    adaptive: bool = param(False, axis=True, keyed_at_default=False)
+    eot_samples: int = param(1, min=1, keyed_at_default=False)
+
+
+def through_defense(
+    objective: Objective, defense: Defense, samples: int, generator: torch.Generator
+) -> Objective:
+    """``objective`` of the defended images, as an adaptive attacker optimises it: the mean over
+    ``samples`` draws of ``objective(defense.attackable(x), step)``, the draws taken from
+    ``generator`` (EOT; one draw for a deterministic defence)."""
+
+    def defended(x: torch.Tensor, step: int) -> torch.Tensor:
+        total = objective(defense.attackable(x, generator), step)
+        for _ in range(samples - 1):
+            total = total + objective(defense.attackable(x, generator), step)
+        return total / samples
+
+    return defended
 
 
 @dataclass(frozen=True)
@@ -25,11 +69,14 @@ class AttackInputs:
         classifier: the pretrained extractor's classifier (images → logits), for the
             classifier-targeted TAaMR attacks.
         target_class: the class those attacks push towards (most popular among training items).
+        defense: the trial's input defence, which an adaptive attack optimises through (an
+            oblivious one does not read it).
     """
 
     hook_image: torch.Tensor | None = None
     classifier: torch.nn.Module | None = None
     target_class: int | None = None
+    defense: Defense | None = None
 
 
 @dataclass(frozen=True)
@@ -61,7 +108,12 @@ class Attack:
     (EXPA: one set per ranker, except that rankers whose feature network is the frozen pretrained
     extractor, :attr:`~aipray.models.base.Recommender.features_from_extractor`, share one set per
     extractor), ``"classifier"`` (FGSM/PGD: one set per extractor, shared by every ranker) or
-    ``"none"`` (c-SEMA, provided: one set per dataset).
+    ``"none"`` (c-SEMA, provided: one set per dataset). An adaptive attack's images are also
+    keyed by the defence it optimised through.
+
+    An attack that can be adaptive has a Config inheriting :class:`AdaptiveConfig` and writes its
+    objective once, wrapped in :meth:`through_defense` (and, where it uses the model outside the
+    objective, :meth:`served`).
     """
 
     name: ClassVar[str]
@@ -81,6 +133,44 @@ class Attack:
 
     def __call__(self, images: torch.Tensor, item_ids: torch.Tensor | None = None) -> torch.Tensor:
         raise NotImplementedError(f"{type(self).__name__} must define __call__ or run")
+
+    @property
+    def adaptive(self) -> bool:
+        """Whether the attack optimises through :attr:`AttackInputs.defense`."""
+        return bool(getattr(self.config, "adaptive", False))
+
+    @classmethod
+    def can_be_adaptive(cls) -> bool:
+        """Whether the attack has the ``adaptive`` switch (its Config is an
+        :class:`AdaptiveConfig`)."""
+        return isinstance(getattr(cls, "Config", None), type) and issubclass(
+            cls.Config, AdaptiveConfig
+        )
+
+    def _defense(self) -> Defense:
+        if self.inputs.defense is None:
+            raise ValueError(f"an adaptive {self.name} needs the trial's defence (AttackInputs)")
+        return self.inputs.defense
+
+    def through_defense(self, objective: Objective) -> Objective:
+        """The objective the attack optimises: ``objective`` itself when oblivious; when
+        adaptive, ``objective`` of the defended images (:func:`through_defense`), with
+        ``eot_samples`` draws of a randomised defence from a generator seeded by the config's
+        ``seed`` (0 without one) at each call, so a batch is attacked the same way every time."""
+        if not self.adaptive:
+            return objective
+        defense = self._defense()
+        samples = int(self.config.eot_samples) if defense.randomised else 1
+        generator = torch.Generator().manual_seed(int(getattr(self.config, "seed", 0)))
+        return through_defense(objective, defense, samples, generator)
+
+    def served(self, images: torch.Tensor) -> torch.Tensor:
+        """The images as the attacked model receives them: through the defence the platform
+        serves when adaptive (no gradient), unchanged when oblivious."""
+        if not self.adaptive:
+            return images
+        with torch.no_grad():
+            return self._defense()(images)
 
     def run(self, images: torch.Tensor, item_ids: torch.Tensor | None = None) -> AttackResult:
         """The adversarial images of ``images`` ``[B, 3, H, W]`` in [0, 1] (of items

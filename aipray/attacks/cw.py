@@ -20,6 +20,10 @@ on the batch, since a stopped image still rides along until all have stopped: no
 measurement (44.0 vs 43.7 ms per image), 1.7× in that script's batch of 16. When on, it is per
 image, not on the batch's total loss (so a batch gives what its images would one by one, and the
 first check cannot fire on a large loss).
+
+Adaptive (``adaptive: true``), the margin is that of the classifier on the defended image (BPDA
+or the defence's own gradient; a randomised defence's margins averaged over ``eot_samples``
+draws, EOT), and success is judged on the image as the defence serves it.
 """
 
 from __future__ import annotations
@@ -28,16 +32,17 @@ from dataclasses import dataclass
 
 import torch
 
-from aipray.attacks.base import ATTACKS, quantize_within
+from aipray.attacks.base import ATTACKS, AdaptiveConfig, quantize_within
 from aipray.attacks.taamr import _ClassifierAttack
-from aipray.params import Settings, param
+from aipray.params import param
 
 
 @dataclass(frozen=True)
-class CWConfig(Settings):
+class CWConfig(AdaptiveConfig):
     """Perceptual-Rec (CleverHans): 1000 steps of Adam lr 5e-3, 5 binary steps from c = 1e-2,
     κ = 0. ``eps`` (0..255 pixel units) clips the final perturbation in L∞, ``None`` = no clip;
-    ``target`` ``None`` = most popular class among training items."""
+    ``target`` ``None`` = most popular class among training items; ``adaptive``,
+    ``eot_samples``: :class:`~aipray.attacks.base.AdaptiveConfig`."""
 
     steps: int = param(1000, min=1)
     lr: float = param(5e-3, min=0)
@@ -63,6 +68,7 @@ class CW(_ClassifierAttack):
             costs L2, see the module docstring).
         eps: optional L∞ clip of the final perturbation, pixel units (None: no clip).
         target: target class (None: the most popular class among training items).
+        adaptive, eot_samples: through the trial's defence (see the module docstring).
 
     Call: ``images [B, 3, H, W]`` float in [0, 1] (never modified) → ``[B, 3, H, W]`` on the
     8-bit grid: per image, the successful adversarial (argmax = target) with the smallest L2
@@ -84,26 +90,30 @@ class CW(_ClassifierAttack):
         best_l2 = torch.full_like(const, float("inf"))
         check_every = max(cfg.steps // 10, 1)
 
+        def margin_of(images: torch.Tensor, step: int) -> torch.Tensor:
+            logits = clf(images)
+            real = logits.gather(1, target)[:, 0]
+            other = logits.scatter(1, target, float("-inf")).amax(1)
+            return (other - real + cfg.confidence).clamp(min=0)
+
         for _ in range(cfg.binary_steps):
             w = w0.clone().requires_grad_(True)
             opt = torch.optim.Adam([w], lr=cfg.lr)
             step_l2 = torch.full_like(const, float("inf"))  # this binary step's best
             active = torch.ones(n, dtype=torch.bool, device=x.device)
             prev = torch.full_like(const, float("inf"))
+            margin_fn = self.through_defense(margin_of)  # a fresh EOT generator per binary step
             for step in range(cfg.steps):
                 x_new = (torch.tanh(w) + 1) / 2
-                logits = clf(x_new)
-                real = logits.gather(1, target)[:, 0]
-                other = logits.scatter(1, target, float("-inf")).amax(1)
-                margin = (other - real + cfg.confidence).clamp(min=0)
+                margin = margin_fn(x_new, step)
                 loss = (x_new - x).pow(2).flatten(1).sum(1) + const * margin
                 (grad,) = torch.autograd.grad(loss.sum(), w)
                 with torch.no_grad():
                     q = quantize_within(x_new, x, eps)  # the image as it would be returned
                     l2 = (q - x).pow(2).flatten(1).sum(1)
-                    hit = (logits.argmax(1) == self.target) & (margin <= 0) & (l2 < step_l2)
-                    if hit.any():  # confirm on the rounded (and clipped) image
-                        hit[hit.clone()] = clf(q[hit]).argmax(1) == self.target
+                    hit = (margin <= 0) & (l2 < step_l2)
+                    if hit.any():  # confirm on the rounded (and clipped) image, as served
+                        hit[hit.clone()] = clf(self.served(q[hit])).argmax(1) == self.target
                     step_l2 = torch.where(hit, l2, step_l2)
                     better = hit & (l2 < best_l2)
                     best_l2 = torch.where(better, l2, best_l2)

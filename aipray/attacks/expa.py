@@ -7,6 +7,9 @@ the embedding CNN) and a hook item, by default the most-interacted training item
 AIP runs a fixed 5,000 steps. With ``patience`` set, each image stops once its distance has not
 fallen by more than ``tol`` (relative) for that many steps (:class:`~aipray.attacks.base.Plateau`);
 the steps each image used are reported (``attack_steps``).
+
+Adaptive (``adaptive: true``), it pulls Φ of the defended image onto Φ of the defended hook
+(the platform defends the hook's image too).
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import torch
 
 from aipray.attacks.base import (
     ATTACKS,
+    AdaptiveConfig,
     Attack,
     AttackInputs,
     AttackResult,
@@ -24,13 +28,14 @@ from aipray.attacks.base import (
     linf_ascent,
 )
 from aipray.models.base import Recommender
-from aipray.params import Settings, param
+from aipray.params import param
 
 
 @dataclass(frozen=True)
-class EXPAConfig(Settings):
+class EXPAConfig(AdaptiveConfig):
     """eps in 0..255 pixel units; AIP: Adam lr 0.01, 5000 steps; hook ``None`` = most popular;
-    ``patience`` ``None`` = every step (AIP), else the early stop's window (with ``tol``)."""
+    ``patience`` ``None`` = every step (AIP), else the early stop's window (with ``tol``);
+    ``adaptive``, ``eot_samples``: :class:`~aipray.attacks.base.AdaptiveConfig`."""
 
     eps: float = param(32.0, axis=True, min=0, max=255)
     steps: int = param(5000, min=1)
@@ -59,7 +64,7 @@ class EXPA(Attack):
     def run(self, images: torch.Tensor, item_ids: torch.Tensor | None = None) -> AttackResult:
         hook = self.inputs.hook_image.to(images.device).unsqueeze(0)
         with torch.no_grad():
-            target = self.model.feature_network(hook)  # [1, F]
+            target = self.model.feature_network(self.served(hook))  # [1, F]
 
         def objective(x_adv: torch.Tensor, step: int) -> torch.Tensor:
             return -(self.model.feature_network(x_adv) - target).norm(dim=1)
@@ -69,7 +74,7 @@ class EXPA(Attack):
         used = torch.zeros(images.shape[0], dtype=torch.long)
         adv = linf_ascent(
             images,
-            objective,
+            self.through_defense(objective),
             eps=cfg.eps,
             steps=cfg.steps,
             lr=cfg.lr,

@@ -8,6 +8,8 @@ sum over profile items; DVBPR: the logarithm of AIP's ``Σ exp``). INSA itself n
 any ranker that implements the interface can be attacked.
 
 Like the paper, each Adam step uses one batch of users; ``epochs`` passes over all users.
+Adaptive (``adaptive: true``), it maximises the preference of the defended image, through the
+ranker the platform serves under the defence.
 """
 
 from __future__ import annotations
@@ -16,9 +18,9 @@ from dataclasses import dataclass
 
 import torch
 
-from aipray.attacks.base import ATTACKS, Attack, AttackInputs, linf_ascent
+from aipray.attacks.base import ATTACKS, AdaptiveConfig, Attack, AttackInputs, linf_ascent
 from aipray.models.base import Recommender
-from aipray.params import Settings, param
+from aipray.params import param
 
 
 def default_lr(model: Recommender, eps: float, steps: int) -> float:
@@ -34,9 +36,10 @@ def default_lr(model: Recommender, eps: float, steps: int) -> float:
 
 
 @dataclass(frozen=True)
-class INSAConfig(Settings):
+class INSAConfig(AdaptiveConfig):
     """eps in 0..255 pixel units; ``epochs`` passes over all users in batches of ``user_batch``
-    (AIP: 10 × 512); lr ``None`` takes the model's default (:func:`default_lr`)."""
+    (AIP: 10 × 512); lr ``None`` takes the model's default (:func:`default_lr`); ``adaptive``,
+    ``eot_samples``: :class:`~aipray.attacks.base.AdaptiveConfig`."""
 
     eps: float = param(32.0, axis=True, min=0, max=255)
     epochs: int = param(10, min=1)
@@ -69,4 +72,6 @@ class INSA(Attack):
         def objective(x_adv: torch.Tensor, step: int) -> torch.Tensor:
             return self.model.preference(batches[step], x_adv)
 
-        return linf_ascent(images, objective, eps=cfg.eps, steps=len(batches), lr=lr)
+        return linf_ascent(
+            images, self.through_defense(objective), eps=cfg.eps, steps=len(batches), lr=lr
+        )

@@ -5,7 +5,8 @@ knowledge of the models.
   of the item's image, with a short caption (AIP Figure 3: a shirt with the hook jeans and "match
   your jeans").
 - ``provided``: adversarial images someone made elsewhere (n-SEMA photographs of both items taken
-  by hand, or another tool's output) evaluated exactly like computed ones.
+  by hand, or another tool's output) evaluated exactly like computed ones; or an image set a
+  sweep stored, re-evaluated against another defence or model without re-attacking.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from functools import cache
 from pathlib import Path
 
 import numpy as np
+import pyarrow.parquet as pq
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
@@ -103,8 +105,10 @@ class CSEMA(Attack):
 @dataclass(frozen=True)
 class ProvidedConfig(Settings):
     """path: a folder of ``<item id>.png`` images (lossless formats keep perturbations intact;
-    JPEG is read too), item ids as in the prepared catalog. Only the cold items with a file there
-    are evaluated; each file must have the catalog's image size."""
+    JPEG is read too), item ids as in the prepared catalog; or an image set a sweep stored
+    (``<storage>/attacks/<attack>-<key>/``, whose :data:`STORED_SET` holds each item's raw
+    adversarial image and ``provenance.json`` says how it was made). Only the cold items with an
+    image there are evaluated; each image must have the catalog's image size."""
 
     path: str = ""
 
@@ -122,6 +126,22 @@ class ProvidedConfig(Settings):
 
 
 IMAGE_SUFFIXES = (".png", ".bmp", ".tif", ".tiff", ".jpg", ".jpeg")
+#: the file of a stored image set (written by :mod:`aipray.protocol.cold_items`): ``item_id``,
+#: ``image`` and ``adv``, raw uint8 ``[3, H, W]`` bytes
+STORED_SET = "adv.parquet"
+
+
+def stored_set(folder: str | Path) -> Path | None:
+    """The stored image set's file in ``folder``, or ``None`` where it is a folder of images."""
+    path = Path(folder) / STORED_SET
+    return path if path.is_file() else None
+
+
+def stored_images(path: Path) -> dict[int, bytes]:
+    """Item id → raw uint8 ``[3, H, W]`` bytes of the adversarial images of a stored set."""
+    table = pq.read_table(path, columns=["item_id", "adv"])
+    ids = table.column("item_id").to_pylist()
+    return dict(zip(ids, table.column("adv").to_pylist(), strict=True))
 
 
 def provided_files(folder: str | Path) -> dict[int, Path]:
@@ -135,38 +155,60 @@ def provided_files(folder: str | Path) -> dict[int, Path]:
 
 @ATTACKS.register("provided")
 class Provided(Attack):
-    """Evaluate images supplied by the user (n-SEMA photographs, other tools' output)."""
+    """Evaluate images supplied by the user (n-SEMA photographs, other tools' output) or a stored
+    image set (:data:`STORED_SET`): the same numbers as the trial that made it, under its defence
+    and ranker, and any other defence's or ranker's, with no attack run."""
 
     Config = ProvidedConfig
     knowledge = "none"
 
     def __init__(self, config: ProvidedConfig, model, inputs: AttackInputs) -> None:
         super().__init__(config, model, inputs)
-        self.files = provided_files(config.path)
+        stored = stored_set(config.path)
+        self.stored = stored_images(stored) if stored is not None else None
+        self.files = provided_files(config.path) if stored is None else {}
 
     @classmethod
-    def fingerprint(cls, config: ProvidedConfig) -> list[tuple[int, str]]:
-        """Item id and SHA-256 of every provided image: a changed or added file is new work."""
+    def fingerprint(cls, config: ProvidedConfig) -> list[tuple[object, str]]:
+        """SHA-256 of the stored set, or item id and SHA-256 of every provided image: a changed
+        or added file is new work."""
+        stored = stored_set(config.path)
+        if stored is not None:
+            return [(STORED_SET, file_sha256(stored))]
         return [(item, file_sha256(path)) for item, path in provided_files(config.path).items()]
 
     @classmethod
     def restrict(cls, config: ProvidedConfig, item_ids):
-        have = provided_files(config.path)
+        stored = stored_set(config.path)
+        have = stored_images(stored) if stored is not None else provided_files(config.path)
         return [i for i in item_ids if int(i) in have]
 
     def __call__(self, images: torch.Tensor, item_ids: torch.Tensor | None = None) -> torch.Tensor:
         if item_ids is None:
             raise ValueError("the provided attack needs the item ids of the batch")
-        out = []
-        for img, item in zip(images, item_ids.tolist(), strict=True):
-            path = self.files.get(int(item))
-            if path is None:
-                raise ValueError(f"attacks.provided.path: no image for cold item {item}")
-            arr = np.asarray(Image.open(path).convert("RGB"))
-            if arr.shape[:2] != tuple(img.shape[1:]):
+        pairs = zip(images, item_ids.tolist(), strict=True)
+        return _batch_like([self._image(img, int(item)) for img, item in pairs], images)
+
+    def _image(self, img: torch.Tensor, item: int) -> np.ndarray:
+        """The provided image of ``item`` as uint8 ``[H, W, 3]``, checked against ``img``."""
+        if self.stored is not None:
+            raw = self.stored.get(item)
+            if raw is None:
+                raise ValueError(f"attacks.provided.path: the stored set has no image of {item}")
+            arr = np.frombuffer(raw, dtype=np.uint8)
+            if arr.size != img.numel():
                 raise ValueError(
-                    f"attacks.provided.path: {path.name} is {arr.shape[1]}x{arr.shape[0]}, "
-                    f"the catalog's images are {img.shape[2]}x{img.shape[1]}"
+                    f"attacks.provided.path: the stored image of item {item} has {arr.size} "
+                    f"values, the catalog's images {img.numel()} ({'x'.join(map(str, img.shape))})"
                 )
-            out.append(arr)
-        return _batch_like(out, images)
+            return arr.reshape(img.shape).transpose(1, 2, 0)
+        path = self.files.get(item)
+        if path is None:
+            raise ValueError(f"attacks.provided.path: no image for cold item {item}")
+        arr = np.asarray(Image.open(path).convert("RGB"))
+        if arr.shape[:2] != tuple(img.shape[1:]):
+            raise ValueError(
+                f"attacks.provided.path: {path.name} is {arr.shape[1]}x{arr.shape[0]}, "
+                f"the catalog's images are {img.shape[2]}x{img.shape[1]}"
+            )
+        return arr

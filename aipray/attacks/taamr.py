@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from aipray.attacks.base import ATTACKS, Attack, AttackInputs, linf_ascent
+from aipray.attacks.base import ATTACKS, AdaptiveConfig, Attack, AttackInputs, linf_ascent
 from aipray.models.nets import IMAGENET_STD, Normalize
 from aipray.params import Settings, param
 
@@ -72,9 +72,10 @@ class _ClassifierAttack(Attack):
         self.channel_scale = channel_bound(inputs.classifier, getattr(config, "eps_space", "pixel"))
 
     def success(self, adversarial: torch.Tensor) -> torch.Tensor:
-        """``[B]`` bool: the classifier now says the target class (after the 8-bit round trip)."""
+        """``[B]`` bool: the classifier now says the target class (after the 8-bit round trip;
+        adaptive: of the image as the defence serves it)."""
         with torch.no_grad():
-            return self.inputs.classifier(adversarial).argmax(1) == self.target
+            return self.inputs.classifier(self.served(adversarial)).argmax(1) == self.target
 
 
 @dataclass(frozen=True)
@@ -104,11 +105,12 @@ class FGSM(_ClassifierAttack):
 
 
 @dataclass(frozen=True)
-class PGDConfig(Settings):
+class PGDConfig(AdaptiveConfig):
     """eps in 0..255 units of ``eps_space`` (as FGSM's); AIP/TAaMR: 20 steps. The step is
     ``step_size`` (ε's units), or ``step_ratio``·ε (Perceptual-Rec: 10 steps of ε/6,
     ``step_ratio: 0.1667``), or by default 2.5·ε/steps (Madry et al.); no random start (as the
-    Perceptual-Rec code)."""
+    Perceptual-Rec code). ``adaptive``, ``eot_samples``: through the defence into the
+    classifier (:class:`~aipray.attacks.base.AdaptiveConfig`)."""
 
     eps: float = param(8.0, axis=True, min=0, max=255)
     steps: int = param(20, min=1)
@@ -142,10 +144,11 @@ class PGD(_ClassifierAttack):
     def __call__(self, images: torch.Tensor, item_ids: torch.Tensor | None = None) -> torch.Tensor:
         cfg = self.config
         step = cfg.step()
+        objective = self.through_defense(_targeted_objective(self.inputs.classifier, self.target))
         if cfg.eps_space != "pixel":
             return linf_ascent(
                 images,
-                _targeted_objective(self.inputs.classifier, self.target),
+                objective,
                 eps=cfg.eps * self.channel_scale,
                 steps=cfg.steps,
                 lr=step * self.channel_scale / 255.0,
@@ -155,7 +158,7 @@ class PGD(_ClassifierAttack):
             )
         return linf_ascent(
             images,
-            _targeted_objective(self.inputs.classifier, self.target),
+            objective,
             eps=cfg.eps,
             steps=cfg.steps,
             lr=step / 255.0,

@@ -23,9 +23,10 @@ class BitDepth(Defense):
     """Quantise each channel to ``2**bits`` evenly spaced levels in [0, 1]:
     ``round(x · (2**bits − 1)) / (2**bits − 1)``, as in feature squeezing. With ``bits=8`` an
     image on the 8-bit grid is returned unchanged. Not differentiable (zero gradient almost
-    everywhere); an adaptive attack would pass it straight through (BPDA)."""
+    everywhere): an adaptive attack passes it straight through (BPDA)."""
 
     Config = BitDepthConfig
+    gradient = "bpda"
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         levels = float(2 ** int(self.config.bits) - 1)

@@ -21,9 +21,10 @@ class JPEGConfig(Settings):
 @DEFENSES.register("jpeg")
 class JPEG(Defense):
     """Encode each image as 8-bit JPEG at ``quality`` and decode it again (torchvision's libjpeg,
-    batched). Not differentiable."""
+    batched). Not differentiable: an adaptive attack passes it straight through (BPDA)."""
 
     Config = JPEGConfig
+    gradient = "bpda"
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         from torchvision.io import decode_jpeg, encode_jpeg  # not at import: 1.5 s per process

@@ -1,7 +1,8 @@
 """The stages before the attack grid, each a pure function of its config slice.
 
 prepare (dataset → catalog + cold-item shard) → extractor pretraining → BPR → candidates →
-second-stage rankers → candidate scores per (ranker, defence). Each stage's output is stored under a
+second-stage rankers → a defence with weights per ranker (the denoiser) → candidate scores per
+(ranker, defence). Each stage's output is stored under a
 hash of everything it depends on (:class:`~aipray.store.Store`), so it is computed once and reused
 by every trial and every later sweep.
 """
@@ -23,7 +24,7 @@ from aipray.attacks import ATTACKS
 from aipray.config import Component, SweepConfig, TrialSpec
 from aipray.data import DATASETS, Catalog
 from aipray.data.catalog import summary
-from aipray.defenses import DEFENSES
+from aipray.defenses import DEFENSES, make_defense
 from aipray.metrics.full_ranking import full_hit_rate, model_scores
 from aipray.models import MODELS, load_recommender
 from aipray.models.base import model_meta
@@ -82,12 +83,22 @@ def stage_paths(sweep: SweepConfig, trial: TrialSpec) -> StagePaths:
     )
     if trial.push is not None:
         return _push_paths(sweep, trial, store, ds_key, ext_key, bpr_key, model_key)
-    ctx_key = config_key([model_key, cand_key, trial.defense.as_dict()])
+    # a defence with weights is built for the trial's ranker; its key joins what depends on it
+    defense_cls = DEFENSES.get(trial.defense.name)
+    trained: tuple[str, ...] = ()
+    if defense_cls.trained:
+        fingerprint = defense_cls.fingerprint(trial.defense.config)
+        parts = [model_key, trial.defense.as_dict(), defense_cls.version, fingerprint]
+        trained = (config_key(parts),)
+    ctx_key = config_key([model_key, cand_key, trial.defense.as_dict(), *trained])
     bare_key = config_key([model_key, cand_key, NO_DEFENSE.as_dict()])
     # an attack's images depend on what the attacker knows, and are shared accordingly
     sources = {"ranker": model_key, "classifier": ext_key, "none": ds_key}
     sources["feature_network"] = ext_key if model_cls.features_from_extractor else model_key
-    attack_key = attack_images_key(sources[ATTACKS.get(trial.attack.name).knowledge], trial.attack)
+    # an adaptive attack also knows the defence it optimised through; an oblivious one serves all
+    defended = (trial.defense.as_dict(), *trained) if trial.adaptive else ()
+    source = sources[ATTACKS.get(trial.attack.name).knowledge]
+    attack_key = attack_images_key(source, trial.attack, *defended)
     result_parts = [ctx_key, bare_key, attack_key, sweep.examples, RESULT_VERSION]
     if sweep.lpips is not None:  # results without LPIPS keep their keys
         result_parts.append(sweep.lpips.fingerprint())
@@ -102,6 +113,7 @@ def stage_paths(sweep: SweepConfig, trial: TrialSpec) -> StagePaths:
         context_undefended=store.path("contexts", trial.model.name, bare_key),
         attack=store.path("attacks", trial.attack.name, attack_key),
         result=store.path("trials", trial.model.name, result_key),
+        defense=store.path("defenses", trial.defense.name, trained[0]) if trained else None,
     )
 
 
@@ -141,8 +153,8 @@ def _push_paths(
 def attack_images_key(source_key: str, attack: Component, *more: Any) -> str:
     """The key of an attack's stored images: the key of what the attacker knows (a ranker, a
     feature network, an extractor, a dataset, a category push), the attack's config, its
-    ``version`` and :meth:`~aipray.attacks.base.Attack.fingerprint`, and ``more`` (what else a
-    protocol stores beside the images)."""
+    ``version`` and :meth:`~aipray.attacks.base.Attack.fingerprint`, and ``more`` (what else
+    decides the images, or a protocol stores beside them: an adaptive attack's defence)."""
     cls = ATTACKS.get(attack.name)
     return config_key(
         [source_key, attack.as_dict(), cls.version, cls.fingerprint(attack.config), *more]
@@ -317,6 +329,24 @@ def train_ranker(
     return out
 
 
+def train_defense(
+    sweep: SweepConfig, trial: TrialSpec, paths: StagePaths, device: torch.device
+) -> Path | None:
+    """The trial's defence when it has weights (the denoiser), built for the trained ranker by
+    its own recipe (:meth:`~aipray.defenses.base.Defense.fit`); nothing for the others."""
+    out = paths.defense
+    if out is None or done(out):
+        return out
+    catalog = Catalog.load(paths.dataset)
+    ranker = load_recommender(paths.model, device)
+    cls = DEFENSES.get(trial.defense.name)
+    defense = cls.fit(trial.defense.config, catalog, ranker, device=device, seed=sweep.seed)
+    with atomic_dir(out) as tmp:
+        defense.save(tmp)
+    log.info("%s ready for %s", trial.defense.label, trial.model.label)
+    return out
+
+
 # --- 3 candidate scores -------------------------------------------------------------------------
 def build_context(
     trial: TrialSpec, paths: StagePaths, device: torch.device, *, undefended: bool = False
@@ -332,7 +362,7 @@ def build_context(
     catalog = Catalog.load(paths.dataset)
     model = load_recommender(paths.model, device)
     component = NO_DEFENSE if undefended else trial.defense
-    defense = DEFENSES.get(component.name)(component.config)
+    defense = make_defense(component.name, component.config, paths.defense)
     with np.load(paths.candidates / "candidates.npz") as f:
         candidates = f["candidates"]
     served = model.under_defense(defense, catalog.images)
@@ -345,9 +375,10 @@ def build_context(
 
 
 # --- any stage, by kind ---------------------------------------------------------------------------
-def stage_output(kind: str, paths: StagePaths) -> Path:
+def stage_output(kind: str, paths: StagePaths) -> Path | None:
     """Where the stage ``kind`` (a name in a protocol's ``stages``) stores its output: the
-    :class:`StagePaths` field of that name (the ranker's is ``model``)."""
+    :class:`StagePaths` field of that name (the ranker's is ``model``); ``None`` when the trial
+    has no such stage (a defence without weights)."""
     return getattr(paths, "model" if kind == "ranker" else kind)
 
 
@@ -362,6 +393,7 @@ def compute_stage(
         "candidates": lambda: build_candidates(sweep, paths, device),
         "extractor": lambda: train_extractor(sweep, trial, paths, device),
         "ranker": lambda: train_ranker(sweep, trial, paths, device),
+        "defense": lambda: train_defense(sweep, trial, paths, device),
         "context": lambda: build_context(trial, paths, device),
         "context_undefended": lambda: build_context(trial, paths, device, undefended=True),
     }

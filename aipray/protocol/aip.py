@@ -327,13 +327,28 @@ def attack(
     *,
     classifier: torch.nn.Module | None = None,
     target_class: int | None = None,
+    defense: ImageMap | None = None,
     **settings: Any,
 ) -> Attack:
     """A registered attack against ``model`` with ``settings`` (its Config's fields; validated),
-    knowing the catalog's most-interacted training item (the hook) unless ``hook`` is set."""
+    knowing the catalog's most-interacted training item (the hook) unless ``hook`` is set, and
+    the input ``defense`` (which an ``adaptive=True`` attack optimises through, against the
+    ranker served under it)."""
     cls = ATTACKS.get(name)
     config = cls.Config(**settings)
-    return cls(config, model, attack_inputs(config, catalog, classifier, target_class))
+    inputs = attack_inputs(config, catalog, classifier, target_class, defense)
+    return cls(config, attacked_model(config, model, defense, catalog), inputs)
+
+
+def attacked_model(
+    config: Any, model: Recommender, defense: ImageMap | None, catalog: Catalog
+) -> Recommender:
+    """The ranker an attack with ``config`` optimises against: the trained ``model`` when
+    oblivious; adaptive, the ranker the platform serves under ``defense``
+    (:meth:`~aipray.models.base.Recommender.under_defense`)."""
+    if getattr(config, "adaptive", False) and defense is not None:
+        return model.under_defense(defense, catalog.images)
+    return model
 
 
 def hook_item(config: Any, catalog: Catalog) -> int:
@@ -348,13 +363,16 @@ def attack_inputs(
     catalog: Catalog,
     classifier: torch.nn.Module | None = None,
     target_class: int | None = None,
+    defense: ImageMap | None = None,
 ) -> AttackInputs:
     """What an attack with ``config`` may know besides the ranker: the image of its
-    :func:`hook_item`, and the classifier and target class (for classifier attacks)."""
+    :func:`hook_item`, the classifier and target class (for classifier attacks) and the input
+    defence (for adaptive attacks)."""
     return AttackInputs(
         hook_image=to_float(catalog.images[hook_item(config, catalog)]),
         classifier=classifier,
         target_class=target_class,
+        defense=defense,
     )
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 import pandas as pd
@@ -19,8 +19,9 @@ import torch
 from PIL import Image, ImageDraw
 
 from aipray.attacks.base import ATTACKS
+from aipray.attacks.sema import STORED_SET
 from aipray.data.catalog import Catalog
-from aipray.defenses import DEFENSES
+from aipray.defenses import make_defense
 from aipray.metrics.ranking import (
     CandidateScores,
 )
@@ -36,7 +37,7 @@ from aipray.protocol.aip import (
     reduce_items,
 )
 from aipray.protocol.base import PROTOCOLS, Protocol, decode_images, lpips_metric
-from aipray.store import atomic_dir, done
+from aipray.store import atomic_dir, code_version, done, file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -99,13 +100,15 @@ EMBEDDING_COLD = 50  # cold items shown before/after the attack
 class ColdItems(Protocol):
     """AIP's cold-item protocol as a sweep trial: the items are the dataset's cold items (those
     the attack covers), each batch goes through :class:`ColdItemEvaluator`, and the rows reduce
-    by :func:`reduce_items`. A non-adaptive attack's images do not depend on the defence: they
-    are stored under the attack's key and serve every defence's trial."""
+    by :func:`reduce_items`. An oblivious attack's images do not depend on the defence: they
+    are stored under the attack's key and serve every defence's trial; an adaptive attack's are
+    made through the trial's defence, against the ranker served under it, and keyed by both."""
 
     stages = (
         ("dataset",),
         ("bpr", "extractor"),
         ("candidates", "ranker"),
+        ("defense",),
         ("context", "context_undefended"),
     )
     columns: ClassVar[dict[str, str]] = {
@@ -122,7 +125,7 @@ class ColdItems(Protocol):
 
     def items(self, plan: TrialPlan) -> pa.Table:
         paths = plan.paths
-        source = paths.attack if done(paths.attack) else paths.dataset / "cold"
+        source = paths.attack / STORED_SET if done(paths.attack) else paths.dataset / "cold"
         table = pq.read_table(source)  # item_id, image (and adv when the attack is stored)
         keep = ATTACKS.get(plan.attack.name).restrict(
             plan.attack.config, table.column("item_id").to_pylist()
@@ -137,25 +140,30 @@ class ColdItems(Protocol):
         catalog = Catalog.load(paths.dataset)
         attack_cls = ATTACKS.get(plan.attack.name)
         config = plan.attack.config
+        defense = make_defense(plan.defense.name, plan.defense.config, paths.defense)
         if attack_cls.knowledge == "classifier":
             target = int(read_extractor_info(paths.extractor)["target_class"])
             classifier = load_extractor(paths.extractor, device)
-            inputs = attack_inputs(config, catalog, classifier, target)
+            inputs = attack_inputs(config, catalog, classifier, target, defense)
         else:
-            inputs = attack_inputs(config, catalog)
-        defense = DEFENSES.get(plan.defense.name)(plan.defense.config)
+            inputs = attack_inputs(config, catalog, defense=defense)
         defended = not is_identity(defense)
+        served = load_served(paths.context, paths.model, device)
+        # an adaptive attack optimises against the ranker the platform serves under the defence
+        attacked = served if getattr(config, "adaptive", False) else ranker
         return ColdItemEvaluator(
             ranker,
-            attack_cls(config, ranker, inputs),
+            attack_cls(config, attacked, inputs),
             load_context(paths.context, device),
             load_context(paths.context_undefended, device) if defended else None,
             defense,
-            load_served(paths.context, paths.model, device),
+            served,
             lpips=lpips_metric(plan.lpips, device),
         )
 
     def store_attack(self, plan: TrialPlan, table: pa.Table, rows: pd.DataFrame) -> None:
+        """The adversarial images as a stored image set (:data:`STORED_SET`, which the
+        ``provided`` attack re-evaluates) with its ``provenance.json``."""
         if done(plan.paths.attack):
             return
         clean = table.select(["item_id", "image"]).to_pandas()
@@ -163,7 +171,9 @@ class ColdItems(Protocol):
             rows[["item_id", "adv"]], on="item_id"
         )
         with atomic_dir(plan.paths.attack) as tmp:
-            pq.write_table(pa.Table.from_pandas(adv, preserve_index=False), tmp / "adv.parquet")
+            pq.write_table(pa.Table.from_pandas(adv, preserve_index=False), tmp / STORED_SET)
+            made = provenance(plan, tmp / STORED_SET, len(adv))
+            (tmp / "provenance.json").write_text(json.dumps(made, indent=2, default=str))
 
     def finish(
         self, plan: TrialPlan, rows: pd.DataFrame, folder: Path, device: torch.device
@@ -176,6 +186,33 @@ class ColdItems(Protocol):
         return metrics
 
 
+def provenance(plan: TrialPlan, images: Path, n_items: int) -> dict[str, Any]:
+    """How a stored image set was made: the attack (settings, algorithm version, what it knew),
+    the stage outputs it was made against (dataset, extractor, ranker; the defence and its
+    stage only for an adaptive attack, as an oblivious attack's images serve every defence),
+    the seed, the set's store key, the code, and the SHA-256 of the images' file."""
+    cls = ATTACKS.get(plan.attack.name)
+    adaptive = bool(getattr(plan.attack.config, "adaptive", False))
+    paths = plan.paths
+    return {
+        "attack": plan.attack.label,
+        "eps": getattr(plan.attack.config, "eps", None),
+        "attack_config": plan.attack.as_dict(),
+        "attack_version": cls.version,
+        "knowledge": cls.knowledge,
+        "dataset": paths.dataset.name,
+        "extractor": paths.extractor.name,
+        "model": paths.model.name,
+        "defense": plan.defense.label if adaptive else None,
+        "defense_stage": paths.defense.name if adaptive and paths.defense is not None else None,
+        "seed": plan.seed,
+        "key": paths.attack.name,
+        "code": code_version(),
+        "items": n_items,
+        "sha256": file_sha256(images),
+    }
+
+
 def write_examples(plan: TrialPlan, rows: pd.DataFrame, n: int, folder: Path) -> None:
     """``examples.png`` / ``examples.npz`` (clean | adversarial | defended images of the first
     ``n`` items) and ``embeddings.npz``: the ranker's item representation of a sample of warm
@@ -186,7 +223,7 @@ def write_examples(plan: TrialPlan, rows: pd.DataFrame, n: int, folder: Path) ->
     shape = plan.image_shape
     clean = to_float(catalog.images[ids[:n]])
     adv = decode_images(rows["adv"].to_numpy()[:n], shape)
-    defended = DEFENSES.get(plan.defense.name)(plan.defense.config)(adv)
+    defended = make_defense(plan.defense.name, plan.defense.config, plan.paths.defense)(adv)
     example_grid(clean, adv, defended).save(folder / "examples.png")
     as_uint8 = {
         k: to_uint8(v).numpy()

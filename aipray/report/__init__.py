@@ -1,7 +1,8 @@
 """The AIP report of a sweep: ``python -m aipray.report sweeps/quick.yaml``.
 
 Reads the sweep's FINISHED trial runs from MLflow and writes, into ``reports/<sweep>/``, a
-first-stage health table, the AIP tables (3–8) and HR@5 vs AMR's adversarial-training ε as
+first-stage health table, the AIP tables (3–8), HR@5 vs AMR's adversarial-training ε and, when
+some attack also ran adaptively, the robustness table (oblivious vs adaptive per defence) as
 Markdown and CSV, figures (example images, HR@5 vs ε, vs embedding length and vs AMR's ε,
 embedding maps, defence curves) and ``report.md``; then logs that folder to the sweep's parent
 run as artifacts under ``report/``.

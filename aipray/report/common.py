@@ -49,15 +49,23 @@ ADV_EPS_UNIT_WORDS = {
 DEFAULT_ADV_EPS = {"max_abs": 0.1, "relative_norm": 0.05}
 
 
+#: how a run's attack is told apart when it optimised through the defence (``attack.adaptive``)
+ADAPTIVE = "(adaptive)"
+
+
 def attack_order(values: Iterable[str]) -> list[str]:
-    """Attacks in AIP order (INSA, EXPA, c-SEMA, FGSM, PGD, provided, then others sorted)."""
+    """Attacks in AIP order (INSA, EXPA, c-SEMA, FGSM, PGD, provided, then others sorted), each
+    adaptive one after its oblivious form."""
     present = set(values)
-    return [v for v in ATTACK_NAMES if v in present] + sorted(present - set(ATTACK_NAMES))
+    known = [v for name in ATTACK_NAMES for v in (name, name + ADAPTIVE) if v in present]
+    return known + sorted(present - set(known))
 
 
 def attack_name(attack: str) -> str:
-    """Display name of an attack."""
-    return ATTACK_NAMES.get(attack, attack)
+    """Display name of an attack (``INSA (adaptive)`` for an adaptive one)."""
+    base = attack.removesuffix(ADAPTIVE)
+    name = ATTACK_NAMES.get(base, base)
+    return f"{name} (adaptive)" if attack.endswith(ADAPTIVE) else name
 
 
 @functools.cache

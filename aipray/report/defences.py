@@ -1,4 +1,5 @@
-"""AIP Table 8: the weakest JPEG / bit-depth level that defends against an attack.
+"""AIP Table 8, the weakest JPEG / bit-depth level that defends against an attack, and the
+robustness table, each defence against the oblivious and the adaptive attack.
 
 AIP's rule (Table 8's caption): a level *defends* when the adversarial item's HR@5 under it is at
 most the mean cooperative HR@5 under it. Significance is shown beside it, not instead of it: the
@@ -14,6 +15,7 @@ import math
 import pandas as pd
 
 from aipray.report.common import (
+    ADAPTIVE,
     MISSING,
     SIGNIFICANCE,
     Table,
@@ -146,3 +148,81 @@ def table8(frame: pd.DataFrame) -> Table:
     )
     title = "Table 8: defence level needed"
     return Table("table8_defense_levels", title, note, blocks, pd.DataFrame(data))
+
+
+def robustness_table(frame: pd.DataFrame) -> Table | None:
+    """Defence × {oblivious, adaptive} per (model, attack, ε), RobustBench-style: each defence's
+    cooperative HR@5, the oblivious and the adaptive attack's adversarial HR@5 under it with
+    their item-level p-values and whether the defence holds by AIP's rule (:func:`defended`)
+    against each, and its cost on the ordinary test item. Only attacks with an adaptive run;
+    ``None`` when none has one. Against no defence the adaptive attack is the oblivious one (the
+    grid runs it once, as the oblivious trial)."""
+    bases = {a.removesuffix(ADAPTIVE) for a in frame["attack"] if a.endswith(ADAPTIVE)}
+    if not bases:
+        return None
+    blocks, data = {}, []
+    for ds in datasets_of(frame):
+        d = frame[frame["dataset"] == ds]
+        shown = []
+        for r in rows_of(d):
+            mine = d[d["row"] == r]
+            for a in [a for a in attack_order(mine["attack"]) if a in bases]:
+                both = mine[mine["attack"].isin([a, a + ADAPTIVE])]
+                for e in sorted(both["eps"].unique(), key=lambda v: (math.isnan(v), v)):
+                    at = select(both, eps=e)
+                    for label in sorted(set(at["defense"]), key=lambda x: (x != "none", x)):
+                        head = {
+                            "model": r,
+                            "attack": attack_name(a),
+                            "ε": MISSING if math.isnan(e) else fmt_num(e),
+                            "defence": label,
+                        }
+                        cells, nums = _robustness_cells(select(at, defense=label), a, label)
+                        shown.append(head | cells)
+                        data.append({"dataset": ds, **head, **nums})
+        if shown:
+            blocks[ds] = pd.DataFrame(shown)
+    note = (
+        "Each input defence against the attack that does not know it (oblivious: AIP's and "
+        "Denoise-to-protect's setting) and the one that optimises through it (adaptive: BPDA for "
+        "JPEG and bit depth, the exact gradient of a differentiable defence such as the "
+        "denoiser, EOT over draws of a randomised one). HR@5 of the adversarial cold items, "
+        "with the item-level paired t-test against the cooperative ones (p); `holds`: the "
+        "adversarial HR@5 under the defence is at most the cooperative HR@5 under it (AIP's "
+        f"rule; p < {SIGNIFICANCE} stands beside it, not in it); ordinary cost: ordinary − "
+        "undefended ordinary HR@5. Against `none` the adaptive attack is the oblivious one. "
+        "Training-time defences (AMR, adversarially trained extractors) are rows of their own: "
+        "every attack on them goes through the defended model's gradients, adaptive by "
+        "construction."
+    )
+    title = "Robustness: oblivious and adaptive attacks"
+    return Table("robustness", title, note, blocks, pd.DataFrame(data))
+
+
+def _robustness_cells(
+    rows: pd.DataFrame, attack: str, defence: str
+) -> tuple[dict[str, str], dict[str, object]]:
+    """One defence's cells: its trials of the oblivious ``attack`` and of its adaptive form."""
+    runs = {
+        "oblivious": select(rows, attack=attack),
+        "adaptive": select(rows, attack=attack + ADAPTIVE),
+    }
+    if defence == "none":  # nothing to adapt to: the adaptive attack is the oblivious one
+        runs["adaptive"] = runs["oblivious"] if runs["adaptive"].empty else runs["adaptive"]
+    # both trials serve the same clean images through the same ranker and defence: one of them
+    one = runs["oblivious"] if not runs["oblivious"].empty else runs["adaptive"]
+    coop, cost = mean(one, COOP), mean(one, "cost_hr_at_5")
+    cells = {"cooperative HR@5": fmt_value(coop)}
+    nums: dict[str, object] = {"cooperative HR@5": coop}
+    for kind, sel in runs.items():
+        adv, p = mean(sel, ADV), mean(sel, P)
+        holds = None if defence == "none" or math.isnan(adv) else defended(adv, coop)
+        cells |= {
+            f"{kind} HR@5": fmt_value(adv),
+            f"{kind} p": fmt_p(p),
+            f"holds vs {kind}": MISSING if holds is None else ("yes" if holds else "no"),
+        }
+        nums |= {f"{kind} HR@5": adv, f"{kind} p": p, f"holds vs {kind}": holds}
+    cells["ordinary cost"] = fmt_value(cost, signed=True)
+    nums["ordinary cost"] = cost
+    return cells, nums

@@ -16,6 +16,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from aipray.pipeline.tags import PARENT_TAG, TAG_KEY, TAG_ROLE, TAG_SWEEP
+from aipray.report.common import ADAPTIVE
 
 log = logging.getLogger(__name__)
 
@@ -177,13 +178,15 @@ def run_row(run: Any) -> dict[str, Any]:
     params = run.data.params
     defense = params.get("defense", "none")
     family = defense.split("(", 1)[0]
+    adaptive = params.get("attack.adaptive") == "True"
     row: dict[str, Any] = {
         "run_id": run.info.run_id,
         "start_time": run.info.start_time or 0,
         "dataset": params.get("dataset", "?"),
         "model": params.get("model", "?"),
         "dim": _number(params.get("model.dim")),
-        "attack": params.get("attack", "?"),
+        # an adaptive attack is another attack in every table: it saw the defence
+        "attack": params.get("attack", "?") + (ADAPTIVE if adaptive else ""),
         "eps": _number(params.get("eps")),
         "defense": defense,
         "family": family,

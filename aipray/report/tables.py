@@ -40,7 +40,7 @@ from aipray.report.common import (
     rows_of,
     select,
 )
-from aipray.report.defences import table8
+from aipray.report.defences import robustness_table, table8
 from aipray.report.health import first_stage_table
 
 __all__ = [
@@ -292,15 +292,24 @@ def table_adv_eps(frame: pd.DataFrame) -> Table | None:
 
 def all_tables(frame: pd.DataFrame, eps: dict[str, float]) -> list[Table]:
     """The first-stage table, Tables 3–6, the ε_adv table and Table 7 (each only when its
-    trials exist), then Table 8."""
+    trials exist), then Table 8 and, when some attack was also run adaptively, the robustness
+    table."""
     magnitudes = magnitude_notes(frame)
-    hr = [table4(frame, eps), table6(frame), table_adv_eps(frame), table8(frame)]
+    hr = [
+        table4(frame, eps),
+        table6(frame),
+        table_adv_eps(frame),
+        table8(frame),
+        robustness_table(frame),
+    ]
     for t in hr:  # every HR@5 table says C, the random level and the cooperative level
         for ds in [] if t is None else t.blocks:
             t.notes.setdefault(ds, []).extend(magnitudes.get(ds, []))
-    four, six, adv_eps, eight = hr
+    four, six, adv_eps, eight, robust = hr
     tables = [first_stage_table(frame)]
     tables += [table3(frame, eps), four, table5(frame, eps), six]
     tables += [t for t in (adv_eps, table7(frame)) if t is not None]
     tables.append(eight)
+    if robust is not None:
+        tables.append(robust)
     return tables
