@@ -1,0 +1,139 @@
+"""FREEDOM's graphs, its cold items and its attack path, on real torch and a tiny catalog (the
+shared model contract runs in test_contracts.py)."""
+
+import numpy as np
+import pytest
+import torch
+
+from aipray.data.synthetic import SyntheticConfig, make_synthetic
+from aipray.models.base import load_recommender
+from aipray.models.extractor import build_extractor, make_spec
+from aipray.models.freedom import (
+    FREEDOM,
+    FREEDOMConfig,
+    degree_sensitive_keep,
+    edge_weights,
+    knn_adjacency,
+    knn_neighbours,
+)
+from aipray.pixels import to_float
+from aipray.protocol import aip
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture(scope="module")
+def catalog():
+    return make_synthetic(SyntheticConfig(n_users=80, n_items=120, n_cold=8, image_size=16, seed=2))
+
+
+@pytest.fixture(scope="module")
+def model(catalog):
+    spec = make_spec("alexnet", 8, layout="aipray", input_size=None, image_size=16, width=0.05)
+    torch.manual_seed(0)
+    extractor = build_extractor(spec).eval().requires_grad_(False)
+    config = FREEDOMConfig(dim=8, knn_k=4, epochs=3, batch_size=256, patience=None)
+    trained, _ = FREEDOM.fit(config, catalog, extractor=extractor, device="cpu", seed=0)
+    return trained.eval().requires_grad_(False)
+
+
+def test_the_item_graph_matches_a_hand_case():
+    # items 0..4 on the plane; item 5 is cold (outside the graph) and sits on top of item 0
+    features = torch.tensor(
+        [[1.0, 0.0], [0.9, 0.2], [0.0, 1.0], [0.2, 0.9], [1.0, 0.7], [1.0, 0.0]]
+    )
+    warm = torch.tensor([0, 1, 2, 3, 4])
+    local = knn_neighbours(features[warm], features[warm], k=2)
+    # each row: itself, then its most cosine-similar other item (by hand: cosines
+    # 0-1 .976, 0-4 .819, 1-4 .924, 2-3 .976, 3-4 .737)
+    assert local.tolist() == [[0, 1], [1, 0], [2, 3], [3, 2], [4, 1]]
+    graph = knn_adjacency(warm, warm[local], n_items=6).to_dense()
+    expected = torch.zeros(6, 6)
+    for row, cols in enumerate(local.tolist()):
+        expected[row, cols] = 0.5  # D^-1/2 A D^-1/2 with every row sum k = 2
+    torch.testing.assert_close(graph, expected, atol=1e-6, rtol=0)
+    # a cold item's neighbours are warm items only: item 5 equals item 0 but is not a candidate
+    assert knn_neighbours(features[5:], features[warm], k=2).tolist() == [[0, 1]]
+
+
+def test_user_item_edges_are_normalised_by_both_degrees():
+    users = torch.tensor([0, 0, 1])
+    items = torch.tensor([0, 1, 1])
+    # d_u = (2, 1), d_i = (1, 2)
+    expected = torch.tensor([1 / np.sqrt(2 * 1), 1 / np.sqrt(2 * 2), 1 / np.sqrt(1 * 2)])
+    torch.testing.assert_close(edge_weights(users, items, 2, 2), expected.float())
+
+
+def test_degree_sensitive_pruning_keeps_low_degree_edges_more_often():
+    rng = np.random.default_rng(0)
+    weights = np.array([1.0, 1.0, 0.05, 0.05, 0.05, 0.05])
+    kept = np.zeros(weights.size)
+    for _ in range(400):
+        keep = degree_sensitive_keep(weights, 2, rng)
+        assert keep.size == 2 and np.unique(keep).size == 2
+        kept[keep] += 1
+    assert kept[:2].min() > 5 * kept[2:].max()
+
+
+def test_the_graph_holds_the_warm_items_and_each_is_its_own_neighbour(catalog, model):
+    warm = np.flatnonzero(catalog.warm_mask())
+    assert model.in_graph.numpy().tolist() == catalog.warm_mask().tolist()
+    rows = model.neighbours[torch.as_tensor(warm)]
+    assert (rows[:, 0] == torch.as_tensor(warm)).float().mean() > 0.95  # itself first (ties aside)
+    assert bool(model.in_graph[rows].all())  # never a cold item
+    assert bool((model.neighbours[torch.as_tensor(catalog.cold_items)] == -1).all())
+
+
+def test_a_cold_items_neighbours_change_with_its_image(catalog, model):
+    cold = catalog.cold_items[0]
+    warm = np.flatnonzero(catalog.warm_mask())
+    x = to_float(catalog.images[[cold]])
+    before = set(model.similarities(x).topk(model.knn_k).indices[0].tolist())
+    # shown with warm item j's picture, the cold item reads j's own kNN row: same set, same code
+    j = next(int(i) for i in warm if int(i) not in before)
+    xj = to_float(catalog.images[[j]])
+    after = set(model.similarities(xj).topk(model.knn_k).indices[0].tolist())
+    assert after != before and j in after
+    assert after == set(model.neighbours[j].tolist())
+    reach = model.tables()[2]
+    torch.testing.assert_close(model.encode_items(xj)[0], (model.item_graph() @ reach)[j])
+
+
+def test_the_relaxed_top_k_tends_to_the_hard_score_and_reaches_the_pixels(catalog, model):
+    users = torch.arange(30)
+    x = to_float(catalog.images[catalog.cold_items[:4]])
+    hard = model.score_images(users, x).sum(0)
+    sharp = FREEDOM(**{**model.init_args, "relax": 1e-4})
+    sharp.load_state_dict(model.state_dict())
+    sharp.eval().requires_grad_(False)
+    torch.testing.assert_close(sharp.preference(users, x), hard, atol=1e-5, rtol=1e-4)
+    pixels = x.clone().requires_grad_(True)
+    (grad,) = torch.autograd.grad(model.preference(users, pixels).sum(), pixels)
+    assert torch.isfinite(grad).all() and (grad.abs().flatten(1).sum(1) > 0).all()
+    # the hard score itself is piecewise constant in the pixels: no gradient path reaches them
+    assert not model.score_images(users, x.clone().requires_grad_(True)).requires_grad
+
+
+def test_insa_runs_against_it_unchanged_and_raises_the_hard_scores(catalog, model):
+    ids = catalog.cold_items[:6]
+    x = to_float(catalog.images[ids])
+    attack = aip.attack("insa", model, catalog, eps=32, epochs=4, user_batch=40, lr=0.01)
+    adv = attack(x, torch.as_tensor(ids))
+    users = torch.arange(model.n_users)
+    before = model.score_images(users, x).mean()
+    after = model.score_images(users, adv).mean()
+    assert after > before
+
+
+def test_cached_tables_follow_the_weights(model, tmp_path):
+    model.save(tmp_path / "freedom")
+    copy = load_recommender(tmp_path / "freedom")
+    users = torch.arange(5)
+    items = copy.in_graph.nonzero().flatten()[:10]
+    first = copy.score_codes(users, copy.encode_items(None, items))
+    torch.testing.assert_close(first, model.score_codes(users, model.encode_items(None, items)))
+    with torch.no_grad():
+        copy.user_id.weight.mul_(2.0)
+        copy.item_id.weight.mul_(2.0)
+    second = copy.score_codes(users, copy.encode_items(None, items))
+    torch.testing.assert_close(second, 4 * first)  # propagation is linear: both sides double
