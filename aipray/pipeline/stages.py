@@ -53,6 +53,8 @@ TRAINING_VERSION = 3
 #: the store: what a sweep's stages cost, for the scale benchmark and for a user sizing a cluster
 STAGE_LOG = "stages.jsonl"
 
+#: bumped when what a context stage stores changes (2: the full ranking's top scores, full.pt)
+CONTEXT_VERSION = 2
 #: bumped when a trial's stored result changes meaning, so old results are not reused
 RESULT_VERSION = 3
 #: bumped when how the category push picks its classes changes (2: by the catalog's categories
@@ -82,8 +84,8 @@ def stage_paths(sweep: SweepConfig, trial: TrialSpec) -> StagePaths:
     )
     if trial.push is not None:
         return _push_paths(sweep, trial, store, ds_key, ext_key, bpr_key, model_key)
-    ctx_key = config_key([model_key, cand_key, trial.defense.as_dict()])
-    bare_key = config_key([model_key, cand_key, NO_DEFENSE.as_dict()])
+    ctx_key = config_key([model_key, cand_key, trial.defense.as_dict(), CONTEXT_VERSION])
+    bare_key = config_key([model_key, cand_key, NO_DEFENSE.as_dict(), CONTEXT_VERSION])
     # an attack's images depend on what the attacker knows, and are shared accordingly
     sources = {"ranker": model_key, "classifier": ext_key, "none": ds_key}
     sources["feature_network"] = ext_key if model_cls.features_from_extractor else model_key
@@ -323,7 +325,9 @@ def build_context(
 ) -> Path:
     """Score every user's fixed candidates (BPR top-C ∪ test item) with the ranker, on images that
     went through the trial's defence (or none, ``undefended``: the baseline the defence's cost on
-    ordinary items is measured against), and store them sorted for counting ranks. When the
+    ordinary items is measured against), and store them sorted for counting ranks
+    (``context.pt``), with what the full-ranking yardstick needs of every user's ranking of all
+    warm items (``full.pt``, :func:`~aipray.protocol.aip.full_ranking_scores`). When the
     defence changes the ranker itself (AlexRank's profile images), the defended ranker is stored
     alongside (``served/``)."""
     out = paths.context_undefended if undefended else paths.context
@@ -337,8 +341,10 @@ def build_context(
         candidates = f["candidates"]
     served = model.under_defense(defense, catalog.images)
     ctx = aip.candidate_scores(model, catalog, candidates, defense, device, served=served)
+    full = aip.full_ranking_scores(model, catalog, defense, device, served=served)
     with atomic_dir(out) as tmp:
         torch.save(dataclasses.asdict(ctx), tmp / "context.pt")
+        torch.save(dataclasses.asdict(full), tmp / "full.pt")
         if served is not model:
             served.cpu().save(tmp / "served", {"defense": component.as_dict()})
     return out
