@@ -202,10 +202,17 @@ class FREEDOM(Recommender):
         self._cache: tuple[tuple, tuple[torch.Tensor, ...]] | None = None
 
     @classmethod
-    def on(cls, extractor: Extractor, catalog: Catalog, config: FREEDOMConfig) -> FREEDOM:
+    def on(
+        cls,
+        extractor: Extractor,
+        catalog: Catalog,
+        config: FREEDOMConfig,
+        features: torch.Tensor | None = None,
+    ) -> FREEDOM:
         """An untrained model on ``catalog`` with its graphs built: the frozen item–item graph
-        from ``extractor``'s features of the warm items (its weights copied in) and the
-        user–item graph from the training interactions."""
+        from ``extractor``'s features of the warm items (its weights copied in; ``features``
+        ``[n_items, F]`` if they are at hand) and the user–item graph from the training
+        interactions."""
         n = catalog.n_items
         keys = np.unique(catalog.train_users.astype(np.int64) * n + catalog.train_items)
         model = cls(
@@ -223,7 +230,10 @@ class FREEDOM(Recommender):
         device = next(extractor.parameters()).device
         model.to(device)
         warm = torch.as_tensor(np.flatnonzero(catalog.warm_mask()), device=device)
-        features = extract_features(model.extractor, catalog.images, items=warm.cpu().numpy())
+        if features is None:
+            features = extract_features(model.extractor, catalog.images, items=warm.cpu().numpy())
+        else:
+            features = features[warm]
         model.set_graph(warm, features)
         edges = torch.as_tensor(np.stack([keys // n, keys % n]))
         model.edges.copy_(edges)
@@ -386,8 +396,9 @@ class FREEDOM(Recommender):
         if extractor is None:
             raise ValueError(f"{cls.name} is built on the pretrained extractor; none was given")
         torch.manual_seed(seed)
-        model = cls.on(extractor.to(device), catalog, config)
-        features = extract_features(model.extractor, catalog.images, device=device)
+        extractor = extractor.to(device)
+        features = extract_features(extractor, catalog.images, device=device)
+        model = cls.on(extractor, catalog, config, features)
         objective = FREEDOMLoss(model, features, config.reg_weight, config.dropout)
         params = [p for p in model.parameters() if p.requires_grad]
         groups = [{"params": params, "weight_decay": 0.0}]

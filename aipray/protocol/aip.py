@@ -204,6 +204,32 @@ def candidate_scores(
 
 
 @torch.no_grad()
+def served_scores(
+    served: Recommender,
+    catalog: Catalog,
+    defense: ImageMap | None = None,
+    device: torch.device | str = "cpu",
+) -> ScoresOf:
+    """``users → [U, n_items]`` scores by ``served`` of every warm item, each encoded from its
+    (defended) image and id as the fixed candidates are; cold items' columns are left at zero
+    codes (the full-ranking metrics mask them)."""
+    defense = no_defense() if defense is None else defense
+    warm = np.flatnonzero(catalog.warm_mask())
+    codes = []
+    for start in range(0, warm.size, 256):
+        ids = warm[start : start + 256]
+        images = to_float(catalog.images[ids], device)
+        codes.append(served.encode_items(defense(images), torch.as_tensor(ids, device=device)))
+    warm_codes = torch.cat(codes)
+    table = warm_codes.new_zeros(catalog.n_items, warm_codes.shape[1])
+    table[torch.as_tensor(warm, device=device)] = warm_codes
+
+    def scores_of(users: torch.Tensor) -> torch.Tensor:
+        return served.score_codes(users, table)
+
+    return scores_of
+
+
 def full_ranking_scores(
     model: Recommender,
     catalog: Catalog,
@@ -212,25 +238,13 @@ def full_ranking_scores(
     *,
     served: Recommender | None = None,
 ) -> CandidateScores:
-    """Every user's full ranking by the ranker a platform with ``defense`` serves, as far as
-    the full-ranking yardstick needs it (:func:`~aipray.metrics.full_ranking.full_ranking_context`):
-    each warm item is encoded from its defended image, as the fixed candidates are."""
+    """Every user's full ranking by the ranker a platform with ``defense`` serves (``served``,
+    default ``model.under_defense``), as far as the full-ranking yardstick needs it
+    (:func:`~aipray.metrics.full_ranking.full_ranking_context`)."""
     defense = no_defense() if defense is None else defense
     if served is None:
         served = model.under_defense(defense, catalog.images)
-    warm = np.flatnonzero(catalog.warm_mask())
-    codes = []
-    for start in range(0, warm.size, 256):
-        ids = warm[start : start + 256]
-        images = to_float(catalog.images[ids], device)
-        codes.append(served.encode_items(defense(images), torch.as_tensor(ids, device=device)))
-    warm_codes = torch.cat(codes)
-    table = warm_codes.new_zeros(catalog.n_items, warm_codes.shape[1])  # cold rows are masked
-    table[torch.as_tensor(warm, device=device)] = warm_codes
-
-    def scores_of(users: torch.Tensor) -> torch.Tensor:
-        return served.score_codes(users, table)
-
+    scores_of = served_scores(served, catalog, defense, device)
     return full_ranking_context(scores_of, catalog, chunk=served.candidate_chunk, device=device)
 
 
