@@ -16,6 +16,9 @@ stage, the extractor and the sweep's rankers, and prints:
   first-stage BPR, a BPR with VBPR's number of factors (the first stage's recipe otherwise), and
   the popularity ranker; and the first stage's share of test items among its top-C beside
   popularity's;
+- **cold items from the image alone**: for every visual ranker, the mean over cold items of
+  their HR@10 among each user's top-C candidates (AIP's yardstick) and of their HR@50 over the
+  full ranking (Denoise-to-protect's), shown with their clean images, beside a random ranking's;
 - **how easily the classifier is fooled**: targeted PGD at ε = 8 (10 steps of ε/6, no random
   start, 8-bit rounding) towards the extractor's TAaMR target class (the class it predicts most
   over training interactions), the share of warm items not already of that class it turns; and,
@@ -26,7 +29,9 @@ stage, the extractor and the sweep's rankers, and prints:
 
 Then a summary over seeds (mean, min, max) and the issue's targets: probes >= 0.9; VBPR above
 BPR of its size and above the first stage by two standard errors; DVBPR above popularity;
-first stage above popularity at top-C; PGD success >= 0.8 standard, <= 0.3 robust.
+FREEDOM above popularity, BPR and VBPR (as in its paper); every ranker's cold items above random
+by both yardsticks; first stage above popularity at top-C; PGD success >= 0.8 standard, <= 0.3
+robust.
 """
 
 from __future__ import annotations
@@ -54,9 +59,12 @@ from aipray.data.synthetic import make_synthetic, style_labels
 from aipray.grid import Component
 from aipray.metrics.full_ranking import full_hit_rate, model_scores, popularity_scores
 from aipray.metrics.probe import probe_accuracy
+from aipray.metrics.ranking import hit_rates, injected_ranks, random_hit_rate
 from aipray.models import MODELS, load_recommender
 from aipray.models.extractor import extract_features, load_extractor, read_extractor_info
 from aipray.pipeline import stages
+from aipray.pixels import to_float
+from aipray.protocol import aip
 from aipray.store import atomic_dir, done
 from aipray.sweep import with_seed
 
@@ -93,6 +101,28 @@ def pgd_success(extractor, catalog: Catalog, target: int, *, limit: int, seed: i
         with torch.no_grad():
             hits += int((extractor(adv).argmax(1) == target).sum())
     return hits / max(1, len(x))
+
+
+@torch.no_grad()
+def cold_hit_rates(model, catalog: Catalog, paths, device) -> dict[str, float]:
+    """Mean over cold items, shown with their clean images, of HR@10 among each user's top-C
+    candidates and HR@50 over the full ranking (``cold/``, ``cold_full/``), with a random
+    ranking's (``random``), from the ranker's stored undefended context."""
+    context = stages.load_context(paths.context_undefended, device)
+    full = stages.load_context(paths.context_undefended, device, full=True)
+    users = torch.arange(model.n_users, device=device)
+    top_c, whole = [], []
+    for start in range(0, catalog.cold_items.size, 64):
+        ids = catalog.cold_items[start : start + 64]
+        scores = model.score_images(users, to_float(catalog.images[ids], device))
+        top_c.append(hit_rates(injected_ranks(context, scores), (10,))[10])
+        whole.append(hit_rates(injected_ranks(full, scores), (50,))[50])
+    return {
+        "cold": float(torch.cat(top_c).mean()),
+        "cold_random": random_hit_rate(context.set_sizes, (10,))[10],
+        "cold_full": float(torch.cat(whole).mean()),
+        "cold_full_random": random_hit_rate(full.set_sizes, (50,))[50],
+    }
 
 
 def robust_extractor(sweep, trial, paths, device, training: str) -> Path:
@@ -135,7 +165,14 @@ def measure(sweep, *, robust: str | None, limit: int) -> dict[str, float]:
         model_paths = stages.stage_paths(sweep, trial)
         stages.train_ranker(sweep, trial, model_paths, device)
         model = load_recommender(model_paths.model, device)
-        row[f"full/{name}"] = full(model_scores(model, catalog, device))
+        row[f"full/{name}"] = full(aip.served_scores(model, catalog, device=device))
+        stages.build_context(trial, model_paths, device, undefended=True)
+        cold = cold_hit_rates(model, catalog, model_paths, device)
+        row[f"cold/{name}"], row["cold/random"] = cold["cold"], cold["cold_random"]
+        row[f"cold_full/{name}"], row["cold_full/random"] = (
+            cold["cold_full"],
+            cold["cold_full_random"],
+        )
     bpr = load_recommender(paths.bpr, device)
     row["full/bpr_first_stage"] = full(model_scores(bpr, catalog, device))
     dim = getattr(visual.get("vbpr", first).model.config, "dim", None)
@@ -209,6 +246,20 @@ def targets(table: pd.DataFrame) -> list[tuple[str, bool, str]]:
         out.append(("DVBPR > popularity", bool((gap > 0).all()), f"gaps {_fmt(gap, True)}"))
         gap = table["full/dvbpr"] - table["full/bpr_first_stage"]
         out.append(("DVBPR - first-stage BPR (reported)", True, f"gaps {_fmt(gap, True)}"))
+    if "full/freedom" in table:
+        for ref in ("popularity", "bpr_first_stage", "bpr_same_size", "vbpr"):
+            if f"full/{ref}" in table:
+                gap = table["full/freedom"] - table[f"full/{ref}"]
+                ok = bool((gap > 0).all())
+                out.append((f"FREEDOM > {ref}", ok, f"gaps {_fmt(gap, True)}"))
+    for column in sorted(c for c in table if c.startswith(("cold/", "cold_full/"))):
+        kind, name = column.split("/")
+        if name == "random":
+            continue
+        gap = table[column] - table[f"{kind}/random"]
+        what = "HR@10 among top-C" if kind == "cold" else "HR@50 over the full ranking"
+        ok = bool((gap > 0).all())
+        out.append((f"{name} cold items above random ({what})", ok, f"gaps {_fmt(gap, True)}"))
     gap = table["top_c/bpr"] - table["top_c/popularity"]
     out.append(
         ("first stage > popularity at top-C", bool((gap > 0).all()), f"gaps {_fmt(gap, True)}")

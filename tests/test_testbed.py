@@ -59,3 +59,26 @@ def test_figure_shows_surrogate_and_catalog_images(run_script, tmp_path):
     run_script("testbed.py", "sweeps/quick.yaml", "--figure", str(out), "--seeds")
     with Image.open(out) as image:
         assert image.size == (12 * 32 * 4, 4 * 32 * 4)  # 12 columns, 4 rows of 32 px, 4x
+
+
+def test_freedom_and_cold_item_targets_hold_only_when_every_seed_beats_the_baseline():
+    targets = _testbed().targets
+    extra = {
+        "full/freedom": 0.55,
+        "cold/vbpr": 0.20,
+        "cold/random": 0.10,
+        "cold_full/vbpr": 0.09,
+        "cold_full/random": 0.05,
+    }
+    good = pd.DataFrame({0: _row(**extra), 1: _row(**extra)}).T
+    verdict = {name: ok for name, ok, _ in targets(good)}
+    assert verdict["FREEDOM > vbpr"] and verdict["FREEDOM > popularity"]
+    assert verdict["vbpr cold items above random (HR@10 among top-C)"]
+    assert verdict["vbpr cold items above random (HR@50 over the full ranking)"]
+    # one seed's FREEDOM below VBPR, one seed's cold items at the random level
+    worse = {**extra, "full/freedom": 0.49, "cold_full/vbpr": 0.05}
+    mixed = pd.DataFrame({0: _row(**extra), 1: _row(**worse)}).T
+    verdict = {name: ok for name, ok, _ in targets(mixed)}
+    assert not verdict["FREEDOM > vbpr"] and verdict["FREEDOM > popularity"]
+    assert not verdict["vbpr cold items above random (HR@50 over the full ranking)"]
+    assert verdict["vbpr cold items above random (HR@10 among top-C)"]
