@@ -114,13 +114,11 @@ def full_ranking_context(
     it), the test item's score and its rank there (items scoring at least as high), and the
     ranking's size per user. ``scores_of(users [U]) → [U, n_items]``."""
     parts: list[tuple[torch.Tensor, ...]] = []
-    for start, scores in full_scores_masked(
+    for ids, scores in full_scores_masked(
         scores_of, catalog, mask_held_out="val", chunk=chunk, device=device
     ):
         local = torch.arange(scores.shape[0], device=scores.device)
-        test = torch.as_tensor(
-            catalog.test_items[start : start + scores.shape[0]], device=scores.device
-        )
+        test = torch.as_tensor(catalog.test_items[ids], device=scores.device)
         test_scores = scores[local, test]
         test_rank = (scores >= test_scores[:, None]).sum(1) - 1
         top = scores.topk(min(depth, scores.shape[1]), dim=1).values.flip(1)
