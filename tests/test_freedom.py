@@ -11,10 +11,12 @@ from aipray.models.extractor import build_extractor, make_spec
 from aipray.models.freedom import (
     FREEDOM,
     FREEDOMConfig,
+    bipartite,
     degree_sensitive_keep,
     edge_weights,
     knn_adjacency,
     knn_neighbours,
+    spmm,
 )
 from aipray.pixels import to_float
 from aipray.protocol import aip
@@ -64,6 +66,20 @@ def test_user_item_edges_are_normalised_by_both_degrees():
     torch.testing.assert_close(edge_weights(users, items, 2, 2), expected.float())
 
 
+def test_sparse_products_and_their_gradients_match_dense_ones():
+    users = torch.tensor([0, 0, 1, 2, 2, 2])
+    items = torch.tensor([0, 3, 1, 1, 2, 3])
+    graph = bipartite(users, items, 3, 4)
+    dense = graph.matrix.to_dense()
+    torch.testing.assert_close(graph.transpose.to_dense(), dense.T)
+    x = torch.randn(4, 5, requires_grad=True)
+    w = torch.randn(3, 5)
+    (grad,) = torch.autograd.grad((spmm(graph, x) * w).sum(), x)
+    (expected,) = torch.autograd.grad((dense @ x * w).sum(), x)
+    torch.testing.assert_close(spmm(graph, x), dense @ x)
+    torch.testing.assert_close(grad, expected)
+
+
 def test_degree_sensitive_pruning_keeps_low_degree_edges_more_often():
     rng = np.random.default_rng(0)
     weights = np.array([1.0, 1.0, 0.05, 0.05, 0.05, 0.05])
@@ -96,7 +112,7 @@ def test_a_cold_items_neighbours_change_with_its_image(catalog, model):
     assert after != before and j in after
     assert after == set(model.neighbours[j].tolist())
     reach = model.tables()[2]
-    torch.testing.assert_close(model.encode_items(xj)[0], (model.item_graph() @ reach)[j])
+    torch.testing.assert_close(model.encode_items(xj)[0], (model.item_graph().matrix @ reach)[j])
 
 
 def test_the_relaxed_top_k_tends_to_the_hard_score_and_reaches_the_pixels(catalog, model):

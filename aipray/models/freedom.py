@@ -47,8 +47,9 @@ What the papers leave open, and what is chosen here:
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -86,6 +87,37 @@ class FREEDOMConfig(Settings):
 
 #: indices are built here, in range by construction: torch's invariant checks would only cost time
 UNCHECKED = {"check_invariants": False}
+
+
+class Graph(NamedTuple):
+    """A sparse matrix in CSR with its transpose, for :func:`spmm` (``[R, C]`` and ``[C, R]``)."""
+
+    matrix: torch.Tensor
+    transpose: torch.Tensor
+
+
+def csr_pair(coo: torch.Tensor) -> Graph:
+    """``coo`` (a sparse COO matrix) as a :class:`Graph`."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+        return Graph(coo.to_sparse_csr(), coo.t().coalesce().to_sparse_csr())
+
+
+class _SparseMatmul(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, matrix: torch.Tensor, transpose: torch.Tensor, x: torch.Tensor):
+        ctx.transpose = transpose
+        return matrix @ x
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor):
+        return None, None, ctx.transpose @ grad
+
+
+def spmm(graph: Graph, x: torch.Tensor) -> torch.Tensor:
+    """``graph.matrix @ x``, differentiable in the dense ``x`` through the stored transpose (3-5x
+    faster than autograd through a COO product on CPU, which transposes at every step)."""
+    return _SparseMatmul.apply(graph.matrix, graph.transpose, x)
 
 
 # --- the graphs ---------------------------------------------------------------------------------
@@ -132,18 +164,11 @@ def edge_weights(
     return (d_user[users] + 1e-7).pow(-0.5) * (d_item[items] + 1e-7).pow(-0.5)
 
 
-def bipartite(
-    users: torch.Tensor, items: torch.Tensor, n_users: int, n_items: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The normalised user–item adjacency ``Â_{UI}`` ``[U, N]`` and its transpose, sparse."""
+def bipartite(users: torch.Tensor, items: torch.Tensor, n_users: int, n_items: int) -> Graph:
+    """The normalised user–item adjacency ``Â_{UI}`` ``[U, N]`` (and its transpose)."""
     values = edge_weights(users, items, n_users, n_items)
-    ui = torch.sparse_coo_tensor(
-        torch.stack([users, items]), values, (n_users, n_items), **UNCHECKED
-    )
-    iu = torch.sparse_coo_tensor(
-        torch.stack([items, users]), values, (n_items, n_users), **UNCHECKED
-    )
-    return ui.coalesce(), iu.coalesce()
+    index = torch.stack([users, items])
+    return csr_pair(torch.sparse_coo_tensor(index, values, (n_users, n_items), **UNCHECKED))
 
 
 def degree_sensitive_keep(weights: np.ndarray, keep: int, rng: np.random.Generator) -> np.ndarray:
@@ -257,32 +282,33 @@ class FREEDOM(Recommender):
         return self
 
     # --- propagation ------------------------------------------------------------------------
-    def item_graph(self) -> torch.Tensor:
+    def item_graph(self) -> Graph:
+        """The frozen item–item graph ``S`` (:func:`knn_adjacency`) over the items in it."""
         rows = self.in_graph.nonzero().flatten()
-        return knn_adjacency(rows, self.neighbours[rows], self.in_graph.numel())
+        return csr_pair(knn_adjacency(rows, self.neighbours[rows], self.in_graph.numel()))
 
-    def propagate(
-        self, ui: torch.Tensor, iu: torch.Tensor, graph: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """``(users [U, D], items [N, D], reach [N, D])`` over the user–item graph ``ui``/``iu``
-        and the item–item graph ``graph`` (:meth:`item_graph`): the LightGCN user embeddings,
-        the items' ``LightGCN + S^{L_mm} E`` and ``reach = S^{L_mm−1} E``, what an item's kNN
-        row reads (a cold item's code is ``S_c · reach``)."""
+    def propagate(self, ui: Graph, graph: Graph) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(users [U, D], items [N, D], reach [N, D])`` over the user–item graph ``ui``
+        (:func:`bipartite`) and the item–item graph ``graph`` (:meth:`item_graph`): the LightGCN
+        user embeddings, the items' ``LightGCN + S^{L_mm} E`` and ``reach = S^{L_mm−1} E``,
+        what an item's kNN row reads (a cold item's code is ``S_c · reach``)."""
         reach = self.item_id.weight
         for _ in range(self.mm_layers - 1):
-            reach = torch.sparse.mm(graph, reach)
-        mm = torch.sparse.mm(graph, reach)
+            reach = spmm(graph, reach)
+        mm = spmm(graph, reach)
+        iu = Graph(ui.transpose, ui.matrix)
         u, i = self.user_id.weight, self.item_id.weight
         users, items = [u], [i]
         for _ in range(self.ui_layers):
-            u, i = torch.sparse.mm(ui, i), torch.sparse.mm(iu, u)
+            u, i = spmm(ui, i), spmm(iu, u)
             users.append(u)
             items.append(i)
         users_out = torch.stack(users).mean(0)
         items_out = torch.stack(items).mean(0) + mm
         return users_out, items_out, reach
 
-    def full_graph(self) -> tuple[torch.Tensor, torch.Tensor]:
+    def full_graph(self) -> Graph:
+        """The whole user–item graph (evaluation's)."""
         return bipartite(self.edges[0], self.edges[1], self.n_users, self.in_graph.numel())
 
     def tables(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -291,11 +317,11 @@ class FREEDOM(Recommender):
         frozen; no image enters it) and reused."""
         grads = torch.is_grad_enabled() and any(p.requires_grad for p in self.parameters())
         if self.training or grads:
-            return self.propagate(*self.full_graph(), self.item_graph())
+            return self.propagate(self.full_graph(), self.item_graph())
         state = tuple((t.data_ptr(), t._version) for t in (*self.parameters(), *self.buffers()))
         if self._cache is None or self._cache[0] != state:
             with torch.no_grad():
-                self._cache = (state, self.propagate(*self.full_graph(), self.item_graph()))
+                self._cache = (state, self.propagate(self.full_graph(), self.item_graph()))
         return self._cache[1]
 
     # --- scoring ----------------------------------------------------------------------------
@@ -436,7 +462,7 @@ class FREEDOMLoss:
         self.graph = bipartite(users, items, self.model.n_users, self.model.in_graph.numel())
 
     def __call__(self, users: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
-        user_e, item_e, _ = self.model.propagate(*self.graph, self.item_graph)
+        user_e, item_e, _ = self.model.propagate(self.graph, self.item_graph)
         u = user_e[users]
         loss = bpr(u, item_e[pos], item_e[neg])
         if self.reg_weight:
