@@ -11,11 +11,11 @@ stage, the extractor and the sweep's rankers, and prints:
 - **what the features carry**: held-out accuracy of linear probes that read each item's shape,
   hue (in sixths of the hue circle) and texture off the extractor's features (a fifth of the
   items held out; majority class beside it);
-- **the rankers against the baselines**: HR@10 of each user's *test* item over the full ranking
-  of warm items, with its standard error over users, for every visual ranker of the sweep, the
-  first-stage BPR, a BPR with VBPR's number of factors (the first stage's recipe otherwise), and
-  the popularity ranker; and the first stage's share of test items among its top-C beside
-  popularity's;
+- **the rankers against the baselines**: HR@10 (``full/``) and HR@50 (``full50/``) of each
+  user's *test* item over the full ranking of warm items, with the HR@10's standard error over
+  users and a random ranking's level, for every visual ranker of the sweep, the first-stage BPR,
+  a BPR with VBPR's number of factors (the first stage's recipe otherwise), and the popularity
+  ranker; and the first stage's share of test items among its top-C beside popularity's;
 - **cold items from the image alone**: for every visual ranker, the mean over cold items of
   their HR@10 among each user's top-C candidates (AIP's yardstick) and of their HR@50 over the
   full ranking (Denoise-to-protect's), shown with their clean images, beside a random ranking's;
@@ -29,9 +29,9 @@ stage, the extractor and the sweep's rankers, and prints:
 
 Then a summary over seeds (mean, min, max) and the issue's targets: probes >= 0.9; VBPR above
 BPR of its size and above the first stage by two standard errors; DVBPR above popularity;
-FREEDOM above popularity, BPR and VBPR (as in its paper); every ranker's cold items above random
-by both yardsticks; first stage above popularity at top-C; PGD success >= 0.8 standard, <= 0.3
-robust.
+FREEDOM above popularity, BPR and VBPR at HR@10 and at HR@50 (as in its paper); every ranker's
+cold items above random by both yardsticks; first stage above popularity at top-C; PGD success
+>= 0.8 standard, <= 0.3 robust.
 """
 
 from __future__ import annotations
@@ -57,7 +57,12 @@ from aipray.data import Catalog
 from aipray.data.surrogate import SurrogateConfig, make_surrogate
 from aipray.data.synthetic import make_synthetic, style_labels
 from aipray.grid import Component
-from aipray.metrics.full_ranking import full_hit_rate, model_scores, popularity_scores
+from aipray.metrics.full_ranking import (
+    full_hit_rate,
+    full_random_hit_rate,
+    model_scores,
+    popularity_scores,
+)
 from aipray.metrics.probe import probe_accuracy
 from aipray.metrics.ranking import hit_rates, injected_ranks, random_hit_rate
 from aipray.models import MODELS, load_recommender
@@ -158,14 +163,15 @@ def measure(sweep, *, robust: str | None, limit: int) -> dict[str, float]:
         row[f"probe/{name}"] = probe_accuracy(features, labels)
         row[f"probe/{name}_majority"] = np.bincount(labels).max() / labels.size
 
-    def full(scores_of) -> float:
-        return full_hit_rate(scores_of, catalog, held_out="test")
+    def full(name: str, scores_of) -> None:
+        for k, kind in ((10, "full"), (50, "full50")):
+            row[f"{kind}/{name}"] = full_hit_rate(scores_of, catalog, k=k, held_out="test")
 
     for name, trial in visual.items():
         model_paths = stages.stage_paths(sweep, trial)
         stages.train_ranker(sweep, trial, model_paths, device)
         model = load_recommender(model_paths.model, device)
-        row[f"full/{name}"] = full(aip.served_scores(model, catalog, device=device))
+        full(name, aip.served_scores(model, catalog, device=device))
         stages.build_context(trial, model_paths, device, undefended=True)
         cold = cold_hit_rates(model, catalog, model_paths, device)
         row[f"cold/{name}"], row["cold/random"] = cold["cold"], cold["cold_random"]
@@ -174,7 +180,7 @@ def measure(sweep, *, robust: str | None, limit: int) -> dict[str, float]:
             cold["cold_full_random"],
         )
     bpr = load_recommender(paths.bpr, device)
-    row["full/bpr_first_stage"] = full(model_scores(bpr, catalog, device))
+    full("bpr_first_stage", model_scores(bpr, catalog, device))
     dim = getattr(visual.get("vbpr", first).model.config, "dim", None)
     if dim is not None:
         small = paths.bpr.with_name(paths.bpr.name + f"-factors{dim}")
@@ -185,8 +191,10 @@ def measure(sweep, *, robust: str | None, limit: int) -> dict[str, float]:
             )
             with atomic_dir(small) as tmp:
                 model.cpu().save(tmp, {"training": info})
-        row["full/bpr_same_size"] = full(model_scores(load_recommender(small, device), catalog))
-    row["full/popularity"] = full(popularity_scores(catalog))
+        full("bpr_same_size", model_scores(load_recommender(small, device), catalog))
+    full("popularity", popularity_scores(catalog))
+    row["full/random"] = full_random_hit_rate(catalog, k=10)
+    row["full50/random"] = full_random_hit_rate(catalog, k=50)
     h = row["full/bpr_first_stage"]  # the standard error of an HR@10 at the first stage's level
     row["full/se"] = float(np.sqrt(h * (1 - h) / catalog.n_users))
     health = stages.first_stage_health(paths)
@@ -246,12 +254,14 @@ def targets(table: pd.DataFrame) -> list[tuple[str, bool, str]]:
         out.append(("DVBPR > popularity", bool((gap > 0).all()), f"gaps {_fmt(gap, True)}"))
         gap = table["full/dvbpr"] - table["full/bpr_first_stage"]
         out.append(("DVBPR - first-stage BPR (reported)", True, f"gaps {_fmt(gap, True)}"))
-    if "full/freedom" in table:
+    for kind, at in (("full", ""), ("full50", " (HR@50)")):
+        if f"{kind}/freedom" not in table:
+            continue
         for ref in ("popularity", "bpr_first_stage", "bpr_same_size", "vbpr"):
-            if f"full/{ref}" in table:
-                gap = table["full/freedom"] - table[f"full/{ref}"]
+            if f"{kind}/{ref}" in table:
+                gap = table[f"{kind}/freedom"] - table[f"{kind}/{ref}"]
                 ok = bool((gap > 0).all())
-                out.append((f"FREEDOM > {ref}", ok, f"gaps {_fmt(gap, True)}"))
+                out.append((f"FREEDOM > {ref}{at}", ok, f"gaps {_fmt(gap, True)}"))
     for column in sorted(c for c in table if c.startswith(("cold/", "cold_full/"))):
         kind, name = column.split("/")
         if name == "random":

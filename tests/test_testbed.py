@@ -82,3 +82,13 @@ def test_freedom_and_cold_item_targets_hold_only_when_every_seed_beats_the_basel
     assert not verdict["FREEDOM > vbpr"] and verdict["FREEDOM > popularity"]
     assert not verdict["vbpr cold items above random (HR@50 over the full ranking)"]
     assert verdict["vbpr cold items above random (HR@10 among top-C)"]
+
+
+def test_freedom_is_judged_at_hr_at_50_too_when_measured():
+    targets = _testbed().targets
+    at_50 = {"full50/freedom": 0.80, "full50/vbpr": 0.82, "full50/popularity": 0.50}
+    table = pd.DataFrame({0: _row(**{"full/freedom": 0.55, **at_50})}).T
+    verdict = {name: ok for name, ok, _ in targets(table)}
+    assert verdict["FREEDOM > vbpr"] and not verdict["FREEDOM > vbpr (HR@50)"]
+    assert verdict["FREEDOM > popularity (HR@50)"]
+    assert "FREEDOM > bpr_same_size (HR@50)" not in verdict  # not measured at 50: not judged
