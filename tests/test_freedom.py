@@ -6,6 +6,8 @@ import pytest
 import torch
 
 from aipray.data.synthetic import SyntheticConfig, make_synthetic
+from aipray.metrics.full_ranking import FULL_CUTOFFS
+from aipray.metrics.ranking import hit_rates, hit_rates_by_argsort, injected_ranks
 from aipray.models.base import load_recommender
 from aipray.models.extractor import build_extractor, make_spec
 from aipray.models.freedom import (
@@ -20,6 +22,7 @@ from aipray.models.freedom import (
 )
 from aipray.pixels import to_float
 from aipray.protocol import aip
+from tests.test_protocol import full_ranking_sets
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -153,3 +156,21 @@ def test_cached_tables_follow_the_weights(model, tmp_path):
         copy.item_id.weight.mul_(2.0)
     second = copy.score_codes(users, copy.encode_items(None, items))
     torch.testing.assert_close(second, 4 * first)  # propagation is linear: both sides double
+
+
+def test_its_full_ranking_matches_a_slow_argsort(catalog, model):
+    """The full-ranking yardstick on FREEDOM (warm items by id from the stored top scores, cold
+    items from their images) equals an argsort of every rankable item's score, taken from the
+    dense product of the propagated user and item tables."""
+    users = torch.arange(catalog.n_users)
+    full = aip.full_ranking_scores(model, catalog)
+    with torch.no_grad():
+        user_e, item_e, _ = model.propagate(model.full_graph(), model.item_graph())
+        table = (user_e @ item_e.T).numpy()
+        cold = model.score_images(users, to_float(catalog.images[catalog.cold_items])).numpy()
+    allowed = full_ranking_sets(catalog)
+    ranks = injected_ranks(full, torch.as_tensor(cold))
+    for k in FULL_CUTOFFS:
+        slow = hit_rates_by_argsort(table, allowed, cold, k)
+        np.testing.assert_allclose(hit_rates(ranks, (k,))[k].numpy(), slow, atol=1e-6)
+    assert full.set_sizes.tolist() == allowed.sum(1).tolist()
