@@ -3,10 +3,11 @@
 
     python scripts/testbed.py sweeps/quick.yaml --seeds 0 1 2
     python scripts/testbed.py sweeps/quick.yaml --seeds 0 1 2 --robust free  # + a robust one
+    python scripts/testbed.py sweeps/multimodal_synthetic.yaml --models vbpr freedom  # only these
 
 For every seed this computes (or reads back from the sweep's store: the same stages the sweep
 runs, so a later ``python -m aipray.sweep SWEEP --seed N`` reuses them) the dataset, the first
-stage, the extractor and the sweep's rankers, and prints:
+stage, the extractor and the sweep's rankers (``--models``: only those named), and prints:
 
 - **what the features carry**: held-out accuracy of linear probes that read each item's shape,
   hue (in sixths of the hue circle) and texture off the extractor's features (a fifth of the
@@ -143,12 +144,25 @@ def robust_extractor(sweep, trial, paths, device, training: str) -> Path:
     return out
 
 
-def measure(sweep, *, robust: str | None, limit: int) -> dict[str, float]:
-    device = torch.device("cpu")
-    trials = sweep.trials()
+def rankers(sweep, names: list[str] | None = None) -> dict[str, object]:
+    """The sweep's rankers by name, each with its first trial, in the sweep's order; only those
+    in ``names`` unless it is ``None`` (a name the sweep lacks is an error that lists them)."""
     visual = {}
-    for trial in trials:
+    for trial in sweep.trials():
         visual.setdefault(trial.model.name, trial)
+    if names is None:
+        return visual
+    unknown = sorted(set(names) - set(visual))
+    if unknown:
+        raise SystemExit(f"--models {' '.join(unknown)}: not in the sweep; it has {sorted(visual)}")
+    return {name: trial for name, trial in visual.items() if name in names}
+
+
+def measure(
+    sweep, *, robust: str | None, limit: int, models: list[str] | None = None
+) -> dict[str, float]:
+    device = torch.device("cpu")
+    visual = rankers(sweep, models)
     first = next(iter(visual.values()))
     paths = stages.stage_paths(sweep, first)
     stages.prepare_dataset(first.dataset, paths.dataset)
@@ -295,6 +309,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--pgd-items", type=int, default=300, help="items PGD attacks per seed")
     parser.add_argument("--figure", type=Path, default=None, help="PNG: surrogate vs catalog")
+    parser.add_argument(
+        "--models", nargs="+", default=None, help="only these of the sweep's rankers (default: all)"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
     sweep = load_sweep(args.sweep)
@@ -304,9 +321,12 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if sweep.protocol != "aip" or not any(t.dataset.name == "synthetic" for t in sweep.trials()):
         raise SystemExit(f"{args.sweep}: needs an AIP sweep on the synthetic marketplace")
+    rankers(sweep, args.models)  # an unknown name fails before anything is trained
     rows = {}
     for seed in args.seeds:
-        rows[seed] = measure(with_seed(sweep, seed), robust=args.robust, limit=args.pgd_items)
+        rows[seed] = measure(
+            with_seed(sweep, seed), robust=args.robust, limit=args.pgd_items, models=args.models
+        )
         print(f"seed {seed}: " + ", ".join(f"{k} {v:.3f}" for k, v in rows[seed].items()))
     table = pd.DataFrame(rows).T
     table.index.name = "seed"

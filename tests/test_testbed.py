@@ -6,7 +6,10 @@ import importlib.util
 from pathlib import Path
 
 import pandas as pd
+import pytest
 from PIL import Image
+
+from aipray.config import load_sweep
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -92,3 +95,17 @@ def test_freedom_is_judged_at_hr_at_50_too_when_measured():
     assert verdict["FREEDOM > vbpr"] and not verdict["FREEDOM > vbpr (HR@50)"]
     assert verdict["FREEDOM > popularity (HR@50)"]
     assert "FREEDOM > bpr_same_size (HR@50)" not in verdict  # not measured at 50: not judged
+
+
+def test_models_picks_the_named_rankers_of_the_sweep_in_its_order():
+    rankers = _testbed().rankers
+    sweep = load_sweep(ROOT / "sweeps" / "multimodal_synthetic.yaml")
+    assert list(rankers(sweep)) == ["alexrank", "dvbpr", "vbpr", "freedom"]
+    picked = rankers(sweep, ["freedom", "vbpr"])
+    assert list(picked) == ["vbpr", "freedom"]
+    assert picked["freedom"].model.name == "freedom"
+    with pytest.raises(
+        SystemExit,
+        match=r"lattice: not in the sweep; it has \['alexrank', 'dvbpr', 'freedom', 'vbpr'\]",
+    ):
+        rankers(sweep, ["vbpr", "lattice"])
