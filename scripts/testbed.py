@@ -17,6 +17,9 @@ stage, the extractor and the sweep's rankers (``--models``: only those named), a
   users and a random ranking's level, for every visual ranker of the sweep, the first-stage BPR,
   a BPR with VBPR's number of factors (the first stage's recipe otherwise), and the popularity
   ranker; and the first stage's share of test items among its top-C beside popularity's;
+- **what the image alone carries**: for every visual ranker, HR@10 over the full ranking when
+  every warm item is scored from its image alone, as a cold item is (``image/``; beside
+  ``full/random``): the taste a cold item's image can convey, apart from the scale of its score;
 - **cold items from the image alone**: for every visual ranker, the mean over cold items of
   their HR@10 among each user's top-C candidates (AIP's yardstick) and of their HR@50 over the
   full ranking (Denoise-to-protect's), shown with their clean images, beside a random ranking's;
@@ -186,6 +189,8 @@ def measure(
         stages.train_ranker(sweep, trial, model_paths, device)
         model = load_recommender(model_paths.model, device)
         full(name, aip.served_scores(model, catalog, device=device))
+        as_cold = aip.served_scores(model, catalog, device=device, as_cold=True)
+        row[f"image/{name}"] = full_hit_rate(as_cold, catalog, k=10, held_out="test")
         stages.build_context(trial, model_paths, device, undefended=True)
         cold = cold_hit_rates(model, catalog, model_paths, device)
         row[f"cold/{name}"], row["cold/random"] = cold["cold"], cold["cold_random"]

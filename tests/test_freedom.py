@@ -174,3 +174,17 @@ def test_its_full_ranking_matches_a_slow_argsort(catalog, model):
         slow = hit_rates_by_argsort(table, allowed, cold, k)
         np.testing.assert_allclose(hit_rates(ranks, (k,))[k].numpy(), slow, atol=1e-6)
     assert full.set_sizes.tolist() == allowed.sum(1).tolist()
+
+
+def test_served_scores_as_cold_read_each_warm_item_from_its_image_alone(catalog, model):
+    users = torch.arange(12)
+    warm = np.flatnonzero(catalog.warm_mask())
+    by_image = aip.served_scores(model, catalog, as_cold=True)(users)
+    by_id = aip.served_scores(model, catalog)(users)
+    with torch.no_grad():
+        expected = model.score_images(users, to_float(catalog.images[warm]))
+        ids = model.score_codes(users, model.tables()[1][torch.as_tensor(warm)])
+    torch.testing.assert_close(by_image[:, warm], expected)
+    torch.testing.assert_close(by_id[:, warm], ids)
+    assert not torch.allclose(by_image[:, warm], by_id[:, warm])
+    assert bool((by_image[:, catalog.cold_items] == 0).all())
