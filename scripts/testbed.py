@@ -3,20 +3,28 @@
 
     python scripts/testbed.py sweeps/quick.yaml --seeds 0 1 2
     python scripts/testbed.py sweeps/quick.yaml --seeds 0 1 2 --robust free  # + a robust one
+    python scripts/testbed.py sweeps/multimodal_synthetic.yaml --models vbpr freedom  # only these
 
 For every seed this computes (or reads back from the sweep's store: the same stages the sweep
 runs, so a later ``python -m aipray.sweep SWEEP --seed N`` reuses them) the dataset, the first
-stage, the extractor and the sweep's rankers, and prints:
+stage, the extractor and the sweep's rankers (``--models``: only those named), and prints:
 
 - **what the features carry**: held-out accuracy of linear probes that read each item's shape,
   hue (in sixths of the hue circle) and texture off the extractor's features (a fifth of the
   items held out; majority class beside it);
-- **the rankers against the baselines**: HR@10 of each user's *test* item over the full ranking
-  of warm items, with its standard error over users, for every visual ranker of the sweep, the
-  first-stage BPR, a BPR with VBPR's number of factors (the first stage's recipe otherwise), and
-  the popularity ranker, and the generator's own ranking (the synthetic users' true logits: the
-  ceiling of what a ranker can learn from the interactions); and the first stage's share of test
-  items among its top-C beside popularity's;
+- **the rankers against the baselines**: HR@10 (``full/``) and HR@50 (``full50/``) of each
+  user's *test* item over the full ranking of warm items, with the HR@10's standard error over
+  users and a random ranking's level, for every visual ranker of the sweep, the first-stage BPR,
+  a BPR with VBPR's number of factors (the first stage's recipe otherwise), the popularity
+  ranker, and the generator's own ranking (``generator``: the synthetic users' true logits, the
+  ceiling of what a ranker can learn from the interactions); and the first stage's share of
+  test items among its top-C beside popularity's;
+- **what the image alone carries**: for every visual ranker, HR@10 over the full ranking when
+  every warm item is scored from its image alone, as a cold item is (``image/``; beside
+  ``full/random``): the taste a cold item's image can convey, apart from the scale of its score;
+- **cold items from the image alone**: for every visual ranker, the mean over cold items of
+  their HR@10 among each user's top-C candidates (AIP's yardstick) and of their HR@50 over the
+  full ranking (Denoise-to-protect's), shown with their clean images, beside a random ranking's;
 - **how easily the classifier is fooled**: targeted PGD at ε = 8 (10 steps of ε/6, no random
   start, 8-bit rounding) towards the extractor's TAaMR target class (the class it predicts most
   over training interactions), the share of warm items not already of that class it turns; and,
@@ -27,7 +35,9 @@ stage, the extractor and the sweep's rankers, and prints:
 
 Then a summary over seeds (mean, min, max) and the issue's targets: probes >= 0.9; VBPR above
 BPR of its size and above the first stage by two standard errors; DVBPR above popularity;
-first stage above popularity at top-C; PGD success >= 0.8 standard, <= 0.3 robust.
+FREEDOM above popularity, BPR and VBPR at HR@10 and at HR@50 (as in its paper); every ranker's
+cold items above random by both yardsticks; first stage above popularity at top-C; PGD success
+>= 0.8 standard, <= 0.3 robust.
 """
 
 from __future__ import annotations
@@ -53,11 +63,19 @@ from aipray.data import Catalog
 from aipray.data.surrogate import SurrogateConfig, make_surrogate
 from aipray.data.synthetic import make_synthetic, style_labels, true_preferences
 from aipray.grid import Component
-from aipray.metrics.full_ranking import full_hit_rate, model_scores, popularity_scores
+from aipray.metrics.full_ranking import (
+    full_hit_rate,
+    full_random_hit_rate,
+    model_scores,
+    popularity_scores,
+)
 from aipray.metrics.probe import probe_accuracy
+from aipray.metrics.ranking import hit_rates, injected_ranks, random_hit_rate
 from aipray.models import MODELS, load_recommender
 from aipray.models.extractor import extract_features, load_extractor, read_extractor_info
 from aipray.pipeline import stages
+from aipray.pixels import to_float
+from aipray.protocol import aip
 from aipray.store import atomic_dir, done
 from aipray.sweep import with_seed
 
@@ -96,6 +114,28 @@ def pgd_success(extractor, catalog: Catalog, target: int, *, limit: int, seed: i
     return hits / max(1, len(x))
 
 
+@torch.no_grad()
+def cold_hit_rates(model, catalog: Catalog, paths, device) -> dict[str, float]:
+    """Mean over cold items, shown with their clean images, of HR@10 among each user's top-C
+    candidates and HR@50 over the full ranking (``cold/``, ``cold_full/``), with a random
+    ranking's (``random``), from the ranker's stored undefended context."""
+    context = stages.load_context(paths.context_undefended, device)
+    full = stages.load_context(paths.context_undefended, device, full=True)
+    users = torch.arange(model.n_users, device=device)
+    top_c, whole = [], []
+    for start in range(0, catalog.cold_items.size, 64):
+        ids = catalog.cold_items[start : start + 64]
+        scores = model.score_images(users, to_float(catalog.images[ids], device))
+        top_c.append(hit_rates(injected_ranks(context, scores), (10,))[10])
+        whole.append(hit_rates(injected_ranks(full, scores), (50,))[50])
+    return {
+        "cold": float(torch.cat(top_c).mean()),
+        "cold_random": random_hit_rate(context.set_sizes, (10,))[10],
+        "cold_full": float(torch.cat(whole).mean()),
+        "cold_full_random": random_hit_rate(full.set_sizes, (50,))[50],
+    }
+
+
 def robust_extractor(sweep, trial, paths, device, training: str) -> Path:
     """The sweep's extractor trained robustly (``training``: ``free`` or ``adversarial``, with the
     sweep's ``adv_eps``), stored beside the standard one."""
@@ -109,12 +149,25 @@ def robust_extractor(sweep, trial, paths, device, training: str) -> Path:
     return out
 
 
-def measure(sweep, *, robust: str | None, limit: int) -> dict[str, float]:
-    device = torch.device("cpu")
-    trials = sweep.trials()
+def rankers(sweep, names: list[str] | None = None) -> dict[str, object]:
+    """The sweep's rankers by name, each with its first trial, in the sweep's order; only those
+    in ``names`` unless it is ``None`` (a name the sweep lacks is an error that lists them)."""
     visual = {}
-    for trial in trials:
+    for trial in sweep.trials():
         visual.setdefault(trial.model.name, trial)
+    if names is None:
+        return visual
+    unknown = sorted(set(names) - set(visual))
+    if unknown:
+        raise SystemExit(f"--models {' '.join(unknown)}: not in the sweep; it has {sorted(visual)}")
+    return {name: trial for name, trial in visual.items() if name in names}
+
+
+def measure(
+    sweep, *, robust: str | None, limit: int, models: list[str] | None = None
+) -> dict[str, float]:
+    device = torch.device("cpu")
+    visual = rankers(sweep, models)
     first = next(iter(visual.values()))
     paths = stages.stage_paths(sweep, first)
     stages.prepare_dataset(first.dataset, paths.dataset)
@@ -129,16 +182,26 @@ def measure(sweep, *, robust: str | None, limit: int) -> dict[str, float]:
         row[f"probe/{name}"] = probe_accuracy(features, labels)
         row[f"probe/{name}_majority"] = np.bincount(labels).max() / labels.size
 
-    def full(scores_of) -> float:
-        return full_hit_rate(scores_of, catalog, held_out="test")
+    def full(name: str, scores_of) -> None:
+        for k, kind in ((10, "full"), (50, "full50")):
+            row[f"{kind}/{name}"] = full_hit_rate(scores_of, catalog, k=k, held_out="test")
 
     for name, trial in visual.items():
         model_paths = stages.stage_paths(sweep, trial)
         stages.train_ranker(sweep, trial, model_paths, device)
         model = load_recommender(model_paths.model, device)
-        row[f"full/{name}"] = full(model_scores(model, catalog, device))
+        full(name, aip.served_scores(model, catalog, device=device))
+        as_cold = aip.served_scores(model, catalog, device=device, as_cold=True)
+        row[f"image/{name}"] = full_hit_rate(as_cold, catalog, k=10, held_out="test")
+        stages.build_context(trial, model_paths, device, undefended=True)
+        cold = cold_hit_rates(model, catalog, model_paths, device)
+        row[f"cold/{name}"], row["cold/random"] = cold["cold"], cold["cold_random"]
+        row[f"cold_full/{name}"], row["cold_full/random"] = (
+            cold["cold_full"],
+            cold["cold_full_random"],
+        )
     bpr = load_recommender(paths.bpr, device)
-    row["full/bpr_first_stage"] = full(model_scores(bpr, catalog, device))
+    full("bpr_first_stage", model_scores(bpr, catalog, device))
     dim = getattr(visual.get("vbpr", first).model.config, "dim", None)
     if dim is not None:
         small = paths.bpr.with_name(paths.bpr.name + f"-factors{dim}")
@@ -149,9 +212,11 @@ def measure(sweep, *, robust: str | None, limit: int) -> dict[str, float]:
             )
             with atomic_dir(small) as tmp:
                 model.cpu().save(tmp, {"training": info})
-        row["full/bpr_same_size"] = full(model_scores(load_recommender(small, device), catalog))
-    row["full/popularity"] = full(popularity_scores(catalog))
-    row["full/generator"] = full(generator_scores(first.dataset.config, catalog))
+        full("bpr_same_size", model_scores(load_recommender(small, device), catalog))
+    full("popularity", popularity_scores(catalog))
+    full("generator", generator_scores(first.dataset.config, catalog))
+    row["full/random"] = full_random_hit_rate(catalog, k=10)
+    row["full50/random"] = full_random_hit_rate(catalog, k=50)
     h = row["full/bpr_first_stage"]  # the standard error of an HR@10 at the first stage's level
     row["full/se"] = float(np.sqrt(h * (1 - h) / catalog.n_users))
     health = stages.first_stage_health(paths)
@@ -223,6 +288,22 @@ def targets(table: pd.DataFrame) -> list[tuple[str, bool, str]]:
         out.append(("DVBPR > popularity", bool((gap > 0).all()), f"gaps {_fmt(gap, True)}"))
         gap = table["full/dvbpr"] - table["full/bpr_first_stage"]
         out.append(("DVBPR - first-stage BPR (reported)", True, f"gaps {_fmt(gap, True)}"))
+    for kind, at in (("full", ""), ("full50", " (HR@50)")):
+        if f"{kind}/freedom" not in table:
+            continue
+        for ref in ("popularity", "bpr_first_stage", "bpr_same_size", "vbpr"):
+            if f"{kind}/{ref}" in table:
+                gap = table[f"{kind}/freedom"] - table[f"{kind}/{ref}"]
+                ok = bool((gap > 0).all())
+                out.append((f"FREEDOM > {ref}{at}", ok, f"gaps {_fmt(gap, True)}"))
+    for column in sorted(c for c in table if c.startswith(("cold/", "cold_full/"))):
+        kind, name = column.split("/")
+        if name == "random":
+            continue
+        gap = table[column] - table[f"{kind}/random"]
+        what = "HR@10 among top-C" if kind == "cold" else "HR@50 over the full ranking"
+        ok = bool((gap > 0).all())
+        out.append((f"{name} cold items above random ({what})", ok, f"gaps {_fmt(gap, True)}"))
     gap = table["top_c/bpr"] - table["top_c/popularity"]
     out.append(
         ("first stage > popularity at top-C", bool((gap > 0).all()), f"gaps {_fmt(gap, True)}")
@@ -248,6 +329,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--pgd-items", type=int, default=300, help="items PGD attacks per seed")
     parser.add_argument("--figure", type=Path, default=None, help="PNG: surrogate vs catalog")
+    parser.add_argument(
+        "--models", nargs="+", default=None, help="only these of the sweep's rankers (default: all)"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
     sweep = load_sweep(args.sweep)
@@ -257,9 +341,12 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if sweep.protocol != "aip" or not any(t.dataset.name == "synthetic" for t in sweep.trials()):
         raise SystemExit(f"{args.sweep}: needs an AIP sweep on the synthetic marketplace")
+    rankers(sweep, args.models)  # an unknown name fails before anything is trained
     rows = {}
     for seed in args.seeds:
-        rows[seed] = measure(with_seed(sweep, seed), robust=args.robust, limit=args.pgd_items)
+        rows[seed] = measure(
+            with_seed(sweep, seed), robust=args.robust, limit=args.pgd_items, models=args.models
+        )
         print(f"seed {seed}: " + ", ".join(f"{k} {v:.3f}" for k, v in rows[seed].items()))
     table = pd.DataFrame(rows).T
     table.index.name = "seed"

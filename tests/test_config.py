@@ -42,7 +42,11 @@ def test_grid_skips_missing_combinations():
             "unknown dataset 'mnist'; allowed: amazon_men, amazon_men_5core, "
             "amazon_women_10core, folder, synthetic, tradesy",
         ),
-        (("models", "resnet"), {}, "unknown model 'resnet'; allowed: alexrank, amr, dvbpr, vbpr"),
+        (
+            ("models", "resnet"),
+            {},
+            "unknown model 'resnet'; allowed: alexrank, amr, dvbpr, freedom, vbpr",
+        ),
         (
             ("attacks", "fgsm2"),
             {},

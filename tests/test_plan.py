@@ -40,9 +40,10 @@ PUSH = {
     "attacks": {"pgd": {"eps": [8], "steps": 5}},
 }
 
-# computed before the TrialPlan existed (commit f15560d), from the payload's paths; the model, BPR
-# and every key downstream of them re-pinned when TRAINING_VERSION became 3 (validation over the
-# full ranking): nothing else changed
+# computed before the TrialPlan existed (commit f15560d), from the payload's paths; re-pinned for
+# two intended changes, nothing else: the model, BPR and every key downstream of them when
+# TRAINING_VERSION became 3 (validation over the full ranking), and the AIP contexts and results
+# when CONTEXT_VERSION 2 joined their keys (contexts also store the full ranking's top scores)
 KNOWN = {
     "synthetic/vbpr(dim=10)/insa/eps=32/jpeg(quality=75)": {
         "dataset": "datasets/synthetic-782c28a1c4c2ab35",
@@ -50,10 +51,10 @@ KNOWN = {
         "bpr": "models/bpr-e112c0f7f49e8c0e",
         "candidates": "candidates/bpr-49250ffa3e4d6896",
         "model": "models/vbpr-a24959d88c337d23",
-        "context": "contexts/vbpr-24768e50b1395a5b",
-        "context_undefended": "contexts/vbpr-9c254b18aef27585",
+        "context": "contexts/vbpr-9d80c16b80c2c9f7",
+        "context_undefended": "contexts/vbpr-3af391935a8ecada",
         "attack": "attacks/insa-50111c3d582dd280",
-        "result": "trials/vbpr-46c84ea11b39ad80",
+        "result": "trials/vbpr-495a29b29296342f",
     },
     "synthetic/vbpr(dim=10)/fgsm/eps=4/none": {
         "dataset": "datasets/synthetic-782c28a1c4c2ab35",
@@ -61,10 +62,10 @@ KNOWN = {
         "bpr": "models/bpr-e112c0f7f49e8c0e",
         "candidates": "candidates/bpr-49250ffa3e4d6896",
         "model": "models/vbpr-a24959d88c337d23",
-        "context": "contexts/vbpr-9c254b18aef27585",
-        "context_undefended": "contexts/vbpr-9c254b18aef27585",
+        "context": "contexts/vbpr-3af391935a8ecada",
+        "context_undefended": "contexts/vbpr-3af391935a8ecada",
         "attack": "attacks/fgsm-271d428e2014036a",
-        "result": "trials/vbpr-49c0e0257b1dff96",
+        "result": "trials/vbpr-cb3be54fd03e09a6",
     },
     "synthetic/dvbpr(dim=10)/expa/eps=8/none": {
         "dataset": "datasets/synthetic-782c28a1c4c2ab35",
@@ -72,10 +73,10 @@ KNOWN = {
         "bpr": "models/bpr-e112c0f7f49e8c0e",
         "candidates": "candidates/bpr-49250ffa3e4d6896",
         "model": "models/dvbpr-0edfd87fcdec2c88",
-        "context": "contexts/dvbpr-8b429346250cfc9b",
-        "context_undefended": "contexts/dvbpr-8b429346250cfc9b",
+        "context": "contexts/dvbpr-a82376dc3aa72138",
+        "context_undefended": "contexts/dvbpr-a82376dc3aa72138",
         "attack": "attacks/expa-422033073b97f2f6",
-        "result": "trials/dvbpr-3bba758d1b3c8cb6",
+        "result": "trials/dvbpr-ae646a2dcacb9edc",
     },
     "synthetic/vbpr(dim=10)/standard/pgd/eps=8/poisoning": {
         "dataset": "datasets/synthetic-da498e904c6349f8",

@@ -11,8 +11,20 @@ import torch
 import aipray
 from aipray.data.synthetic import SyntheticConfig, make_synthetic
 from aipray.defenses import DEFENSES
-from aipray.metrics.full_ranking import full_hit_rate, full_random_hit_rate, popularity_scores
-from aipray.metrics.ranking import hit_rates_by_argsort
+from aipray.metrics.full_ranking import (
+    FULL_CUTOFFS,
+    full_hit_rate,
+    full_random_hit_rate,
+    full_ranking_context,
+    popularity_scores,
+)
+from aipray.metrics.ranking import (
+    hit_rates,
+    hit_rates_by_argsort,
+    injected_ranks,
+    ordinary_hit_rates,
+    random_hit_rate,
+)
 from aipray.models.bpr import BPRConfig
 from aipray.pixels import to_float
 from aipray.protocol import aip
@@ -92,6 +104,69 @@ def test_evaluate_matches_a_slow_argsort(catalog, first):
         slow = hit_rates_by_argsort(fixed_scores, valid, coop, k)
         np.testing.assert_allclose(items[f"cooperative/hr_at_{k}"].to_numpy(), slow, atol=1e-6)
         assert metrics[f"cooperative/hr_at_{k}"] == pytest.approx(slow.mean(), abs=1e-6)
+
+
+def full_ranking_sets(catalog):
+    """``[U, n_items]`` bool: what each user's full ranking holds (warm items outside the
+    user's training and validation items), by a plain loop."""
+    indptr, train_items = catalog.train_csr()
+    allowed = np.tile(catalog.warm_mask(), (catalog.n_users, 1))
+    for u in range(catalog.n_users):
+        allowed[u, train_items[indptr[u] : indptr[u + 1]]] = False
+        allowed[u, catalog.val_items[u]] = False
+    return allowed
+
+
+def test_the_full_ranking_yardstick_matches_a_slow_argsort(catalog, first):
+    """HR@N over each user's full ranking (the evaluator's ``full_ranking/...`` rows, from the
+    top-50 scores only) equals an argsort of every rankable item plus the injected one."""
+    ranker = own_ranker(catalog)
+    attack = aip.attack("insa", ranker, catalog, eps=8, epochs=1, user_batch=100)
+    metrics, items = aip.evaluate(ranker, catalog, first.candidates, attack)
+    ids = items["item_id"].to_numpy()
+    users = torch.arange(catalog.n_users)
+    with torch.no_grad():
+        codes = ranker.encode_items(to_float(catalog.images))
+        table = ranker.score_codes(users, codes).numpy()
+        coop = ranker.score_images(users, to_float(catalog.images[ids])).numpy()
+    allowed = full_ranking_sets(catalog)
+    for k in FULL_CUTOFFS:
+        slow = hit_rates_by_argsort(table, allowed, coop, k)
+        fast = items[f"full_ranking/cooperative/hr_at_{k}"].to_numpy()
+        np.testing.assert_allclose(fast, slow, atol=1e-6)
+        assert metrics[f"full_ranking/cooperative/hr_at_{k}"] == pytest.approx(slow.mean())
+    sizes = allowed.sum(1) + 1
+    assert metrics["full_ranking/random/hr_at_50"] == pytest.approx(
+        np.mean(np.minimum(sizes, 50) / sizes)
+    )
+    assert metrics["cooperative/hr_at_10"] >= metrics["full_ranking/cooperative/hr_at_10"]
+
+
+def test_full_ranking_context_with_ties_against_a_loop(catalog):
+    """Ranks of injected items and of each user's test item over the full ranking, with many
+    tied scores (ties count against the item ranked), against a per-user loop."""
+    rng = np.random.default_rng(1)
+    table = np.round(rng.normal(size=(catalog.n_users, catalog.n_items)), 1).astype(np.float32)
+    injected = np.round(rng.normal(size=(catalog.n_users, 7)), 1).astype(np.float32)
+    full = full_ranking_context(lambda u: torch.as_tensor(table)[u], catalog, depth=20, chunk=33)
+    allowed = full_ranking_sets(catalog)
+    ranks = injected_ranks(full, torch.as_tensor(injected))
+    ordinary = ordinary_hit_rates(full, torch.as_tensor(injected), (5, 20))
+    for k in (5, 20):
+        slow = hit_rates_by_argsort(table, allowed, injected, k)
+        np.testing.assert_allclose(hit_rates(ranks, (k,))[k].numpy(), slow, atol=1e-6)
+    test_hits = {5: np.zeros(7), 20: np.zeros(7)}
+    for u in range(catalog.n_users):
+        own = table[u, catalog.test_items[u]]
+        ahead = (table[u][allowed[u]] >= own).sum() - 1  # the test item itself is in the set
+        for b in range(7):
+            rank = ahead + int(injected[u, b] >= own)
+            for k in test_hits:
+                test_hits[k][b] += rank < k
+    for k, hits in test_hits.items():
+        np.testing.assert_allclose(ordinary[k].numpy(), hits / catalog.n_users, atol=1e-6)
+    assert full.set_sizes.tolist() == allowed.sum(1).tolist()
+    assert random_hit_rate(full.set_sizes, (20,))[20] < 0.2
 
 
 def test_first_stage_beats_popularity_and_keeps_user_vectors(catalog, first):

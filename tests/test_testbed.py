@@ -6,7 +6,10 @@ import importlib.util
 from pathlib import Path
 
 import pandas as pd
+import pytest
 from PIL import Image
+
+from aipray.config import load_sweep
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -59,3 +62,50 @@ def test_figure_shows_surrogate_and_catalog_images(run_script, tmp_path):
     run_script("testbed.py", "sweeps/quick.yaml", "--figure", str(out), "--seeds")
     with Image.open(out) as image:
         assert image.size == (12 * 32 * 4, 4 * 32 * 4)  # 12 columns, 4 rows of 32 px, 4x
+
+
+def test_freedom_and_cold_item_targets_hold_only_when_every_seed_beats_the_baseline():
+    targets = _testbed().targets
+    extra = {
+        "full/freedom": 0.55,
+        "cold/vbpr": 0.20,
+        "cold/random": 0.10,
+        "cold_full/vbpr": 0.09,
+        "cold_full/random": 0.05,
+    }
+    good = pd.DataFrame({0: _row(**extra), 1: _row(**extra)}).T
+    verdict = {name: ok for name, ok, _ in targets(good)}
+    assert verdict["FREEDOM > vbpr"] and verdict["FREEDOM > popularity"]
+    assert verdict["vbpr cold items above random (HR@10 among top-C)"]
+    assert verdict["vbpr cold items above random (HR@50 over the full ranking)"]
+    # one seed's FREEDOM below VBPR, one seed's cold items at the random level
+    worse = {**extra, "full/freedom": 0.49, "cold_full/vbpr": 0.05}
+    mixed = pd.DataFrame({0: _row(**extra), 1: _row(**worse)}).T
+    verdict = {name: ok for name, ok, _ in targets(mixed)}
+    assert not verdict["FREEDOM > vbpr"] and verdict["FREEDOM > popularity"]
+    assert not verdict["vbpr cold items above random (HR@50 over the full ranking)"]
+    assert verdict["vbpr cold items above random (HR@10 among top-C)"]
+
+
+def test_freedom_is_judged_at_hr_at_50_too_when_measured():
+    targets = _testbed().targets
+    at_50 = {"full50/freedom": 0.80, "full50/vbpr": 0.82, "full50/popularity": 0.50}
+    table = pd.DataFrame({0: _row(**{"full/freedom": 0.55, **at_50})}).T
+    verdict = {name: ok for name, ok, _ in targets(table)}
+    assert verdict["FREEDOM > vbpr"] and not verdict["FREEDOM > vbpr (HR@50)"]
+    assert verdict["FREEDOM > popularity (HR@50)"]
+    assert "FREEDOM > bpr_same_size (HR@50)" not in verdict  # not measured at 50: not judged
+
+
+def test_models_picks_the_named_rankers_of_the_sweep_in_its_order():
+    rankers = _testbed().rankers
+    sweep = load_sweep(ROOT / "sweeps" / "multimodal_synthetic.yaml")
+    assert list(rankers(sweep)) == ["alexrank", "dvbpr", "vbpr", "freedom"]
+    picked = rankers(sweep, ["freedom", "vbpr"])
+    assert list(picked) == ["vbpr", "freedom"]
+    assert picked["freedom"].model.name == "freedom"
+    with pytest.raises(
+        SystemExit,
+        match=r"lattice: not in the sweep; it has \['alexrank', 'dvbpr', 'freedom', 'vbpr'\]",
+    ):
+        rankers(sweep, ["vbpr", "lattice"])

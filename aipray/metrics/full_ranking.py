@@ -2,6 +2,13 @@
 
 Memory is ``chunk × n_items`` scores at a time, never a users × items matrix. A user's own
 training items are never ranked (nor cold items); the held-out items are masked as asked.
+
+The full-ranking yardstick of an injected item (Denoise-to-protect's HR@50, beside AIP's HR@N
+among the top-C candidates) needs no more than each user's ``depth`` best scores: an item is in
+the top N ≤ depth exactly when fewer than N of those score at least as high as it.
+:func:`full_ranking_context` keeps them, with the test item's score and full rank, as a
+:class:`~aipray.metrics.ranking.CandidateScores`, so the counting functions of
+:mod:`aipray.metrics.ranking` rank injected items against the full ranking unchanged.
 """
 
 from __future__ import annotations
@@ -11,6 +18,11 @@ from typing import Any
 
 import numpy as np
 import torch
+
+from aipray.metrics.ranking import CandidateScores
+
+#: cut-offs of the full-ranking yardstick (Denoise-to-protect reports HR@50)
+FULL_CUTOFFS = (10, 20, 50)
 
 ScoresOf = Callable[[torch.Tensor], torch.Tensor]
 
@@ -85,6 +97,33 @@ def full_random_hit_rate(catalog: Any, *, k: int = 10) -> float:
     own = np.bincount(catalog.train_users, minlength=catalog.n_users)
     pool = n_warm - own - 1  # the other held-out item is not ranked either
     return float(np.mean(np.minimum(1.0, k / np.maximum(pool, 1))))
+
+
+@torch.no_grad()
+def full_ranking_context(
+    scores_of: ScoresOf,
+    catalog: Any,
+    *,
+    depth: int = max(FULL_CUTOFFS),
+    chunk: int = 256,
+    device: torch.device | str = "cpu",
+) -> CandidateScores:
+    """Each user's full ranking, as far as HR@N for N ≤ ``depth`` needs it: the ``depth`` best
+    scores (ascending, ``-inf`` padded) over every warm item outside the user's training and
+    validation items (the set the first stage draws its candidates from; the test item is in
+    it), the test item's score and its rank there (items scoring at least as high), and the
+    ranking's size per user. ``scores_of(users [U]) → [U, n_items]``."""
+    parts: list[tuple[torch.Tensor, ...]] = []
+    for ids, scores in full_scores_masked(
+        scores_of, catalog, mask_held_out="val", chunk=chunk, device=device
+    ):
+        local = torch.arange(scores.shape[0], device=scores.device)
+        test = torch.as_tensor(catalog.test_items[ids], device=scores.device)
+        test_scores = scores[local, test]
+        test_rank = (scores >= test_scores[:, None]).sum(1) - 1
+        top = scores.topk(min(depth, scores.shape[1]), dim=1).values.flip(1)
+        parts.append((top, test_scores, test_rank, torch.isfinite(scores).sum(1)))
+    return CandidateScores(*(torch.cat(column).cpu() for column in zip(*parts, strict=True)))
 
 
 def popularity_scores(catalog: Any) -> ScoresOf:

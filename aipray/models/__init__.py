@@ -1,6 +1,16 @@
 """Recommenders; importing this package registers them."""
 
-from aipray.models import alexrank, amr, bpr, dvbpr, vbpr
+from aipray.models import alexrank, amr, bpr, dvbpr, freedom, vbpr
 from aipray.models.base import MODELS, Recommender, load_recommender
 
-__all__ = ["MODELS", "Recommender", "alexrank", "amr", "bpr", "dvbpr", "load_recommender", "vbpr"]
+__all__ = [
+    "MODELS",
+    "Recommender",
+    "alexrank",
+    "amr",
+    "bpr",
+    "dvbpr",
+    "freedom",
+    "load_recommender",
+    "vbpr",
+]

@@ -11,6 +11,7 @@ import dataclasses
 import logging
 import time
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -53,6 +54,19 @@ class FeatureAdversary:
     weight: float
     clean_epochs: int | None = 0
     unit: str = "relative_norm"
+
+
+class BatchObjective(Protocol):
+    """A model's own training loss for :func:`fit_bpr`, for models whose codes are not a
+    per-batch function of the items (graph models propagate the whole graph once per batch):
+    ``start_epoch`` runs before each epoch (FREEDOM's edge pruning), ``__call__`` is the batch's
+    loss of ``(users, positives, negatives)`` ``[B]`` each."""
+
+    def start_epoch(self, rng: np.random.Generator) -> None: ...
+
+    def __call__(
+        self, users: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor
+    ) -> torch.Tensor: ...
 
 
 def sample_negatives(
@@ -147,6 +161,7 @@ def fit_bpr(
     adversary: FeatureAdversary | None = None,
     encoder=None,
     patience: int | None = None,
+    objective: BatchObjective | None = None,
 ) -> TrainResult:
     """Train ``model`` with BPR-Opt (Rendle et al. 2009): ``−ln σ(p_ui − p_uj) + reg·‖Θ_uij‖²``
     averaged over (user, positive, negative) triplets, one pass over the training interactions
@@ -159,7 +174,11 @@ def fit_bpr(
     replaces ``model.training_encoder(catalog.images)`` (a model that has computed it already).
     Keeps the epoch with the best validation HR@10 over the full ranking (:func:`validation_hr`);
     with ``patience``, ``epochs`` is a maximum and training stops once validation HR@10 has not
-    improved for ``patience`` epochs (for AMR: adversarially trained epochs)."""
+    improved for ``patience`` epochs (for AMR: adversarially trained epochs). ``objective``
+    replaces the BPR loss on the encoder's codes by the model's own (:class:`BatchObjective`);
+    validation still ranks by the encoder's codes."""
+    if objective is not None and adversary is not None:
+        raise ValueError("fit_bpr: an objective of the model's own cannot take AMR's adversary")
     if adversary is not None and adversary.clean_epochs is None and patience is None:
         raise ValueError("an adversary with clean_epochs=None needs a patience")
     start = time.perf_counter()
@@ -193,6 +212,8 @@ def fit_bpr(
     plain_state, plain_best, stale = None, -1.0, 0
     for epoch in range(1, epochs + 1):
         adversarial = adv_from is not None and epoch > adv_from
+        if objective is not None:
+            objective.start_epoch(rng)
         model.train()
         order = rng.permutation(n)
         total = 0.0
@@ -201,31 +222,15 @@ def fit_bpr(
             u = catalog.train_users[idx]
             pos = catalog.train_items[idx]
             neg = sample_negatives(u, warm, train_keys, catalog.n_items, rng)
-            items = np.concatenate([pos, neg])
-            uniq, inv = np.unique(items, return_inverse=True)
-            uniq_t = torch.as_tensor(uniq, device=device)
-            inv_t = torch.as_tensor(inv, device=device)
             ut = torch.as_tensor(u, device=device)
-            uvec = model.user_vectors(ut)
-
-            def bpr_loss(codes: torch.Tensor) -> torch.Tensor:
-                p_pos = (uvec * codes[inv_t[: idx.size]]).sum(-1)  # noqa: B023
-                p_neg = (uvec * codes[inv_t[idx.size :]]).sum(-1)  # noqa: B023
-                return -F.logsigmoid(p_pos - p_neg).mean()
-
-            if adversarial:
-                # AMR: the worst-case feature perturbation of size eps for this batch
-                feats = encoder.features(uniq_t).detach().requires_grad_(True)
-                loss = bpr_loss(encoder.encode(feats, uniq_t))
-                (grad,) = torch.autograd.grad(loss, feats, retain_graph=True)
-                delta = adv_eps * F.normalize(grad, dim=1)
-                adv_codes = encoder.encode(feats.detach() + delta, uniq_t)
-                loss = loss + adversary.weight * bpr_loss(adv_codes)
+            pos_t = torch.as_tensor(pos, device=device)
+            neg_t = torch.as_tensor(neg, device=device)
+            if objective is not None:
+                loss = objective(ut, pos_t, neg_t)
             else:
-                loss = bpr_loss(encoder(uniq_t))
+                attacker = adversary if adversarial else None
+                loss = codes_loss(model, encoder, ut, pos, neg, attacker, adv_eps, device)
             if reg:
-                pos_t = torch.as_tensor(pos, device=device)
-                neg_t = torch.as_tensor(neg, device=device)
                 loss = loss + reg * model.penalty(ut, pos_t, neg_t).mean()
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -273,6 +278,39 @@ def fit_bpr(
     return result
 
 
+def codes_loss(
+    model: Recommender,
+    encoder,
+    users: torch.Tensor,
+    pos: np.ndarray,
+    neg: np.ndarray,
+    adversary: FeatureAdversary | None,
+    adv_eps: float,
+    device: torch.device,
+) -> torch.Tensor:
+    """BPR's ``−ln σ(p_ui − p_uj)`` averaged over a batch, each distinct item encoded once by
+    ``encoder``; with ``adversary`` (AMR), plus its weight times the same loss on features moved
+    by ``adv_eps`` along the loss gradient."""
+    uniq, inv = np.unique(np.concatenate([pos, neg]), return_inverse=True)
+    uniq_t = torch.as_tensor(uniq, device=device)
+    inv_t = torch.as_tensor(inv, device=device)
+    uvec = model.user_vectors(users)
+
+    def bpr_loss(codes: torch.Tensor) -> torch.Tensor:
+        p_pos = (uvec * codes[inv_t[: pos.size]]).sum(-1)
+        p_neg = (uvec * codes[inv_t[pos.size :]]).sum(-1)
+        return -F.logsigmoid(p_pos - p_neg).mean()
+
+    if adversary is None:
+        return bpr_loss(encoder(uniq_t))
+    # AMR: the worst-case feature perturbation of size eps for this batch
+    feats = encoder.features(uniq_t).detach().requires_grad_(True)
+    loss = bpr_loss(encoder.encode(feats, uniq_t))
+    (grad,) = torch.autograd.grad(loss, feats, retain_graph=True)
+    delta = adv_eps * F.normalize(grad, dim=1)
+    return loss + adversary.weight * bpr_loss(encoder.encode(feats.detach() + delta, uniq_t))
+
+
 def fit_with(
     model: Recommender,
     catalog: Catalog,
@@ -284,6 +322,7 @@ def fit_with(
     reg: float,
     adversary: FeatureAdversary | None = None,
     encoder=None,
+    objective: BatchObjective | None = None,
 ) -> tuple[Recommender, dict]:
     """:func:`fit_bpr` with a model config's ``epochs``, ``batch_size``, ``lr`` (and
     ``optimizer``, default Adam; ``patience``, default none): the common part of the models'
@@ -302,6 +341,7 @@ def fit_with(
         adversary=adversary,
         encoder=encoder,
         patience=getattr(config, "patience", None),
+        objective=objective,
     )
     return model, dataclasses.asdict(result)
 

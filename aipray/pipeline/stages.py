@@ -54,6 +54,8 @@ TRAINING_VERSION = 3
 #: the store: what a sweep's stages cost, for the scale benchmark and for a user sizing a cluster
 STAGE_LOG = "stages.jsonl"
 
+#: bumped when what a context stage stores changes (2: the full ranking's top scores, full.pt)
+CONTEXT_VERSION = 2
 #: bumped when a trial's stored result changes meaning, so old results are not reused
 RESULT_VERSION = 3
 #: bumped when how the category push picks its classes changes (2: by the catalog's categories
@@ -90,8 +92,8 @@ def stage_paths(sweep: SweepConfig, trial: TrialSpec) -> StagePaths:
         fingerprint = defense_cls.fingerprint(trial.defense.config)
         parts = [model_key, trial.defense.as_dict(), defense_cls.version, fingerprint]
         trained = (config_key(parts),)
-    ctx_key = config_key([model_key, cand_key, trial.defense.as_dict(), *trained])
-    bare_key = config_key([model_key, cand_key, NO_DEFENSE.as_dict()])
+    ctx_key = config_key([model_key, cand_key, trial.defense.as_dict(), CONTEXT_VERSION, *trained])
+    bare_key = config_key([model_key, cand_key, NO_DEFENSE.as_dict(), CONTEXT_VERSION])
     # an attack's images depend on what the attacker knows, and are shared accordingly
     sources = {"ranker": model_key, "classifier": ext_key, "none": ds_key}
     sources["feature_network"] = ext_key if model_cls.features_from_extractor else model_key
@@ -353,7 +355,9 @@ def build_context(
 ) -> Path:
     """Score every user's fixed candidates (BPR top-C ∪ test item) with the ranker, on images that
     went through the trial's defence (or none, ``undefended``: the baseline the defence's cost on
-    ordinary items is measured against), and store them sorted for counting ranks. When the
+    ordinary items is measured against), and store them sorted for counting ranks
+    (``context.pt``), with what the full-ranking yardstick needs of every user's ranking of all
+    warm items (``full.pt``, :func:`~aipray.protocol.aip.full_ranking_scores`). When the
     defence changes the ranker itself (AlexRank's profile images), the defended ranker is stored
     alongside (``served/``)."""
     out = paths.context_undefended if undefended else paths.context
@@ -367,8 +371,10 @@ def build_context(
         candidates = f["candidates"]
     served = model.under_defense(defense, catalog.images)
     ctx = aip.candidate_scores(model, catalog, candidates, defense, device, served=served)
+    full = aip.full_ranking_scores(model, catalog, defense, device, served=served)
     with atomic_dir(out) as tmp:
         torch.save(dataclasses.asdict(ctx), tmp / "context.pt")
+        torch.save(dataclasses.asdict(full), tmp / "full.pt")
         if served is not model:
             served.cpu().save(tmp / "served", {"defense": component.as_dict()})
     return out

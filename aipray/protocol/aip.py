@@ -26,9 +26,11 @@ from aipray.attacks.base import ATTACKS, Attack, AttackInputs
 from aipray.data.catalog import Catalog
 from aipray.defenses import DEFENSES
 from aipray.metrics.full_ranking import (
+    FULL_CUTOFFS,
     ScoresOf,
     full_hit_rate,
     full_random_hit_rate,
+    full_ranking_context,
     full_scores_masked,
     model_scores,
     popularity_scores,
@@ -49,6 +51,9 @@ from aipray.pixels import ImageMap, to_float
 
 #: per-item groups of hit rates: the cold item and the user's ordinary test item
 GROUPS = ("cooperative", "adversarial", "ordinary", "ordinary_attacked", "ordinary_undefended")
+#: the same groups over each user's full ranking (MLflow: ``full_ranking/adversarial/hr_at_50``)
+FULL = "full_ranking"
+FULL_GROUPS = ("cooperative", "adversarial", "ordinary", "ordinary_attacked")
 
 
 def no_defense() -> ImageMap:
@@ -198,6 +203,55 @@ def candidate_scores(
     )
 
 
+@torch.no_grad()
+def served_scores(
+    served: Recommender,
+    catalog: Catalog,
+    defense: ImageMap | None = None,
+    device: torch.device | str = "cpu",
+    *,
+    as_cold: bool = False,
+) -> ScoresOf:
+    """``users → [U, n_items]`` scores by ``served`` of every warm item, each encoded from its
+    (defended) image and id as the fixed candidates are, or with ``as_cold`` from its image
+    alone, as a cold item is; cold items' columns are left at zero codes (the full-ranking
+    metrics mask them)."""
+    defense = no_defense() if defense is None else defense
+    warm = np.flatnonzero(catalog.warm_mask())
+    codes = []
+    for start in range(0, warm.size, 256):
+        ids = warm[start : start + 256]
+        images = to_float(catalog.images[ids], device)
+        items = None if as_cold else torch.as_tensor(ids, device=device)
+        codes.append(served.encode_items(defense(images), items))
+    warm_codes = torch.cat(codes)
+    table = warm_codes.new_zeros(catalog.n_items, warm_codes.shape[1])
+    table[torch.as_tensor(warm, device=device)] = warm_codes
+
+    def scores_of(users: torch.Tensor) -> torch.Tensor:
+        return served.score_codes(users, table)
+
+    return scores_of
+
+
+def full_ranking_scores(
+    model: Recommender,
+    catalog: Catalog,
+    defense: ImageMap | None = None,
+    device: torch.device | str = "cpu",
+    *,
+    served: Recommender | None = None,
+) -> CandidateScores:
+    """Every user's full ranking by the ranker a platform with ``defense`` serves (``served``,
+    default ``model.under_defense``), as far as the full-ranking yardstick needs it
+    (:func:`~aipray.metrics.full_ranking.full_ranking_context`)."""
+    defense = no_defense() if defense is None else defense
+    if served is None:
+        served = model.under_defense(defense, catalog.images)
+    scores_of = served_scores(served, catalog, defense, device)
+    return full_ranking_context(scores_of, catalog, chunk=served.candidate_chunk, device=device)
+
+
 # --- cold items -----------------------------------------------------------------------------------
 class ColdItemEvaluator:
     """Evaluates batches of cold items for one (ranker, attack, defence).
@@ -211,6 +265,10 @@ class ColdItemEvaluator:
         served: the ranker under the defence (``model.under_defense(defense, images)``).
         lpips: ``(clean, adversarial) → [B]`` perceptual distance
             (:func:`aipray.metrics.perceptual.make_lpips`), or ``None`` to skip it.
+        full: every user's full ranking under the defence (:func:`full_ranking_scores`): the
+            cold and ordinary items' HR@N over it (``full_ranking/<group>/hr_at_N``, N in
+            :data:`~aipray.metrics.full_ranking.FULL_CUTOFFS`) beside AIP's top-C HR@N; ``None``
+            to skip them.
     """
 
     def __init__(
@@ -222,6 +280,7 @@ class ColdItemEvaluator:
         defense: ImageMap | None = None,
         served: Recommender | None = None,
         lpips: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+        full: CandidateScores | None = None,
     ) -> None:
         self.lpips = lpips
         self.model = model
@@ -234,6 +293,7 @@ class ColdItemEvaluator:
         self.bare_context = context if bare_context is None else bare_context
         self.served = model if served is None else served
         self.device = context.sorted_scores.device
+        self.full = None if full is None else full.to(self.device)
         self.users = torch.arange(model.n_users, device=self.device)
 
     def __call__(
@@ -282,6 +342,16 @@ class ColdItemEvaluator:
             for group, rates in groups.items():
                 for k in CUTOFFS:
                     out[f"{group}/hr_at_{k}"] = rates[k].cpu().numpy()
+            if self.full is not None:
+                full = {
+                    "cooperative": hit_rates(injected_ranks(self.full, coop), FULL_CUTOFFS),
+                    "adversarial": hit_rates(injected_ranks(self.full, attacked), FULL_CUTOFFS),
+                    "ordinary": ordinary_hit_rates(self.full, coop, FULL_CUTOFFS),
+                    "ordinary_attacked": ordinary_hit_rates(self.full, attacked, FULL_CUTOFFS),
+                }
+                for group, rates in full.items():
+                    for k in FULL_CUTOFFS:
+                        out[f"{FULL}/{group}/hr_at_{k}"] = rates[k].cpu().numpy()
             if self.lpips is not None:
                 out["lpips"] = self.lpips(clean, adv).cpu().numpy()
             success = None if self.attack is None else self.attack.success(adv)
@@ -290,14 +360,30 @@ class ColdItemEvaluator:
         return out, adv
 
 
-def reduce_items(items: pd.DataFrame, set_sizes: torch.Tensor) -> dict[str, float]:
-    """Trial metrics from the per-item rows (one row per cold item)."""
+def reduce_items(
+    items: pd.DataFrame, set_sizes: torch.Tensor, full_sizes: torch.Tensor | None = None
+) -> dict[str, float]:
+    """Trial metrics from the per-item rows (one row per cold item); ``set_sizes`` are the
+    candidate sets' sizes and ``full_sizes`` the full rankings' (for the full-ranking yardstick's
+    random level and test, when the rows have it)."""
     metrics: dict[str, float] = {}
     for group in GROUPS:
         for k in CUTOFFS:
             metrics[f"{group}/hr_at_{k}"] = float(items[f"{group}/hr_at_{k}"].mean())
     for k, value in random_hit_rate(set_sizes).items():
         metrics[f"random/hr_at_{k}"] = value
+    if full_sizes is not None and f"{FULL}/adversarial/hr_at_{FULL_CUTOFFS[0]}" in items:
+        for group in FULL_GROUPS:
+            for k in FULL_CUTOFFS:
+                key = f"{FULL}/{group}/hr_at_{k}"
+                metrics[key] = float(items[key].mean())
+        for k, value in random_hit_rate(full_sizes, FULL_CUTOFFS).items():
+            metrics[f"{FULL}/random/hr_at_{k}"] = value
+        top = max(FULL_CUTOFFS)
+        metrics[f"{FULL}/p_value_hr_at_{top}"] = paired_t_test(
+            items[f"{FULL}/adversarial/hr_at_{top}"].to_numpy(),
+            items[f"{FULL}/cooperative/hr_at_{top}"].to_numpy(),
+        )
     metrics["prediction_shift"] = float(items["prediction_shift"].mean())
     metrics["p_value_hr_at_5"] = paired_t_test(
         items["adversarial/hr_at_5"].to_numpy(), items["cooperative/hr_at_5"].to_numpy()
@@ -388,13 +474,15 @@ def evaluate(
     device: torch.device | str = "cpu",
 ) -> tuple[dict[str, float], pd.DataFrame]:
     """The whole protocol in one process: trial metrics and per-item rows for the catalog's cold
-    items (or ``items``) under ``attack`` and ``defense``."""
+    items (or ``items``) under ``attack`` and ``defense``, by both yardsticks (AIP's top-C
+    candidates and the full ranking)."""
     model = model.to(device).eval()
     defense = no_defense() if defense is None else defense
     served = model.under_defense(defense, catalog.images)
     context = candidate_scores(model, catalog, candidates, defense, device, served=served)
     bare = None if is_identity(defense) else candidate_scores(model, catalog, candidates)
-    evaluator = ColdItemEvaluator(model, attack, context, bare, defense, served)
+    full = full_ranking_scores(model, catalog, defense, device, served=served)
+    evaluator = ColdItemEvaluator(model, attack, context, bare, defense, served, full=full)
     ids = np.asarray(catalog.cold_items if items is None else items, dtype=np.int64)
     rows = []
     for start in range(0, ids.size, batch_size):
@@ -402,4 +490,4 @@ def evaluate(
         out, _ = evaluator(to_float(catalog.images[chunk]), chunk)
         rows.append(pd.DataFrame(out))
     frame = pd.concat(rows, ignore_index=True)
-    return reduce_items(frame, context.set_sizes), frame
+    return reduce_items(frame, context.set_sizes, full.set_sizes), frame

@@ -43,11 +43,13 @@ log = logging.getLogger(__name__)
 
 
 # --- the protocol object: one trial from its plan -----------------------------------------------
-def load_context(path: Path, device: torch.device | str = "cpu") -> CandidateScores:
-    """The candidate scores a context stage stored (:func:`candidate_scores`)."""
-    return CandidateScores(
-        **torch.load(path / "context.pt", map_location=device, weights_only=True)
-    )
+def load_context(
+    path: Path, device: torch.device | str = "cpu", *, full: bool = False
+) -> CandidateScores:
+    """The candidate scores a context stage stored (:func:`candidate_scores`), or with ``full``
+    its users' full rankings (:func:`~aipray.protocol.aip.full_ranking_scores`)."""
+    name = "full.pt" if full else "context.pt"
+    return CandidateScores(**torch.load(path / name, map_location=device, weights_only=True))
 
 
 def load_served(context: Path, model: Path, device: torch.device | str = "cpu") -> Recommender:
@@ -114,6 +116,9 @@ class ColdItems(Protocol):
     columns: ClassVar[dict[str, str]] = {
         "cooperative/hr_at_5": "coop@5",
         "adversarial/hr_at_5": "adv@5",
+        "full_ranking/cooperative/hr_at_50": "full_coop@50",
+        "full_ranking/adversarial/hr_at_50": "full_adv@50",
+        "full_ranking/random/hr_at_50": "full_rand@50",
         "ordinary/hr_at_5": "ord@5",
         "ordinary_attacked/hr_at_5": "ord_att@5",
         "random/hr_at_5": "rand@5",
@@ -159,6 +164,7 @@ class ColdItems(Protocol):
             defense,
             served,
             lpips=lpips_metric(plan.lpips, device),
+            full=load_context(paths.context, device, full=True),
         )
 
     def store_attack(self, plan: TrialPlan, table: pa.Table, rows: pd.DataFrame) -> None:
@@ -179,7 +185,8 @@ class ColdItems(Protocol):
         self, plan: TrialPlan, rows: pd.DataFrame, folder: Path, device: torch.device
     ) -> dict[str, float]:
         set_sizes = load_context(plan.paths.context).set_sizes
-        metrics = reduce_items(rows, set_sizes)
+        full_sizes = load_context(plan.paths.context, full=True).set_sizes
+        metrics = reduce_items(rows, set_sizes, full_sizes)
         metrics.update(stage_metrics(plan.paths))
         if plan.examples:
             write_examples(plan, rows, plan.examples, folder)

@@ -1,0 +1,476 @@
+"""FREEDOM (Zhou & Shen, MM 2023, "A Tale of Two Graphs: Freezing and Denoising Graph
+Structures for Multimodal Recommendation") on the features of a frozen, pretrained extractor.
+
+Two graphs, as in the authors' code (enoche/FREEDOM, also MMRec's ``freedom.py``):
+
+- a **frozen item–item graph** ``S``: each item's top-k items by cosine similarity of its image
+  features (itself included), built once before training and never updated. Its values are
+  FREEDOM's ``D^{-1/2} A D^{-1/2}`` with ``D`` the row sums of the kNN adjacency, which for a
+  kNN graph is ``1/k`` on every edge;
+- a **user–item graph** propagated LightGCN-style (the mean of layers 0..L of
+  ``Â = D^{-1/2} A D^{-1/2}`` over the training interactions). During training it is
+  *denoised* before each epoch by degree-sensitive edge pruning: a share ``1 − dropout`` of the
+  edges is kept, sampled without replacement with probability ∝ ``1/√(d_u d_i)``, and the kept
+  graph is normalised again. Evaluation uses the whole graph.
+
+Scores: ``p(u, i) = u·(h_i + S^{L_mm} E)_i`` where ``u, h_i`` are the LightGCN embeddings and
+``E`` the item ID embeddings. Training: BPR on those scores plus ``reg_weight ×`` the same BPR
+loss with the items replaced by their projected image features ``W f_i`` (FREEDOM's alignment of
+users with the visual modality); no other regulariser (MMRec's ``weight_decay: 0``).
+The recipe's defaults are the authors': k = 10, one item–item layer, two user–item layers,
+64 dimensions, Adam lr 1e-3, batch 2048; ``dropout`` and ``reg_weight`` are their grid's axes
+(``{0.8, 0.9}`` and ``{0, 1e-5, 1e-4, 1e-3}``).
+
+What the papers leave open, and what is chosen here:
+
+- **Cold items.** FREEDOM scores only items that were in its graph when it was built. A cold
+  item here joins the item–item graph the way the model builds it: its row holds its top-k
+  *warm* items by cosine similarity of its image's features, each with weight ``1/k`` (its row
+  sum is k, as every row's). Its own ID embedding was never trained, so unlike a warm item it is
+  not its own neighbour, and it has no user–item edges: its score is ``u·Σ_j S_cj (S^{L_mm−1}
+  E)_j``, from the image alone. Warm items' rows are frozen and never list a cold item, so
+  injecting an item changes no other item's score (AIP's fixed candidate scores hold).
+- **Warm items' images.** The graph is frozen, so a warm item's score does not depend on the
+  image it is shown with (an input defence changes only cold items' neighbours).
+- **Features.** The authors' code fine-tunes its table of stored features inside the alignment
+  term; here the features are the frozen extractor's, so a cold item's features mean what a warm
+  item's do. The alignment term only shapes the user embeddings (it is not part of the score).
+- **The attack path.** The neighbour set is discrete: the score is piecewise constant in the
+  pixels. INSA maximises a *relaxed top-k* instead (:meth:`FREEDOM.preference`): each warm item
+  ``j`` gets the weight ``σ((s_j − t)/τ)`` (normalised to sum to one), where ``s_j`` is its
+  cosine similarity to the image, ``t`` the midpoint between the k-th and (k+1)-th similarity
+  and ``τ = relax ×`` the mean gap between the 2k largest similarities (both held fixed within
+  a step, recomputed at every step). As ``relax → 0`` this is the hard top-k score; the gradient
+  reaches the pixels through the encoder and those weights, pulling items that users like into
+  the set and pushing the others out.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from aipray.data.catalog import Catalog
+from aipray.models.base import MODELS, Recommender
+from aipray.models.extractor import Extractor, build_extractor, extract_features
+from aipray.params import Settings, param
+from aipray.pixels import to_float
+
+
+@dataclass(frozen=True)
+class FREEDOMConfig(Settings):
+    """FREEDOM's recipe (the authors' MMRec config): ``dim`` (embedding_size = feat_embed_dim),
+    ``knn_k``, ``mm_layers`` (item–item layers), ``ui_layers`` (user–item layers), ``dropout``
+    (share of user–item edges pruned each epoch), ``reg_weight`` (weight of the image alignment
+    term), Adam ``lr``, ``batch_size``; ``epochs`` is the most it trains: it stops once validation
+    HR@10 has not improved for ``patience`` epochs (MMRec: 20 on Recall@20). ``relax`` sets the
+    temperature of the relaxed top-k that INSA differentiates (see the module docstring)."""
+
+    dim: int = param(64, axis=True, min=1)
+    knn_k: int = param(10, axis=True, min=1)
+    mm_layers: int = param(1, min=1)
+    ui_layers: int = param(2, min=0)
+    dropout: float = param(0.8, axis=True, min=0, max=0.99)
+    reg_weight: float = param(1e-4, axis=True, min=0)
+    lr: float = param(1e-3, min=0)
+    epochs: int = param(200, min=1)
+    batch_size: int = param(2048, min=1)
+    patience: int | None = param(20, min=1, doc="epochs without a validation gain before stopping")
+    relax: float = param(1.0, min=1e-6, doc="relaxed top-k temperature, in mean similarity gaps")
+
+
+#: indices are built here, in range by construction: torch's invariant checks would only cost time
+UNCHECKED = {"check_invariants": False}
+
+
+class Graph(NamedTuple):
+    """A sparse matrix in CSR with its transpose, for :func:`spmm` (``[R, C]`` and ``[C, R]``)."""
+
+    matrix: torch.Tensor
+    transpose: torch.Tensor
+
+
+def csr_pair(coo: torch.Tensor) -> Graph:
+    """``coo`` (a sparse COO matrix) as a :class:`Graph`."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+        return Graph(coo.to_sparse_csr(), coo.t().coalesce().to_sparse_csr())
+
+
+class _SparseMatmul(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, matrix: torch.Tensor, transpose: torch.Tensor, x: torch.Tensor):
+        ctx.transpose = transpose
+        return matrix @ x
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor):
+        return None, None, ctx.transpose @ grad
+
+
+def spmm(graph: Graph, x: torch.Tensor) -> torch.Tensor:
+    """``graph.matrix @ x``, differentiable in the dense ``x`` through the stored transpose (3-5x
+    faster than autograd through a COO product on CPU, which transposes at every step)."""
+    return _SparseMatmul.apply(graph.matrix, graph.transpose, x)
+
+
+# --- the graphs ---------------------------------------------------------------------------------
+def knn_neighbours(
+    features: torch.Tensor, candidates: torch.Tensor, k: int, chunk: int = 1024
+) -> torch.Tensor:
+    """``[M, k]`` the ``k`` rows of ``candidates`` ``[N, F]`` most cosine-similar to each row of
+    ``features`` ``[M, F]`` (indices into ``candidates``), chunk by chunk of rows: memory is
+    ``chunk × N`` similarities, never ``M × N``."""
+    if k > candidates.shape[0]:
+        raise ValueError(f"knn_k = {k} but only {candidates.shape[0]} items can be neighbours")
+    unit = F.normalize(candidates, dim=1)
+    out = []
+    for start in range(0, features.shape[0], chunk):
+        rows = F.normalize(features[start : start + chunk], dim=1)
+        out.append((rows @ unit.T).topk(k, dim=1).indices)
+    return torch.cat(out) if out else torch.zeros(0, k, dtype=torch.long)
+
+
+def knn_adjacency(rows: torch.Tensor, neighbours: torch.Tensor, n_items: int) -> torch.Tensor:
+    """FREEDOM's item–item graph as a sparse ``[n_items, n_items]`` tensor: edges ``rows[m] →
+    neighbours[m, :]`` (item ids) valued ``r_a^{-1/2} r_b^{-1/2}`` with ``r`` the row sums of the
+    kNN adjacency (as its code computes them; ``1/k`` on every edge of a kNN graph)."""
+    k = neighbours.shape[1]
+    src = rows.repeat_interleave(k)
+    dst = neighbours.reshape(-1)
+    degree = torch.zeros(n_items, device=rows.device).index_add_(
+        0, src, torch.ones_like(src, dtype=torch.float32)
+    )
+    inv_sqrt = (degree + 1e-7).pow(-0.5)
+    values = inv_sqrt[src] * inv_sqrt[dst]
+    index = torch.stack([src, dst])
+    shape = (n_items, n_items)
+    return torch.sparse_coo_tensor(index, values, shape, **UNCHECKED).coalesce()
+
+
+def edge_weights(
+    users: torch.Tensor, items: torch.Tensor, n_users: int, n_items: int
+) -> torch.Tensor:
+    """``[E]`` ``1/√(d_u d_i)`` of each user–item edge, the degrees counted over these edges."""
+    ones = torch.ones(users.shape, device=users.device)
+    d_user = torch.zeros(n_users, device=users.device).index_add_(0, users, ones)
+    d_item = torch.zeros(n_items, device=users.device).index_add_(0, items, ones)
+    return (d_user[users] + 1e-7).pow(-0.5) * (d_item[items] + 1e-7).pow(-0.5)
+
+
+def bipartite(users: torch.Tensor, items: torch.Tensor, n_users: int, n_items: int) -> Graph:
+    """The normalised user–item adjacency ``Â_{UI}`` ``[U, N]`` (and its transpose)."""
+    values = edge_weights(users, items, n_users, n_items)
+    index = torch.stack([users, items])
+    return csr_pair(torch.sparse_coo_tensor(index, values, (n_users, n_items), **UNCHECKED))
+
+
+def degree_sensitive_keep(weights: np.ndarray, keep: int, rng: np.random.Generator) -> np.ndarray:
+    """``keep`` edge indices drawn without replacement with probability ∝ ``weights`` (the
+    Efraimidis–Spirakis keys ``E/w``, ``E ~ Exp(1)``: the same law as FREEDOM's
+    ``torch.multinomial`` without replacement, in O(E))."""
+    if keep >= weights.size:
+        return np.arange(weights.size)
+    keys = rng.exponential(size=weights.size) / np.maximum(weights, 1e-12)
+    return np.sort(np.argpartition(keys, keep - 1)[:keep])
+
+
+@MODELS.register("freedom")
+class FREEDOM(Recommender):
+    """User and item ID embeddings ``[n_users | n_items, dim]`` on a LightGCN user–item graph plus
+    a frozen item–item kNN graph over the warm items' image features; see the module docstring.
+
+    Buffers (saved with the model): ``edges [2, n_edges]`` the training interactions,
+    ``neighbours [n_items, knn_k]`` each warm item's kNN row (item ids; ``-1`` for items outside
+    the graph), ``in_graph [n_items]`` and ``unit_features [n_items, F]`` the warm items'
+    normalised features, which cold images are compared with.
+    """
+
+    Config = FREEDOMConfig
+    display_name = "FREEDOM"
+    uses_extractor = True
+    features_from_extractor = True
+
+    def __init__(
+        self,
+        n_users: int,
+        n_items: int,
+        dim: int,
+        extractor_spec: dict[str, Any],
+        n_edges: int,
+        knn_k: int = 10,
+        mm_layers: int = 1,
+        ui_layers: int = 2,
+        relax: float = 1.0,
+    ) -> None:
+        super().__init__()
+        self.knn_k, self.mm_layers, self.ui_layers = knn_k, mm_layers, ui_layers
+        self.relax = float(relax)
+        self.extractor = build_extractor(extractor_spec)
+        self.extractor.eval().requires_grad_(False)
+        feature_dim = self.extractor.feature_dim
+        self.user_id = nn.Embedding(n_users, dim)
+        self.item_id = nn.Embedding(n_items, dim)
+        nn.init.xavier_uniform_(self.user_id.weight)
+        nn.init.xavier_uniform_(self.item_id.weight)
+        self.image_trs = nn.Linear(feature_dim, dim)  # the alignment term's projection
+        self.register_buffer("edges", torch.zeros(2, n_edges, dtype=torch.long))
+        self.register_buffer("neighbours", torch.full((n_items, knn_k), -1, dtype=torch.long))
+        self.register_buffer("in_graph", torch.zeros(n_items, dtype=torch.bool))
+        self.register_buffer("unit_features", torch.zeros(n_items, feature_dim))
+        self._cache: tuple[tuple, tuple[torch.Tensor, ...]] | None = None
+
+    @classmethod
+    def on(
+        cls,
+        extractor: Extractor,
+        catalog: Catalog,
+        config: FREEDOMConfig,
+        features: torch.Tensor | None = None,
+    ) -> FREEDOM:
+        """An untrained model on ``catalog`` with its graphs built: the frozen item–item graph
+        from ``extractor``'s features of the warm items (its weights copied in; ``features``
+        ``[n_items, F]`` if they are at hand) and the user–item graph from the training
+        interactions."""
+        n = catalog.n_items
+        keys = np.unique(catalog.train_users.astype(np.int64) * n + catalog.train_items)
+        model = cls(
+            catalog.n_users,
+            catalog.n_items,
+            config.dim,
+            extractor.spec,
+            int(keys.size),
+            knn_k=config.knn_k,
+            mm_layers=config.mm_layers,
+            ui_layers=config.ui_layers,
+            relax=config.relax,
+        )
+        model.extractor.load_state_dict(extractor.state_dict())
+        device = next(extractor.parameters()).device
+        model.to(device)
+        warm = torch.as_tensor(np.flatnonzero(catalog.warm_mask()), device=device)
+        if features is None:
+            features = extract_features(model.extractor, catalog.images, items=warm.cpu().numpy())
+        else:
+            features = features[warm]
+        model.set_graph(warm, features)
+        edges = torch.as_tensor(np.stack([keys // n, keys % n]))
+        model.edges.copy_(edges)
+        return model
+
+    @torch.no_grad()
+    def set_graph(self, warm: torch.Tensor, features: torch.Tensor) -> None:
+        """Build the frozen item–item graph over the items ``warm`` ``[M]`` from their
+        features ``[M, F]``: each one's top-k among them, itself included (FREEDOM's rows)."""
+        self.unit_features.zero_()
+        self.unit_features[warm] = F.normalize(features.to(self.unit_features), dim=1)
+        self.in_graph.zero_()
+        self.in_graph[warm] = True
+        self.neighbours.fill_(-1)
+        local = knn_neighbours(features, features, self.knn_k)
+        self.neighbours[warm] = warm[local]
+
+    def train(self, mode: bool = True) -> FREEDOM:
+        super().train(mode)
+        self.extractor.eval()  # the pretrained extractor never trains here
+        return self
+
+    # --- propagation ------------------------------------------------------------------------
+    def item_graph(self) -> Graph:
+        """The frozen item–item graph ``S`` (:func:`knn_adjacency`) over the items in it."""
+        rows = self.in_graph.nonzero().flatten()
+        return csr_pair(knn_adjacency(rows, self.neighbours[rows], self.in_graph.numel()))
+
+    def propagate(self, ui: Graph, graph: Graph) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(users [U, D], items [N, D], reach [N, D])`` over the user–item graph ``ui``
+        (:func:`bipartite`) and the item–item graph ``graph`` (:meth:`item_graph`): the LightGCN
+        user embeddings, the items' ``LightGCN + S^{L_mm} E`` and ``reach = S^{L_mm−1} E``,
+        what an item's kNN row reads (a cold item's code is ``S_c · reach``)."""
+        reach = self.item_id.weight
+        for _ in range(self.mm_layers - 1):
+            reach = spmm(graph, reach)
+        mm = spmm(graph, reach)
+        iu = Graph(ui.transpose, ui.matrix)
+        u, i = self.user_id.weight, self.item_id.weight
+        users, items = [u], [i]
+        for _ in range(self.ui_layers):
+            u, i = spmm(ui, i), spmm(iu, u)
+            users.append(u)
+            items.append(i)
+        users_out = torch.stack(users).mean(0)
+        items_out = torch.stack(items).mean(0) + mm
+        return users_out, items_out, reach
+
+    def full_graph(self) -> Graph:
+        """The whole user–item graph (evaluation's)."""
+        return bipartite(self.edges[0], self.edges[1], self.n_users, self.in_graph.numel())
+
+    def tables(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """:meth:`propagate` over the whole user–item graph. In eval mode without parameter
+        gradients it is computed once per state of the parameters and buffers (the graph is
+        frozen; no image enters it) and reused."""
+        grads = torch.is_grad_enabled() and any(p.requires_grad for p in self.parameters())
+        if self.training or grads:
+            return self.propagate(self.full_graph(), self.item_graph())
+        state = tuple((t.data_ptr(), t._version) for t in (*self.parameters(), *self.buffers()))
+        if self._cache is None or self._cache[0] != state:
+            with torch.no_grad():
+                self._cache = (state, self.propagate(self.full_graph(), self.item_graph()))
+        return self._cache[1]
+
+    # --- scoring ----------------------------------------------------------------------------
+    @property
+    def n_users(self) -> int:
+        return self.user_id.num_embeddings
+
+    def user_vectors(self, users: torch.Tensor) -> torch.Tensor:
+        return self.tables()[0][users]
+
+    def similarities(self, images: torch.Tensor) -> torch.Tensor:
+        """``[B, N]`` cosine similarity of each image's features to every item in the graph
+        (``-inf`` for items outside it), differentiable in the pixels."""
+        unit = F.normalize(self.extractor.features(images), dim=1)
+        sims = unit @ self.unit_features.T
+        return sims.masked_fill(~self.in_graph, -torch.inf)
+
+    def image_codes(self, images: torch.Tensor) -> torch.Tensor:
+        """Codes ``[B, D]`` of cold items from their images: ``S_c · reach`` over the image's
+        top-k warm neighbours, each weighted ``1/k`` (FREEDOM's normalisation of a row of k)."""
+        top = self.similarities(images).topk(self.knn_k, dim=1).indices
+        return self.tables()[2][top].mean(1)
+
+    def encode_items(
+        self, images: torch.Tensor | None, items: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Items in the graph by id (their images do not matter: the graph is frozen); items
+        outside it (``items=None``, or a cold item's id) by their images' kNN rows."""
+        if items is None:
+            if images is None:
+                raise ValueError("FREEDOM needs item ids or images; both are None")
+            return self.image_codes(images)
+        codes = self.tables()[1][items]
+        outside = ~self.in_graph[items]
+        if bool(outside.any()):
+            if images is None:
+                raise ValueError(
+                    "FREEDOM scores items outside its graph by their images: none given"
+                )
+            rows = (outside.nonzero().flatten(),)
+            codes = codes.index_put(rows, self.image_codes(images[outside]))
+        return codes
+
+    def relaxed_codes(self, images: torch.Tensor) -> torch.Tensor:
+        """Codes ``[B, D]`` under the relaxed top-k (module docstring): every warm item weighted
+        ``σ((s_j − t)/τ)``, normalised; differentiable in the pixels through the similarities."""
+        sims = self.similarities(images)
+        width = min(2 * self.knn_k, int(self.in_graph.sum()))
+        with torch.no_grad():
+            top = sims.topk(width, dim=1).values
+            kth = top[:, min(self.knn_k, width) - 1]
+            nxt = top[:, min(self.knn_k, width - 1)]
+            threshold = (kth + nxt) / 2
+            gap = (top[:, 0] - top[:, -1]) / max(1, width - 1)
+            tau = (self.relax * gap).clamp(min=1e-8)
+        weights = torch.sigmoid((sims - threshold[:, None]) / tau[:, None])
+        weights = weights / weights.sum(1, keepdim=True)
+        return weights @ self.tables()[2]
+
+    def preference(self, users: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+        """INSA's objective on the relaxed top-k, linear in the code: ``(Σ_u u)·code``, one
+        forward pass for the users of the batch. The hard score's sum as ``relax → 0``."""
+        return self.relaxed_codes(images) @ self.user_vectors(users).sum(0)
+
+    def feature_network(self, images: torch.Tensor) -> torch.Tensor:
+        # the extractor's features: they decide the neighbours, and EXPA's images are shared by
+        # every ranker on the extractor
+        return self.extractor.features(images)
+
+    def item_embedding(self, images: torch.Tensor) -> torch.Tensor:
+        """A cold item's code from its image (its kNN row's reach)."""
+        return self.image_codes(images)
+
+    def training_encoder(self, images: np.ndarray):
+        in_graph = self.in_graph
+
+        def encode(items: torch.Tensor) -> torch.Tensor:
+            outside = ~in_graph[items]
+            pixels = None
+            if bool(outside.any()):
+                pixels = to_float(images[items.cpu().numpy()], items.device)
+            return self.encode_items(pixels, items)
+
+        return encode
+
+    @classmethod
+    def fit(
+        cls,
+        config: FREEDOMConfig,
+        catalog: Catalog,
+        *,
+        extractor: nn.Module | None,
+        device: torch.device,
+        seed: int,
+    ) -> tuple[FREEDOM, dict[str, Any]]:
+        from aipray.models.train import fit_with
+
+        if extractor is None:
+            raise ValueError(f"{cls.name} is built on the pretrained extractor; none was given")
+        torch.manual_seed(seed)
+        extractor = extractor.to(device)
+        features = extract_features(extractor, catalog.images, device=device)
+        model = cls.on(extractor, catalog, config, features)
+        objective = FREEDOMLoss(model, features, config.reg_weight, config.dropout)
+        params = [p for p in model.parameters() if p.requires_grad]
+        groups = [{"params": params, "weight_decay": 0.0}]
+        return fit_with(
+            model, catalog, config, groups, device=device, seed=seed, reg=0.0, objective=objective
+        )
+
+
+class FREEDOMLoss:
+    """FREEDOM's training loss (:class:`~aipray.models.train.BatchObjective`): before each epoch
+    the user–item graph is pruned (degree-sensitive, ``dropout`` of the edges dropped) and
+    normalised again; each batch propagates it once and pays BPR on the scores plus
+    ``reg_weight ×`` BPR with the items' projected image features ``W f`` in place of the items'
+    embeddings (``features [n_items, F]``, the frozen extractor's)."""
+
+    def __init__(
+        self, model: FREEDOM, features: torch.Tensor, reg_weight: float, dropout: float
+    ) -> None:
+        self.model, self.features = model, features
+        self.reg_weight, self.dropout = reg_weight, dropout
+        users, items = model.edges
+        self.weights = edge_weights(users, items, model.n_users, model.in_graph.numel())
+        self.graph = model.full_graph()
+        self.item_graph = model.item_graph()  # frozen
+
+    def start_epoch(self, rng: np.random.Generator) -> None:
+        if self.dropout <= 0:
+            self.graph = self.model.full_graph()
+            return
+        total = self.weights.numel()
+        keep = max(1, int(total * (1.0 - self.dropout)))
+        kept = degree_sensitive_keep(self.weights.cpu().numpy(), keep, rng)
+        kept_t = torch.as_tensor(kept, device=self.model.edges.device)
+        users, items = self.model.edges[:, kept_t]
+        self.graph = bipartite(users, items, self.model.n_users, self.model.in_graph.numel())
+
+    def __call__(self, users: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
+        user_e, item_e, _ = self.model.propagate(self.graph, self.item_graph)
+        u = user_e[users]
+        loss = bpr(u, item_e[pos], item_e[neg])
+        if self.reg_weight:
+            visual = self.model.image_trs(self.features[torch.cat([pos, neg])])
+            loss = loss + self.reg_weight * bpr(u, visual[: pos.numel()], visual[pos.numel() :])
+        return loss
+
+
+def bpr(users: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
+    """``−mean ln σ(u·i − u·j)``."""
+    return -F.logsigmoid((users * pos).sum(1) - (users * neg).sum(1)).mean()
