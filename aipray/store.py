@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import hashlib
+import importlib.metadata
 import json
 import os
 import shutil
@@ -50,9 +51,12 @@ def _file_sha256(path: str, size: int, mtime_ns: int) -> str:
 @functools.cache
 def code_version() -> dict[str, str | None]:
     """The code that made a stored output: aipray's version and, where it runs from a git
-    checkout, ``git describe --always --dirty`` of it (``None`` elsewhere)."""
-    from aipray import __version__
-
+    checkout, ``git describe --always --dirty`` of it (``None`` elsewhere). The version comes
+    from the installed distribution, so that this bottom-layer module imports nothing above it."""
+    try:
+        version: str | None = importlib.metadata.version("aipray")
+    except importlib.metadata.PackageNotFoundError:  # run from a checkout, not installed
+        version = None
     try:
         out = subprocess.run(
             ["git", "describe", "--always", "--dirty", "--abbrev=40"],
@@ -65,7 +69,7 @@ def code_version() -> dict[str, str | None]:
         commit = out.stdout.strip() if out.returncode == 0 else None
     except (OSError, subprocess.TimeoutExpired):
         commit = None
-    return {"aipray": __version__, "git": commit or None}
+    return {"aipray": version, "git": commit or None}
 
 
 class Store:
