@@ -10,9 +10,8 @@ from aipray.metrics.full_ranking import FULL_CUTOFFS
 from aipray.metrics.ranking import hit_rates, hit_rates_by_argsort, injected_ranks
 from aipray.models.base import load_recommender
 from aipray.models.extractor import build_extractor, make_spec
-from aipray.models.freedom import (
-    FREEDOM,
-    FREEDOMConfig,
+from aipray.models.freedom import FREEDOM, FREEDOMConfig
+from aipray.models.graphs import (
     bipartite,
     degree_sensitive_keep,
     edge_weights,
