@@ -260,7 +260,7 @@ def train_bpr(sweep: SweepConfig, paths: StagePaths, device: torch.device) -> Pa
 
 def build_candidates(sweep: SweepConfig, paths: StagePaths, device: torch.device) -> Path:
     """Each user's BPR top-C among warm items outside the user's training and validation items,
-    and the first stage's health (:func:`aipray.protocol.aip.first_stage_health`)."""
+    and the first stage's health (:func:`aipray.protocol.candidates.first_stage_health`)."""
     out = paths.candidates
     if done(out):
         return out
