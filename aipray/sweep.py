@@ -149,20 +149,15 @@ class PeakMemory:
         self.peak = max(self.peak, self.now())
 
 
-def _stage(kind: str, sweep: SweepConfig, trial: TrialSpec, paths: StagePaths, threads: int):
+def _stage(kind: str, sweep: SweepConfig, trial: TrialSpec, paths: StagePaths):
     """One stage in a Ray worker; its wall time and the worker's peak memory while it ran."""
     start = time.perf_counter()
     with PeakMemory() as memory:
-        _compute_stage(kind, sweep, trial, paths, threads)
+        _compute_stage(kind, sweep, trial, paths)
     return {"seconds": time.perf_counter() - start, "peak_rss_gb": memory.peak / 1e9}
 
 
-def _compute_stage(
-    kind: str, sweep: SweepConfig, trial: TrialSpec, paths: StagePaths, threads: int
-) -> None:
-    import torch
-
-    torch.set_num_threads(max(1, threads))
+def _compute_stage(kind: str, sweep: SweepConfig, trial: TrialSpec, paths: StagePaths) -> None:
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
     device = stages.pick_device(sweep.resources.train_gpus)
     stages.compute_stage(kind, sweep, trial, paths, device)
@@ -180,7 +175,6 @@ def run_stages(sweep: SweepConfig, trials: list[TrialSpec]) -> None:
     task = ray.remote(_stage).options(
         num_cpus=res.train_cpus, num_gpus=res.train_gpus, max_retries=res.max_failures
     )
-    threads = max(1, round(res.train_cpus))
     protocol = PROTOCOLS.get(sweep.protocol)()
     for wave in protocol.stages:
         refs, seen = [], set()
@@ -194,7 +188,7 @@ def run_stages(sweep: SweepConfig, trials: list[TrialSpec]) -> None:
                     continue
                 seen.add(target)
                 log.info("stage %s → %s", kind, target.name)
-                refs.append((kind, target, task.remote(kind, sweep, trial, paths, threads)))
+                refs.append((kind, target, task.remote(kind, sweep, trial, paths)))
         for kind, target, ref in refs:
             try:
                 cost = ray.get(ref)

@@ -142,10 +142,9 @@ def robust_extractor(sweep, trial, paths, device, training: str) -> Path:
     config = dataclasses.replace(trial.extractor_config, training=training)
     robust_trial = dataclasses.replace(trial, extractor=Component("extractor", config.arch, config))
     out = stages.stage_paths(sweep, robust_trial).extractor
-    if not done(out):
-        stages.train_extractor(
-            sweep, robust_trial, dataclasses.replace(paths, extractor=out), device
-        )
+    stages.compute_stage(
+        "extractor", sweep, robust_trial, dataclasses.replace(paths, extractor=out), device
+    )
     return out
 
 
@@ -170,10 +169,10 @@ def measure(
     visual = rankers(sweep, models)
     first = next(iter(visual.values()))
     paths = stages.stage_paths(sweep, first)
-    stages.prepare_dataset(first.dataset, paths.dataset)
-    stages.train_bpr(sweep, paths, device)
-    stages.build_candidates(sweep, paths, device)
-    stages.train_extractor(sweep, first, paths, device)
+    # through compute_stage, as a sweep's workers do: the same thread count, so the same
+    # stored output under each key
+    for kind in ("dataset", "bpr", "candidates", "extractor"):
+        stages.compute_stage(kind, sweep, first, paths, device)
     row: dict[str, float] = {}
     catalog = Catalog.load(paths.dataset)
     extractor = load_extractor(paths.extractor, device)
@@ -188,12 +187,12 @@ def measure(
 
     for name, trial in visual.items():
         model_paths = stages.stage_paths(sweep, trial)
-        stages.train_ranker(sweep, trial, model_paths, device)
+        stages.compute_stage("ranker", sweep, trial, model_paths, device)
         model = load_recommender(model_paths.model, device)
         full(name, aip.served_scores(model, catalog, device=device))
         as_cold = aip.served_scores(model, catalog, device=device, as_cold=True)
         row[f"image/{name}"] = full_hit_rate(as_cold, catalog, k=10, held_out="test")
-        stages.build_context(trial, model_paths, device, undefended=True)
+        stages.compute_stage("context_undefended", sweep, trial, model_paths, device)
         cold = cold_hit_rates(model, catalog, model_paths, device)
         row[f"cold/{name}"], row["cold/random"] = cold["cold"], cold["cold_random"]
         row[f"cold_full/{name}"], row["cold_full/random"] = (
@@ -207,9 +206,10 @@ def measure(
         small = paths.bpr.with_name(paths.bpr.name + f"-factors{dim}")
         if not done(small):
             config = dataclasses.replace(sweep.first_stage.bpr, factors=dim)
-            model, info = MODELS.get("bpr").fit(
-                config, catalog, extractor=None, device=device, seed=sweep.seed
-            )
+            with stages.torch_threads(stages.stage_threads(sweep)):
+                model, info = MODELS.get("bpr").fit(
+                    config, catalog, extractor=None, device=device, seed=sweep.seed
+                )
             with atomic_dir(small) as tmp:
                 model.cpu().save(tmp, {"training": info})
         full("bpr_same_size", model_scores(load_recommender(small, device), catalog))

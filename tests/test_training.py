@@ -154,3 +154,35 @@ def test_amr_settings():
         AMRConfig(adv_eps_relative=0.05, adv_eps=0.1)
     with pytest.raises(SettingError, match="expected one of max_abs, relative_norm"):
         AMRConfig(adv_eps_unit="l2")
+
+
+def test_a_stage_trains_with_the_sweeps_threads_whatever_the_process_has(tmp_path):
+    # CPU float reductions round by how many threads split them: BPR at 64 factors over batches
+    # of 4096 ends 7e-7 apart at 1 and 2 threads. compute_stage trains with train_cpus threads
+    # (1 here), so a driver script at 2 threads stores what a 1-CPU Ray worker stores.
+    from aipray.config import parse_sweep
+    from aipray.pipeline import stages
+
+    raw = {
+        "name": "threads",
+        "datasets": {"synthetic": {"n_users": 300, "n_items": 400, "n_cold": 10, "image_size": 16}},
+        "first_stage": {"bpr": {"factors": 64, "epochs": 3, "batch_size": 4096}},
+        "models": {"vbpr": {"dim": 8, "epochs": 1}},
+        "attacks": {"insa": {"eps": [8]}},
+        "resources": {"train_cpus": 1},
+    }
+    weights, before = [], torch.get_num_threads()
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            sweep = parse_sweep({**raw, "storage": str(tmp_path / f"store{threads}")})
+            trial = sweep.trials()[0]
+            paths = stages.stage_paths(sweep, trial)
+            for kind in ("dataset", "bpr"):
+                stages.compute_stage(kind, sweep, trial, paths, CPU)
+            assert torch.get_num_threads() == threads  # the process's count is restored
+            model = load_recommender(paths.bpr)
+            weights.append(torch.cat([p.flatten() for p in model.parameters()]))
+    finally:
+        torch.set_num_threads(before)
+    assert torch.equal(weights[0], weights[1])

@@ -12,6 +12,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -388,11 +390,34 @@ def stage_output(kind: str, paths: StagePaths) -> Path | None:
     return getattr(paths, "model" if kind == "ranker" else kind)
 
 
+def stage_threads(sweep: SweepConfig) -> int:
+    """The torch CPU threads every stage computes with: ``resources.train_cpus``, rounded.
+
+    A CPU reduction's float rounding depends on how many threads split it, so a stage trained
+    with 2 threads is not the one trained with 1 (DVBPR's loss differs in the 8th digit, its
+    chosen epoch can too). The count therefore comes from the sweep, not from the process that
+    happens to run the stage: a Ray worker and a script in the driver store the same output
+    under the same key."""
+    return max(1, round(sweep.resources.train_cpus))
+
+
+@contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """Run the block with ``n`` torch CPU threads, and restore the process's count after."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def compute_stage(
     kind: str, sweep: SweepConfig, trial: TrialSpec, paths: StagePaths, device: torch.device
 ) -> None:
-    """Build the stage ``kind``'s output unless it is stored: the stages every protocol shares
-    here, a protocol's own by its object (:meth:`aipray.protocol.base.Protocol.build_stage`)."""
+    """Build the stage ``kind``'s output unless it is stored, with :func:`stage_threads`: the
+    stages every protocol shares here, a protocol's own by its object
+    (:meth:`aipray.protocol.base.Protocol.build_stage`)."""
     shared = {
         "dataset": lambda: prepare_dataset(trial.dataset, paths.dataset),
         "bpr": lambda: train_bpr(sweep, paths, device),
@@ -403,7 +428,8 @@ def compute_stage(
         "context": lambda: build_context(trial, paths, device),
         "context_undefended": lambda: build_context(trial, paths, device, undefended=True),
     }
-    if kind in shared:
-        shared[kind]()
-    else:
-        PROTOCOLS.get(sweep.protocol)().build_stage(kind, trial, paths, device)
+    with torch_threads(stage_threads(sweep)):
+        if kind in shared:
+            shared[kind]()
+        else:
+            PROTOCOLS.get(sweep.protocol)().build_stage(kind, trial, paths, device)
