@@ -87,6 +87,9 @@ class SweepConfig:
     pushes: tuple[Component, ...] = ()
     #: the LPIPS network; ``None`` (no ``lpips`` key) = LPIPS is not measured
     lpips: LPIPSConfig | None = None
+    #: group sizes ``k`` of colluding cold items (one merchant's ``k`` items in every candidate
+    #: set at once) each AIP trial also reports; empty: none
+    collusion: tuple[int, ...] = ()
 
     @property
     def extractor(self) -> ExtractorConfig:
@@ -183,6 +186,7 @@ TOP_KEYS = {
     "protocol": "aip (cold items, two stages) or perceptual (category push)",
     "perceptual": "the category push of protocol: perceptual",
     "lpips": "the LPIPS network of the perceptual metrics (absent: LPIPS is not measured)",
+    "collusion": "group sizes k of colluding cold items each trial also reports (protocol: aip)",
 }
 GRID_KEYS = ("name", "datasets", "models", "attacks", "defenses")
 
@@ -222,6 +226,7 @@ def parse_sweep(raw: Any, source: Path | str = "<sweep>") -> SweepConfig:
     examples = raw.get("examples", 6)
     if not isinstance(examples, int) or isinstance(examples, bool) or not 0 <= examples <= 64:
         raise ConfigError(f"{where}: examples: {examples!r} is not allowed; expected 0..64")
+    collusion = _collusion(raw.get("collusion", []), where)
     storage = raw.get("storage", ".aipray")
     if not isinstance(storage, str) or not storage:
         raise ConfigError(f"{where}: storage: {storage!r} is not allowed; expected a folder path")
@@ -276,6 +281,8 @@ def parse_sweep(raw: Any, source: Path | str = "<sweep>") -> SweepConfig:
     else:
         if "perceptual" in raw:
             raise ConfigError(f"{where}: perceptual: only allowed with protocol: perceptual")
+    if collusion and protocol != "aip":
+        raise ConfigError(f"{where}: collusion: only allowed with protocol: aip")
         check_cold_items(all_grids, where)
     lpips_cfg = None
     if raw.get("lpips") is not None:
@@ -303,7 +310,25 @@ def parse_sweep(raw: Any, source: Path | str = "<sweep>") -> SweepConfig:
         protocol=protocol,
         pushes=pushes,
         lpips=lpips_cfg,
+        collusion=collusion,
     )
+
+
+MAX_COLLUSION = 64
+
+
+def _collusion(raw: Any, where: str) -> tuple[int, ...]:
+    """``collusion``: a list of distinct group sizes ``k`` in 2..64 (k = 1 is every trial's
+    ordinary evaluation), sorted."""
+    values = raw if isinstance(raw, list) else [raw]
+    if not all(isinstance(k, int) and not isinstance(k, bool) for k in values) or not all(
+        2 <= k <= MAX_COLLUSION for k in values
+    ):
+        raise ConfigError(
+            f"{where}: collusion: {raw!r} is not allowed; expected a list of group sizes "
+            f"2..{MAX_COLLUSION}"
+        )
+    return tuple(sorted(set(values)))
 
 
 def _axes(raw: dict[str, Any], where: str) -> tuple[tuple[Component, ...], ...]:

@@ -99,4 +99,6 @@ class TrialPlan:
     push: PerceptualConfig | None = None
     #: the LPIPS network; ``None``: LPIPS is not measured
     lpips: LPIPSConfig | None = None
+    #: group sizes of colluding cold items the trial also reports (:mod:`aipray.protocol.aip`)
+    collusion: tuple[int, ...] = ()
     params: dict[str, Any] = field(default_factory=dict, compare=False)

@@ -64,6 +64,8 @@ def trial_params(sweep: SweepConfig, trial: TrialSpec) -> dict[str, Any]:
         params.update(flatten("extractor", trial.extractor_config))
     if sweep.lpips is not None:
         params.update(flatten("lpips", sweep.lpips))
+    if sweep.collusion:
+        params["collusion"] = ",".join(map(str, sweep.collusion))
     if trial.push is not None:
         params["protocol"] = sweep.protocol
         params["mode"] = trial.push.config.mode
@@ -94,6 +96,7 @@ def trial_plan(
         examples=sweep.examples,
         push=None if trial.push is None else trial.push.config,
         lpips=sweep.lpips,
+        collusion=sweep.collusion,
         params=trial_params(sweep, trial),
     )
 

@@ -63,6 +63,8 @@ def test_grid_skips_missing_combinations():
         (("attacks", "insa", "epsilon"), 8, "unknown key 'epsilon'"),
         (("resourcez",), {}, "unknown key 'resourcez'"),
         (("defenses", "jpeg", "quality"), 0, "defenses.jpeg.quality: 0 is not allowed"),
+        (("collusion",), [2, 1], "collusion: [2, 1] is not allowed; expected a list of group"),
+        (("collusion",), [2.5], "collusion: [2.5] is not allowed"),
     ],
 )
 def test_bad_input_is_one_clear_line(path, value, needle):

@@ -5,11 +5,14 @@ import torch
 from aipray.metrics.image import linf_255, psnr, ssim
 from aipray.metrics.ranking import (
     CandidateScores,
+    colluding_hit_rates,
+    colluding_ranks,
     hit_rates,
     hit_rates_by_argsort,
     injected_ranks,
     ordinary_hit_rates,
     prediction_shift,
+    random_colluding_hit_rate,
     random_hit_rate,
 )
 from aipray.metrics.stats import paired_t_test
@@ -51,6 +54,66 @@ def test_test_item_rank_and_availability_by_hand():
 def test_random_hit_rate_by_hand():
     sizes = torch.tensor([4, 9])  # sets of 5 and 10 with the injected item
     assert random_hit_rate(sizes, cutoffs=(5,))[5] == pytest.approx((1.0 + 0.5) / 2)
+
+
+def test_colluding_items_are_all_in_each_set_by_hand():
+    fixed, _, _ = small_case()
+    # one merchant of k = 2; user 0 fixed 0.9 0.5 0.3 0.1 (test 0.3), user 1 0.8 0.4 0.2 (test 0.4)
+    group = torch.tensor([[[0.6, 0.95]], [[0.5, 0.5]]])  # [U, G=1, k=2]
+    # user 0: 0.6 is beaten by 0.9 and by its colluder 0.95; user 1: the colluders tie, and a tie
+    # counts against each of them
+    assert colluding_ranks(fixed, group).tolist() == [[[2, 0]], [[2, 2]]]
+    rates = colluding_hit_rates(fixed, group, cutoffs=(1, 3, 4, 5))
+    assert rates["items"][1].tolist() == [0.25]
+    assert rates["items"][3].tolist() == [1.0]
+    assert rates["merchant"][1].tolist() == [0.5]  # user 0 sees 0.95 first
+    # the test item falls behind both colluders: user 0 rank 2 -> 4, user 1 rank 1 -> 3
+    assert rates["ordinary"][4].tolist() == [0.5]
+    assert rates["ordinary"][5].tolist() == [1.0]
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_colluding_ranks_match_a_loop_over_each_users_whole_set(seed):
+    rng = np.random.default_rng(seed)
+    n_users, m, groups, k = 7, 6, 4, 3
+    raw = rng.integers(0, 5, size=(n_users, m)).astype(np.float32)  # ties on purpose
+    valid = rng.random((n_users, m)) > 0.2
+    valid[:, -1] = True
+    fixed = CandidateScores.build(torch.tensor(raw), torch.tensor(valid), torch.tensor(raw[:, -1]))
+    injected = rng.integers(0, 5, size=(n_users, groups, k)).astype(np.float32)
+    ranks = colluding_ranks(fixed, torch.tensor(injected)).numpy()
+    for u in range(n_users):
+        for g in range(groups):
+            whole = np.concatenate([raw[u][valid[u]], injected[u, g]])
+            for i in range(k):
+                own = valid[u].sum() + i  # the item's place in the user's whole set
+                others = np.delete(whole, own)
+                assert ranks[u, g, i] == (others >= whole[own]).sum(), (u, g, i)
+    # one colluder alone is the ordinary injected item
+    alone = colluding_hit_rates(fixed, torch.tensor(injected[:, :, :1]), cutoffs=(2, 4))
+    single = torch.tensor(injected[:, :, 0])
+    for n, hr in hit_rates(injected_ranks(fixed, single), cutoffs=(2, 4)).items():
+        torch.testing.assert_close(alone["items"][n], hr)
+        torch.testing.assert_close(alone["merchant"][n], hr)
+    for n, hr in ordinary_hit_rates(fixed, single, cutoffs=(2, 4)).items():
+        torch.testing.assert_close(alone["ordinary"][n], hr)
+
+
+def test_random_colluding_hit_rate_counts_every_ordering():
+    from itertools import permutations
+
+    # 4 fixed candidates and k = 2 colluders (labels 0, 1): every ordering of the 6 is equally
+    # likely; by hand, P(a colluder in the top 2) = 1 - C(4,2)/C(6,2) = 0.6
+    orders = list(permutations(range(6)))
+    for n in (1, 2, 3, 5):
+        items = np.mean([o.index(0) < n for o in orders])
+        merchant = np.mean([min(o.index(0), o.index(1)) < n for o in orders])
+        chance = random_colluding_hit_rate(torch.tensor([4]), 2, cutoffs=(n,))
+        assert chance["items"][n] == pytest.approx(items)
+        assert chance["merchant"][n] == pytest.approx(merchant)
+    assert random_colluding_hit_rate(torch.tensor([4]), 2, cutoffs=(2,))["merchant"][2] == (
+        pytest.approx(0.6)
+    )
 
 
 def test_prediction_shift():

@@ -350,3 +350,26 @@ def test_cw_is_a_taamr_baseline_under_aip(catalog, first):
     unchanged = (items["linf_255"] == 0).to_numpy()
     already = (clean == target).numpy()
     np.testing.assert_array_equal(items["success"].to_numpy()[unchanged], already[unchanged])
+
+
+def test_colluding_merchants_under_the_protocol(catalog, first):
+    ranker = own_ranker(catalog)
+    attack = aip.attack("insa", ranker, catalog, eps=32, epochs=3, user_batch=100)
+    metrics, items = aip.evaluate(ranker, catalog, first.candidates, attack, collusion=(2, 5))
+    for k in (2, 5):
+        at = f"collusion/k{k}"
+        groups = catalog.cold_items.size // k
+        assert metrics[f"{at}/groups"] == groups
+        # each item alone, scored again from its adversarial image, is the per-item evaluation
+        alone = items["adversarial/hr_at_5"].to_numpy()[: groups * k].mean()
+        assert metrics[f"{at}/alone/hr_at_5"] == pytest.approx(alone, abs=1e-6)
+        for n in (5, 10, 20):
+            # a colluder can only push its partners down, and a merchant hits when any item does
+            together = metrics[f"{at}/adversarial/hr_at_{n}"]
+            assert together <= metrics[f"{at}/alone/hr_at_{n}"]
+            assert metrics[f"{at}/merchant/hr_at_{n}"] >= together
+            assert metrics[f"{at}/random_merchant/hr_at_{n}"] >= metrics[f"{at}/random/hr_at_{n}"]
+        # k adversarial items in the set push the ordinary item down at least as far as one
+        one = items["ordinary_attacked/hr_at_5"].to_numpy()[: groups * k].mean()
+        assert metrics[f"{at}/ordinary/hr_at_5"] <= one + 1e-9
+    assert metrics["collusion/k2/adversarial/hr_at_5"] > metrics["collusion/k2/cooperative/hr_at_5"]

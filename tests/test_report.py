@@ -886,3 +886,46 @@ def test_amr_eps_labels_name_their_unit():
     block = t.blocks["synthetic"]
     assert list(block["ε_adv"]) == ["0.05·mean‖f‖", "0.2·mean‖f‖", "0.1·max|f|", "0.5·max|f|"]
     assert "global max |f| (AMR's code)" in t.note and "mean feature norm" in t.note
+
+
+def test_collusion_table_per_group_size(tmp_path):
+    import pandas as pd
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    exp_id = client.create_experiment(SWEEP, artifact_location=(tmp_path / "artifacts").as_uri())
+    parent = client.create_run(
+        exp_id, run_name=SWEEP, tags={"aipray.role": "sweep", "aipray.sweep": SWEEP}
+    ).info.run_id
+    metrics = _metrics(0.01, 0.3, 0.02, 0.017, 0.02, 1, 0.001)
+    for k, together in ((2, 0.25), (5, 0.12)):
+        at = f"collusion/k{k}"
+        metrics |= {
+            f"{at}/groups": 10 // k,
+            f"{at}/adversarial/hr_at_5": together,
+            f"{at}/alone/hr_at_5": 0.3,
+            f"{at}/crowding_at_5": together / 0.3,
+            f"{at}/merchant/hr_at_5": 0.5,
+            f"{at}/cooperative/hr_at_5": 0.01,
+            f"{at}/merchant_cooperative/hr_at_5": 0.02 * k,
+            f"{at}/ordinary/hr_at_5": 0.015,
+            f"{at}/random/hr_at_5": 0.05,
+            f"{at}/random_merchant/hr_at_5": 0.1,
+        }
+    _child(client, exp_id, parent, _params("vbpr", 20, "insa", 8), metrics)
+    # a trial without colluding groups has no row
+    _child(
+        client,
+        exp_id,
+        parent,
+        _params("vbpr", 20, "expa", 8),
+        _metrics(0.01, 0.2, 0.02, 0.017, 0.02, 1, 0.01),
+    )
+    out = tmp_path / "report"
+    assert main([SWEEP, "--tracking-uri", uri, "--out", str(out), "--no-log"]) == 0
+    assert "## Colluding merchants: k adversarial items at once" in (out / "report.md").read_text()
+    csv = pd.read_csv(out / "tables" / "collusion.csv")
+    assert csv["k"].tolist() == [2, 5] and set(csv["attack"]) == {"INSA"}
+    assert csv["items HR@5"].tolist() == pytest.approx([0.25, 0.12])
+    assert csv["crowding"].tolist() == pytest.approx([0.25 / 0.3, 0.12 / 0.3])
+    assert csv["merchant cooperative HR@5"].tolist() == pytest.approx([0.04, 0.1])

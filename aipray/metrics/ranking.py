@@ -16,6 +16,8 @@ import numpy as np
 import torch
 
 CUTOFFS = (5, 10, 20)
+#: the prefix of the colluding-merchant metrics (``collusion/k<k>/...``)
+COLLUSION = "collusion"
 
 
 @dataclass(frozen=True)
@@ -71,6 +73,54 @@ def ordinary_hit_rates(
     scores) is in the set, averaged over users: ``[B]`` per cutoff."""
     rank = fixed.test_rank[:, None] + (injected >= fixed.test_scores[:, None]).long()
     return {n: (rank < n).float().mean(0) for n in cutoffs}
+
+
+def colluding_ranks(fixed: CandidateScores, scores: torch.Tensor) -> torch.Tensor:
+    """``[U, G, k]`` 0-based rank of each of ``k`` colluding items when all ``k`` of a group are
+    injected into every user's set together (``scores [U, G, k]``: ``G`` groups of ``k``): the
+    fixed candidates and the group's other items that score at least as high (ties count
+    against the item being ranked, among the colluders too)."""
+    n_users, groups, k = scores.shape
+    among_fixed = injected_ranks(fixed, scores.reshape(n_users, groups * k))
+    among_group = (scores[..., None, :] >= scores[..., :, None]).sum(-1) - 1  # others, not self
+    return among_fixed.reshape(n_users, groups, k) + among_group
+
+
+def colluding_hit_rates(
+    fixed: CandidateScores, scores: torch.Tensor, cutoffs: Sequence[int] = CUTOFFS
+) -> dict[str, dict[int, torch.Tensor]]:
+    """AIP's "simultaneous presence of multiple adversarial items": ``G`` merchants each inject
+    ``k`` items into every user's set at once (``scores [U, G, k]``). Per group ``[G]`` and
+    cutoff: ``items``, the HR@N of its items (mean over users and the ``k`` items);
+    ``merchant``, the share of users with at least one of them in the top N; ``ordinary``, the
+    HR@N of each user's ordinary test item with all ``k`` in the set. With ``k = 1`` the first
+    and the last are :func:`hit_rates` and :func:`ordinary_hit_rates`."""
+    ranks = colluding_ranks(fixed, scores)
+    ordinary = fixed.test_rank[:, None] + (scores >= fixed.test_scores[:, None, None]).sum(-1)
+    return {
+        "items": {n: (ranks < n).float().mean((0, 2)) for n in cutoffs},
+        "merchant": {n: (ranks.min(-1).values < n).float().mean(0) for n in cutoffs},
+        "ordinary": {n: (ordinary < n).float().mean(0) for n in cutoffs},
+    }
+
+
+def random_colluding_hit_rate(
+    set_sizes: torch.Tensor, k: int, cutoffs: Sequence[int] = CUTOFFS
+) -> dict[str, dict[int, float]]:
+    """Expected ``items`` and ``merchant`` HR@N of :func:`colluding_hit_rates` under a uniformly
+    random ranking of each user's ``M + k`` items: ``min(N, M+k) / (M+k)`` per item, and
+    ``1 − C(M, N) / C(M+k, N)`` that at least one of the ``k`` is in the top N."""
+    sizes = set_sizes.double()
+    total = sizes + k
+    items = {n: float((torch.clamp(total, max=n) / total).mean()) for n in cutoffs}
+    merchant = {}
+    for n in cutoffs:
+        # C(M, N) / C(M+k, N) = prod_{j<k} (M+k−N−j) / (M+k−j), 0 once N > M
+        miss = torch.ones_like(sizes)
+        for j in range(k):
+            miss = miss * torch.clamp(total - n - j, min=0) / (total - j)
+        merchant[n] = float((1 - miss).mean())
+    return {"items": items, "merchant": merchant}
 
 
 def prediction_shift(adversarial: torch.Tensor, cooperative: torch.Tensor) -> torch.Tensor:

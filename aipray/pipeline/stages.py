@@ -106,6 +106,8 @@ def stage_paths(sweep: SweepConfig, trial: TrialSpec) -> StagePaths:
     result_parts = [ctx_key, bare_key, attack_key, sweep.examples, RESULT_VERSION]
     if sweep.lpips is not None:  # results without LPIPS keep their keys
         result_parts.append(sweep.lpips.fingerprint())
+    if sweep.collusion:  # nor do those without colluding groups
+        result_parts.append(["collusion", *sweep.collusion])
     result_key = config_key(result_parts)
     return StagePaths(
         dataset=store.path("datasets", trial.dataset.name, ds_key),

@@ -31,12 +31,15 @@ from aipray.metrics.full_ranking import (
 )
 from aipray.metrics.image import linf_255, psnr, ssim
 from aipray.metrics.ranking import (
+    COLLUSION,
     CUTOFFS,
     CandidateScores,
+    colluding_hit_rates,
     hit_rates,
     injected_ranks,
     ordinary_hit_rates,
     prediction_shift,
+    random_colluding_hit_rate,
     random_hit_rate,
 )
 from aipray.metrics.stats import paired_t_test
@@ -316,6 +319,81 @@ def reduce_items(
     return metrics
 
 
+# --- colluding merchants --------------------------------------------------------------------------
+@torch.no_grad()
+def collusion_metrics(
+    served: Recommender,
+    context: CandidateScores,
+    clean: torch.Tensor,
+    adversarial: torch.Tensor,
+    sizes: Sequence[int],
+    defense: ImageMap | None = None,
+    chunk: int = 64,
+) -> dict[str, float]:
+    """AIP's open question, "the simultaneous presence of multiple adversarial items": the cold
+    items (``clean``/``adversarial [n, 3, H, W]``, in item order) form merchants of ``k``
+    consecutive items (for each ``k`` in ``sizes``; a last short group is left out), and each
+    merchant's ``k`` items enter every user's candidate set together. Metrics, under
+    ``collusion/k<k>/``, at every cutoff N:
+
+    - ``adversarial/hr_at_N`` / ``cooperative/hr_at_N``: the items' HR@N with their adversarial
+      / clean images (:func:`~aipray.metrics.ranking.colluding_hit_rates`);
+    - ``alone/hr_at_N``: the same items' adversarial HR@N each alone in the set, and
+      ``crowding_at_N``, the first over this (below 1: the colluders push each other down);
+    - ``merchant/hr_at_N`` / ``merchant_cooperative/hr_at_N``: users with at least one of the
+      merchant's items in the top N;
+    - ``ordinary/hr_at_N``: the ordinary test item's availability with the ``k`` adversarial
+      items in the set;
+    - ``random/hr_at_N``, ``random_merchant/hr_at_N`` and ``groups``.
+
+    Images are scored by ``served`` after ``defense``, as :class:`ColdItemEvaluator` scores
+    them."""
+    defense = no_defense() if defense is None else defense
+    device = context.sorted_scores.device
+    users = torch.arange(served.n_users, device=device)
+
+    def scores(images: torch.Tensor) -> torch.Tensor:
+        parts = [
+            served.score_images(users, defense(images[i : i + chunk].to(device)))
+            for i in range(0, images.shape[0], chunk)
+        ]
+        return torch.cat(parts, dim=1)  # [U, n]
+
+    coop, adv = scores(clean), scores(adversarial)
+    out: dict[str, float] = {}
+    for k in sizes:
+        groups = adv.shape[1] // k
+        if groups == 0:
+            continue
+        at = f"{COLLUSION}/k{k}"
+
+        def grouped(s: torch.Tensor, size: int, n: int = groups * k) -> torch.Tensor:
+            return s[:, :n].reshape(s.shape[0], n // size, size)
+
+        rates = {
+            "adversarial": colluding_hit_rates(context, grouped(adv, k)),
+            "cooperative": colluding_hit_rates(context, grouped(coop, k)),
+            "alone": colluding_hit_rates(context, grouped(adv, 1)),
+        }
+        chance = random_colluding_hit_rate(context.set_sizes, k)
+        for n in CUTOFFS:
+            together = float(rates["adversarial"]["items"][n].mean())
+            alone = float(rates["alone"]["items"][n].mean())
+            out[f"{at}/adversarial/hr_at_{n}"] = together
+            out[f"{at}/cooperative/hr_at_{n}"] = float(rates["cooperative"]["items"][n].mean())
+            out[f"{at}/alone/hr_at_{n}"] = alone
+            out[f"{at}/crowding_at_{n}"] = together / alone if alone > 0 else float("nan")
+            out[f"{at}/merchant/hr_at_{n}"] = float(rates["adversarial"]["merchant"][n].mean())
+            out[f"{at}/merchant_cooperative/hr_at_{n}"] = float(
+                rates["cooperative"]["merchant"][n].mean()
+            )
+            out[f"{at}/ordinary/hr_at_{n}"] = float(rates["adversarial"]["ordinary"][n].mean())
+            out[f"{at}/random/hr_at_{n}"] = chance["items"][n]
+            out[f"{at}/random_merchant/hr_at_{n}"] = chance["merchant"][n]
+        out[f"{at}/groups"] = float(groups)
+    return out
+
+
 # --- one call -------------------------------------------------------------------------------------
 def attack(
     name: str,
@@ -383,10 +461,12 @@ def evaluate(
     items: Sequence[int] | None = None,
     batch_size: int = 64,
     device: torch.device | str = "cpu",
+    collusion: Sequence[int] = (),
 ) -> tuple[dict[str, float], pd.DataFrame]:
     """The whole protocol in one process: trial metrics and per-item rows for the catalog's cold
     items (or ``items``) under ``attack`` and ``defense``, by both yardsticks (AIP's top-C
-    candidates and the full ranking)."""
+    candidates and the full ranking), and for each ``k`` in ``collusion`` the metrics of
+    merchants of ``k`` consecutive items injected together (:func:`collusion_metrics`)."""
     model = model.to(device).eval()
     defense = no_defense() if defense is None else defense
     served = model.under_defense(defense, catalog.images)
@@ -395,10 +475,16 @@ def evaluate(
     full = full_ranking_scores(model, catalog, defense, device, served=served)
     evaluator = ColdItemEvaluator(model, attack, context, bare, defense, served, full=full)
     ids = np.asarray(catalog.cold_items if items is None else items, dtype=np.int64)
-    rows = []
+    rows, adversarial = [], []
     for start in range(0, ids.size, batch_size):
         chunk = ids[start : start + batch_size]
-        out, _ = evaluator(to_float(catalog.images[chunk]), chunk)
+        out, adv = evaluator(to_float(catalog.images[chunk]), chunk)
         rows.append(pd.DataFrame(out))
+        adversarial.append(adv.cpu())
     frame = pd.concat(rows, ignore_index=True)
-    return reduce_items(frame, context.set_sizes, full.set_sizes), frame
+    metrics = reduce_items(frame, context.set_sizes, full.set_sizes)
+    if collusion:
+        clean = to_float(catalog.images[ids])
+        adv_all = torch.cat(adversarial)
+        metrics.update(collusion_metrics(served, context, clean, adv_all, collusion, defense))
+    return metrics, frame

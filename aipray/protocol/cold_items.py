@@ -32,6 +32,7 @@ from aipray.plan import StagePaths, TrialPlan
 from aipray.protocol.aip import (
     ColdItemEvaluator,
     attack_inputs,
+    collusion_metrics,
     hook_item,
     is_identity,
     reduce_items,
@@ -188,9 +189,30 @@ class ColdItems(Protocol):
         full_sizes = load_context(plan.paths.context, full=True).set_sizes
         metrics = reduce_items(rows, set_sizes, full_sizes)
         metrics.update(stage_metrics(plan.paths))
+        if plan.collusion:
+            metrics.update(colluding(plan, rows, device))
         if plan.examples:
             write_examples(plan, rows, plan.examples, folder)
         return metrics
+
+
+def colluding(plan: TrialPlan, rows: pd.DataFrame, device: torch.device) -> dict[str, float]:
+    """The trial's colluding-merchant metrics (:func:`~aipray.protocol.aip.collusion_metrics`)
+    from its stored adversarial images, scored again by the ranker the platform serves under the
+    trial's defence: the per-item rows hold each item's HR, not its scores, and a merchant's
+    items may land in different batches."""
+    ordered = rows.sort_values("item_id", ignore_index=True)
+    ids = ordered["item_id"].to_numpy()
+    catalog = Catalog.load(plan.paths.dataset)
+    defense = make_defense(plan.defense.name, plan.defense.config, plan.paths.defense)
+    return collusion_metrics(
+        load_served(plan.paths.context, plan.paths.model, device),
+        load_context(plan.paths.context, device),
+        to_float(catalog.images[ids]),
+        decode_images(ordered["adv"].to_numpy(), plan.image_shape),
+        plan.collusion,
+        defense,
+    )
 
 
 def provenance(plan: TrialPlan, images: Path, n_items: int) -> dict[str, Any]:

@@ -416,3 +416,9 @@ def grid(
             blocks[dataset] = pd.DataFrame(shown)
             data.extend(values)
     return Table(slug, title, note, blocks, pd.DataFrame(data))
+
+
+def row_labels(model: str, attack: str, eps: float, defence: str) -> dict[str, str]:
+    """A defence table's row labels: model, attack, ε (– when it has none) and defence."""
+    eps_label = MISSING if math.isnan(eps) else fmt_num(eps)
+    return {"model": model, "attack": attack_name(attack), "ε": eps_label, "defence": defence}

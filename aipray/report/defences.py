@@ -19,13 +19,13 @@ from aipray.report.common import (
     MISSING,
     SIGNIFICANCE,
     Table,
-    attack_name,
     attack_order,
     datasets_of,
     fmt_num,
     fmt_p,
     fmt_value,
     mean,
+    row_labels,
     rows_of,
     select,
 )
@@ -125,7 +125,7 @@ def table8(frame: pd.DataFrame) -> Table:
                         sel = select(d, row=r, attack=a, eps=e, family=fam)
                         if sel.empty:
                             continue
-                        labels = _row_labels(r, a, e, LEVELS[fam][1])
+                        labels = row_labels(r, a, e, LEVELS[fam][1])
                         cells, nums = _cells(sel, needless)
                         shown.append(labels | cells)
                         data.append({"dataset": ds, **labels, **nums})
@@ -166,7 +166,7 @@ def robustness_table(frame: pd.DataFrame) -> Table | None:
                 for e in sorted(both["eps"].unique(), key=lambda v: (math.isnan(v), v)):
                     at = select(both, eps=e)
                     for label in sorted(set(at["defense"]), key=lambda x: (x != "none", x)):
-                        head = _row_labels(r, a, e, label)
+                        head = row_labels(r, a, e, label)
                         cells, nums = _robustness_cells(select(at, defense=label), a, label)
                         shown.append(head | cells)
                         data.append({"dataset": ds, **head, **nums})
@@ -216,9 +216,3 @@ def _robustness_cells(
     cells["ordinary cost"] = fmt_value(cost, signed=True)
     nums["ordinary cost"] = cost
     return cells, nums
-
-
-def _row_labels(model: str, attack: str, eps: float, defence: str) -> dict[str, str]:
-    """A defence table's row labels: model, attack, ε (– when it has none) and defence."""
-    eps_label = MISSING if math.isnan(eps) else fmt_num(eps)
-    return {"model": model, "attack": attack_name(attack), "ε": eps_label, "defence": defence}

@@ -15,6 +15,7 @@ import pandas as pd
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from aipray.metrics.ranking import COLLUSION
 from aipray.pipeline.tags import PARENT_TAG, TAG_KEY, TAG_ROLE, TAG_SWEEP
 from aipray.report.common import ADAPTIVE
 
@@ -197,6 +198,8 @@ def run_row(run: Any) -> dict[str, Any]:
     row.update(dict.fromkeys(MODEL_SETTINGS))
     row.update({k: v for k, v in params.items() if k.startswith(("model.", "dataset."))})
     row.update({m: float(run.data.metrics.get(m, math.nan)) for m in METRICS})
+    # colluding merchants: one set of metrics per group size k the sweep asked for
+    row.update({m: float(v) for m, v in run.data.metrics.items() if m.startswith(f"{COLLUSION}/")})
     row["protocol"] = params.get("protocol", "aip")
     if row["protocol"] == "perceptual":  # its metrics are another set: keep them all
         row.update({m: float(v) for m, v in run.data.metrics.items()})

@@ -14,6 +14,7 @@ import math
 import numpy as np
 import pandas as pd
 
+from aipray.report.collusion import collusion_table
 from aipray.report.common import (
     ADV_EPS_UNIT_TEXT,
     ADV_EPS_UNIT_WORDS,
@@ -292,8 +293,8 @@ def table_adv_eps(frame: pd.DataFrame) -> Table | None:
 
 def all_tables(frame: pd.DataFrame, eps: dict[str, float]) -> list[Table]:
     """The first-stage table, Tables 3–6, the ε_adv table and Table 7 (each only when its
-    trials exist), then Table 8 and, when some attack was also run adaptively, the robustness
-    table."""
+    trials exist), then Table 8, the robustness table when some attack was also run
+    adaptively, and the colluding merchants' table when some trial reports them."""
     magnitudes = magnitude_notes(frame)
     hr = [
         table4(frame, eps),
@@ -301,15 +302,15 @@ def all_tables(frame: pd.DataFrame, eps: dict[str, float]) -> list[Table]:
         table_adv_eps(frame),
         table8(frame),
         robustness_table(frame),
+        collusion_table(frame),
     ]
     for t in hr:  # every HR@5 table says C, the random level and the cooperative level
         for ds in [] if t is None else t.blocks:
             t.notes.setdefault(ds, []).extend(magnitudes.get(ds, []))
-    four, six, adv_eps, eight, robust = hr
+    four, six, adv_eps, eight, robust, colluding = hr
     tables = [first_stage_table(frame)]
     tables += [table3(frame, eps), four, table5(frame, eps), six]
     tables += [t for t in (adv_eps, table7(frame)) if t is not None]
     tables.append(eight)
-    if robust is not None:
-        tables.append(robust)
+    tables += [t for t in (robust, colluding) if t is not None]
     return tables
