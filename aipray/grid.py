@@ -82,18 +82,22 @@ PROTOCOLS = ("aip", "perceptual")
 
 def attack_against(attack: Component, defense: Component) -> Component:
     """The attack as it runs against ``defense``: an adaptive attack against no defence is the
-    oblivious attack, and EOT's ``eot_samples`` count only for an adaptive attack on a
-    randomised defence (1 otherwise). So a grid of ``adaptive: [false, true]`` × defences holds
-    each distinct attack once, and an oblivious attack keeps its store key whatever it says."""
+    oblivious attack, EOT's ``eot_samples`` count only for an adaptive attack on a randomised
+    defence (1 otherwise), and ``bpda: approximation`` only for an adaptive attack on a BPDA
+    defence with an approximation (the identity's gradient otherwise). So a grid of
+    ``adaptive: [false, true]`` × defences holds each distinct attack once, and an oblivious
+    attack keeps its store key whatever it says."""
     config = attack.config
     if not isinstance(config, AdaptiveConfig):
         return attack
     defense_cls = DEFENSES.get(defense.name)
     adaptive = config.adaptive and not defense_cls.identity
     samples = config.eot_samples if adaptive and defense_cls.randomised else 1
-    if (adaptive, samples) == (config.adaptive, config.eot_samples):
+    approximable = adaptive and defense_cls.gradient == "bpda" and defense_cls.approximable
+    bpda = config.bpda if approximable else "identity"
+    if (adaptive, samples, bpda) == (config.adaptive, config.eot_samples, config.bpda):
         return attack
-    changed = dataclasses.replace(config, adaptive=adaptive, eot_samples=samples)
+    changed = dataclasses.replace(config, adaptive=adaptive, eot_samples=samples, bpda=bpda)
     return Component(attack.kind, attack.name, changed)
 
 
@@ -145,8 +149,10 @@ class TrialSpec:
             return f"{head}/{training}/{self.attack.name}{eps}/{self.push.config.mode}"
         attack = self.attack.name
         if self.adaptive:
-            samples = self.attack.config.eot_samples
-            attack += "(adaptive" + (f",eot={samples})" if samples > 1 else ")")
+            config = self.attack.config
+            extra = [f"eot={config.eot_samples}"] if config.eot_samples > 1 else []
+            extra += ["bpda=approximation"] if config.bpda == "approximation" else []
+            attack += "(" + ",".join(["adaptive", *extra]) + ")"
         return f"{head}/{attack}{eps}/{self.defense.label}"
 
 

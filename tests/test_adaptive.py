@@ -333,3 +333,30 @@ def test_a_sweep_with_an_adaptive_trial_runs_through_ray_into_mlflow(tmp_path, o
     assert none_row[3:4] == ["none"] and bits_row[3:4] == ["bitdepth(bits=3)"]
     assert none_row[5] == none_row[8] == f"{metric[oblivious]:.4f}"  # adaptive = oblivious
     assert bits_row[5] == "–" and bits_row[8] == f"{metric[adaptive]:.4f}"  # no oblivious run
+
+
+def test_bpda_with_an_approximation_is_a_trial_only_against_an_approximable_defence():
+    raw = {
+        **SWEEP,
+        "attacks": {
+            "insa": {
+                "eps": [32],
+                "epochs": 10,
+                "adaptive": [False, True],
+                "bpda": ["identity", "approximation"],
+            }
+        },
+    }
+    paths = _attack_paths(raw)
+    # JPEG has a differentiable approximation; bit depth and no defence do not
+    assert sorted(k for k in paths if "adaptive" in k) == [
+        "synthetic/vbpr(dim=10)/insa(adaptive)/eps=32/bitdepth(bits=3)",
+        "synthetic/vbpr(dim=10)/insa(adaptive)/eps=32/jpeg(quality=50)",
+        "synthetic/vbpr(dim=10)/insa(adaptive,bpda=approximation)/eps=32/jpeg(quality=50)",
+    ]
+    # its images are its own; the identity's keep the keys they had
+    assert len(set(paths.values())) == 4
+    plain = {**SWEEP, "attacks": {"insa": {"eps": [32], "epochs": 10, "adaptive": [False, True]}}}
+    assert {k: v for k, v in paths.items() if "bpda" not in k} == _attack_paths(plain)
+    with pytest.raises(ConfigError, match=r"attacks\.insa\.bpda: 'exact' is not allowed"):
+        parse_sweep({**SWEEP, "attacks": {"insa": {"eps": [4], "bpda": "exact"}}})

@@ -438,6 +438,7 @@ def test_robustness_table_oblivious_and_adaptive(tmp_path):
         "adaptive p": "0.001",
         "holds vs adaptive": "–",
         "ordinary cost": "+0.0000",
+        "adaptive BPDA": "–",
     }
     assert t[f"{VBPR} / INSA / 8 / jpeg(quality=50)"] == {
         "cooperative HR@5": "0.0090",
@@ -448,6 +449,7 @@ def test_robustness_table_oblivious_and_adaptive(tmp_path):
         "adaptive p": "0.0001",
         "holds vs adaptive": "no",
         "ordinary cost": "-0.0030",  # 0.017 − 0.02
+        "adaptive BPDA": "identity",
     }
     bits = t[f"{VBPR} / INSA / 8 / bitdepth(bits=3)"]
     assert (bits["holds vs oblivious"], bits["holds vs adaptive"]) == ("no", "yes")
@@ -455,6 +457,7 @@ def test_robustness_table_oblivious_and_adaptive(tmp_path):
     denoiser = t[f"{VBPR} / INSA / 8 / denoiser(train_eps=16)"]
     assert (denoiser["oblivious HR@5"], denoiser["oblivious p"]) == ("–", "–")
     assert denoiser["holds vs oblivious"] == "–" and denoiser["holds vs adaptive"] == "no"
+    assert denoiser["adaptive BPDA"] == "–"  # an exact gradient: no BPDA
     assert (denoiser["cooperative HR@5"], denoiser["ordinary cost"]) == ("0.0080", "-0.0020")
     # the CSV holds the numbers, and goes to the sweep's parent run with the other tables
     csv = pd.read_csv(out / "tables" / "robustness.csv")
@@ -929,3 +932,25 @@ def test_collusion_table_per_group_size(tmp_path):
     assert csv["items HR@5"].tolist() == pytest.approx([0.25, 0.12])
     assert csv["crowding"].tolist() == pytest.approx([0.25 / 0.3, 0.12 / 0.3])
     assert csv["merchant cooperative HR@5"].tolist() == pytest.approx([0.04, 0.1])
+
+
+def test_robustness_shows_the_stronger_bpda_gradient(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    exp_id = client.create_experiment(SWEEP, artifact_location=(tmp_path / "artifacts").as_uri())
+    parent = client.create_run(
+        exp_id, run_name=SWEEP, tags={"aipray.role": "sweep", "aipray.sweep": SWEEP}
+    ).info.run_id
+    for extra, adv, p in (
+        ({"attack.adaptive": False}, 0.008, 0.6),
+        ({"attack.adaptive": True}, 0.25, 1e-4),
+        ({"attack.adaptive": True, "attack.bpda": "approximation"}, 0.31, 1e-6),
+    ):
+        params = _params("vbpr", 20, "insa", 8, "jpeg(quality=50)", **extra)
+        _child(client, exp_id, parent, params, _metrics(0.009, adv, 0.017, 0.017, 0.02, 1, p))
+    out = tmp_path / "report"
+    assert main([SWEEP, "--tracking-uri", uri, "--out", str(out), "--no-log"]) == 0
+    t = table((out / "report.md").read_text(), "Robustness: oblivious and adaptive attacks")
+    cell = t[f"{VBPR} / INSA / 8 / jpeg(quality=50)"]
+    assert (cell["adaptive HR@5"], cell["adaptive p"]) == ("0.3100", "1e-06")
+    assert cell["adaptive BPDA"] == "approximation"

@@ -35,26 +35,40 @@ class AdaptiveConfig(Settings):
     Denoise-to-protect's setting); a grid axis, so ``[false, true]`` gives both trials.
     ``eot_samples``: draws of a randomised defence whose objectives are averaged per step
     (Athalye et al.'s Expectation over Transformation; one draw = a plain adaptive attack).
+    ``bpda``: the gradient a BPDA defence passes back, the identity's (straight-through) or its
+    differentiable ``approximation`` (JPEG's: Shin & Song's; a grid axis; against a defence
+    without one it is the identity).
 
-    Both are left out of the attack's store key at their defaults, so an oblivious attack keeps
+    All are left out of the attack's store key at their defaults, so an oblivious attack keeps
     the key it had before attacks could be adaptive.
     """
 
     adaptive: bool = param(False, axis=True, keyed_at_default=False)
     eot_samples: int = param(1, min=1, keyed_at_default=False)
+    bpda: str = param(
+        "identity", axis=True, choices=("identity", "approximation"), keyed_at_default=False
+    )
 
 
 def through_defense(
-    objective: Objective, defense: Defense, samples: int, generator: torch.Generator
+    objective: Objective,
+    defense: Defense,
+    samples: int,
+    generator: torch.Generator,
+    approximate: bool = False,
 ) -> Objective:
     """``objective`` of the defended images, as an adaptive attacker optimises it: the mean over
     ``samples`` draws of ``objective(defense.attackable(x), step)``, the draws taken from
-    ``generator`` (EOT; one draw for a deterministic defence)."""
+    ``generator`` (EOT; one draw for a deterministic defence); ``approximate``: a BPDA defence's
+    gradient is its differentiable approximation's."""
+
+    def seen(x: torch.Tensor) -> torch.Tensor:
+        return defense.attackable(x, generator, approximate=approximate)
 
     def defended(x: torch.Tensor, step: int) -> torch.Tensor:
-        total = objective(defense.attackable(x, generator), step)
+        total = objective(seen(x), step)
         for _ in range(samples - 1):
-            total = total + objective(defense.attackable(x, generator), step)
+            total = total + objective(seen(x), step)
         return total / samples
 
     return defended
@@ -162,7 +176,8 @@ class Attack:
         defense = self._defense()
         samples = int(self.config.eot_samples) if defense.randomised else 1
         generator = torch.Generator().manual_seed(int(getattr(self.config, "seed", 0)))
-        return through_defense(objective, defense, samples, generator)
+        approximate = self.config.bpda == "approximation"
+        return through_defense(objective, defense, samples, generator, approximate)
 
     def served(self, images: torch.Tensor) -> torch.Tensor:
         """The images as the attacked model receives them: through the defence the platform

@@ -9,7 +9,8 @@ al., ICML 2018), so that an adaptive attack is a switch on the attack, not a rew
 
 - ``gradient = "exact"``: the defence is differentiable and its own gradient is used;
 - ``gradient = "bpda"``: the forward pass is the defence, the backward pass the identity
-  (Backward Pass Differentiable Approximation, straight-through): JPEG, bit depth;
+  (Backward Pass Differentiable Approximation, straight-through): JPEG, bit depth; a defence
+  with a differentiable approximation (``approximable``: JPEG) offers its gradient instead;
 - ``randomised = True``: every call draws new randomness; an attacker averages its objective over
   several draws per step (Expectation over Transformation, ``eot_samples`` of the attack).
 
@@ -53,6 +54,9 @@ class Defense:
     Config: ClassVar[type]
     #: how an attacker differentiates through the defence: one of :data:`GRADIENTS`
     gradient: ClassVar[str] = "bpda"
+    #: a BPDA defence with a differentiable stand-in (:meth:`approximation`) whose gradient an
+    #: attacker may use in place of the identity's
+    approximable: ClassVar[bool] = False
     #: each application draws new randomness: an attacker averages over draws (EOT)
     randomised: ClassVar[bool] = False
     #: leaves images as they are (no defence): nothing to recompute for it
@@ -95,17 +99,29 @@ class Defense:
         its ``__call__`` (the generator is not used)."""
         return self(images)
 
+    def approximation(self, images: torch.Tensor) -> torch.Tensor:
+        """A differentiable stand-in for the defence (``approximable`` defences only)."""
+        raise NotImplementedError(f"{type(self).__name__} has no differentiable approximation")
+
     def attackable(
-        self, images: torch.Tensor, generator: torch.Generator | None = None
+        self,
+        images: torch.Tensor,
+        generator: torch.Generator | None = None,
+        *,
+        approximate: bool = False,
     ) -> torch.Tensor:
         """The defence as an adaptive attacker sees it: the forward pass is one
         :meth:`draw` (``generator`` defaults to a fresh one seeded 0), the backward pass the
-        defence's own gradient (``exact``) or the identity's (``bpda``)."""
+        defence's own gradient (``exact``) or, for ``bpda``, the identity's, or with
+        ``approximate`` that of :meth:`approximation` (an ``approximable`` defence's)."""
         generator = torch.Generator().manual_seed(0) if generator is None else generator
         if self.gradient == "exact":
             return self.draw(images, generator)
         if self.gradient == "bpda":
             out = self.draw(images.detach(), generator).detach()
+            if approximate and self.approximable:
+                stand_in = self.approximation(images)
+                return out + (stand_in - stand_in.detach())  # forward: out; gradient: stand-in
             return out + (images - images.detach())  # forward: out exactly; gradient: identity
         raise ValueError(
             f"{type(self).__name__}.gradient: {self.gradient!r} is not allowed; expected one of "

@@ -14,6 +14,7 @@ import math
 
 import pandas as pd
 
+from aipray.defenses import DEFENSES
 from aipray.report.common import (
     ADAPTIVE,
     MISSING,
@@ -181,6 +182,9 @@ def robustness_table(frame: pd.DataFrame) -> Table | None:
         "adversarial HR@5 under the defence is at most the cooperative HR@5 under it (AIP's "
         f"rule; p < {SIGNIFICANCE} stands beside it, not in it); ordinary cost: ordinary − "
         "undefended ordinary HR@5. Against `none` the adaptive attack is the oblivious one. "
+        "Where the adaptive attack ran with both BPDA gradients (the identity's, straight-"
+        "through, and a differentiable approximation's: JPEG's), the stronger one is shown and "
+        "`adaptive BPDA` names it. "
         "Training-time defences (AMR, adversarially trained extractors) are rows of their own: "
         "every attack on them goes through the defended model's gradients, adaptive by "
         "construction."
@@ -192,11 +196,14 @@ def robustness_table(frame: pd.DataFrame) -> Table | None:
 def _robustness_cells(
     rows: pd.DataFrame, attack: str, defence: str
 ) -> tuple[dict[str, str], dict[str, object]]:
-    """One defence's cells: its trials of the oblivious ``attack`` and of its adaptive form."""
-    runs = {
-        "oblivious": select(rows, attack=attack),
-        "adaptive": select(rows, attack=attack + ADAPTIVE),
-    }
+    """One defence's cells: its trials of the oblivious ``attack`` and of its adaptive form;
+    where the adaptive attack ran in several variants (BPDA with the identity's gradient and
+    with a differentiable approximation's), the strongest, as RobustBench counts the worst
+    case over attacks, and which it was (``adaptive BPDA``)."""
+    adaptive = select(rows, attack=attack + ADAPTIVE)
+    if adaptive["bpda"].nunique() > 1:
+        adaptive = adaptive.loc[[adaptive[ADV].idxmax()]]
+    runs = {"oblivious": select(rows, attack=attack), "adaptive": adaptive}
     if defence == "none":  # nothing to adapt to: the adaptive attack is the oblivious one
         runs["adaptive"] = runs["oblivious"] if runs["adaptive"].empty else runs["adaptive"]
     # both trials serve the same clean images through the same ranker and defence: one of them
@@ -215,4 +222,11 @@ def _robustness_cells(
         nums |= {f"{kind} HR@5": adv, f"{kind} p": p, f"holds vs {kind}": holds}
     cells["ordinary cost"] = fmt_value(cost, signed=True)
     nums["ordinary cost"] = cost
+    # the gradient the adaptive attack took through a BPDA defence (– for any other defence)
+    variant = adaptive["bpda"].dropna()
+    kind = defence.split("(", 1)[0]
+    cls = DEFENSES.get(kind) if kind in DEFENSES else None
+    through_bpda = cls is not None and cls.gradient == "bpda" and not cls.identity
+    bpda = str(variant.iloc[0]) if len(variant) and through_bpda else MISSING
+    cells["adaptive BPDA"] = nums["adaptive BPDA"] = bpda
     return cells, nums

@@ -188,6 +188,8 @@ def run_row(run: Any) -> dict[str, Any]:
         "dim": _number(params.get("model.dim")),
         # an adaptive attack is another attack in every table: it saw the defence
         "attack": params.get("attack", "?") + (ADAPTIVE if adaptive else ""),
+        # the gradient an adaptive attack took through a BPDA defence (identity / approximation)
+        "bpda": params.get("attack.bpda", "identity") if adaptive else None,
         "eps": _number(params.get("eps")),
         "defense": defense,
         "family": family,
