@@ -34,7 +34,13 @@ class Component:
         axes = [
             (f.name, getattr(self.config, f.name))
             for f in dataclasses.fields(self.config)
-            if f.metadata.get("axis") and f.name != "eps"
+            if f.metadata.get("axis")
+            and f.name != "eps"
+            # a setting its key leaves out at its default is left out of the label there too
+            and (
+                f.metadata.get("keyed_at_default", True)
+                or getattr(self.config, f.name) != f.default
+            )
         ]
         # a switch or an option shows only when on: vbpr(dim=20), vbpr(dim=20,visual_bias=True),
         # expa and expa(patience=100)
