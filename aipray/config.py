@@ -31,6 +31,8 @@ from aipray.grid_checks import (
     check_cold_items,
     check_perceptual,
     check_pretrain_possible,
+    check_sources,
+    check_transfer,
 )
 from aipray.metrics.perceptual import LPIPSConfig
 from aipray.models import MODELS
@@ -104,7 +106,8 @@ class SweepConfig:
         )
         pushes: tuple[Component | None, ...] = self.pushes or (None,)
         grids = tuple(
-            dataclasses.replace(g, extractors=self.extractors, pushes=pushes) for g in grids
+            dataclasses.replace(g, extractors=self.extractors, pushes=pushes, sources=self.models)
+            for g in grids
         )
         seen: set[str] = set()
         out: list[TrialSpec] = []
@@ -244,7 +247,7 @@ def parse_sweep(raw: Any, source: Path | str = "<sweep>") -> SweepConfig:
         if bad:
             raise ConfigError(f"{at}: unknown key {bad[0]!r}; allowed: {', '.join(GRID_KEYS)}")
         merged = {k: g.get(k, raw.get(k)) for k in ("datasets", "models", "attacks", "defenses")}
-        grids.append(Grid(str(g.get("name", f"grid{n}")), *_axes(merged, at)))
+        grids.append(Grid(str(g.get("name", f"grid{n}")), *_axes(merged, at), sources=models))
     protocol = raw.get("protocol", "aip")
     if protocol not in PROTOCOLS:
         raise ConfigError(
@@ -269,6 +272,7 @@ def parse_sweep(raw: Any, source: Path | str = "<sweep>") -> SweepConfig:
             "(several extractors are an axis of protocol: perceptual)"
         )
     all_grids = grids or [Grid("main", datasets, models, attacks, defenses)]
+    check_sources(all_grids, models, f"{where}: attacks")
     if any(c.weights == "pretrain" for c in extractor_configs):
         check_pretrain_possible(all_grids, where, force=protocol == "perceptual")
     pushes: tuple[Component, ...] = ()
@@ -337,6 +341,7 @@ def _axes(raw: dict[str, Any], where: str) -> tuple[tuple[Component, ...], ...]:
     visual_models = [n for n in [*MODELS.names(), *paths] if MODELS.get(n).visual]
     models = _components("model", MODELS, raw["models"], f"{where}: models", visual_models)
     check_adaptive(raw["attacks"], f"{where}: attacks")
+    check_transfer(raw["attacks"], f"{where}: attacks")
     attacks = _components("attack", ATTACKS, raw["attacks"], f"{where}: attacks")
     defenses = _components(
         "defense", DEFENSES, raw.get("defenses") or {"none": {}}, f"{where}: defenses"

@@ -7,15 +7,16 @@ sections by :mod:`aipray.grid_checks`; this module imports neither.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 from dataclasses import dataclass
 from typing import Any
 
 from aipray.attacks import ATTACKS
-from aipray.attacks.base import AdaptiveConfig
+from aipray.attacks.base import AdaptiveConfig, TransferConfig
 from aipray.defenses import DEFENSES
 from aipray.models import MODELS
 from aipray.models.extractor import ExtractorConfig
-from aipray.params import Settings, fmt, key_fields, param
+from aipray.params import ConfigError, Settings, fmt, key_fields, param
 from aipray.store import config_key
 
 
@@ -107,6 +108,52 @@ def attack_against(attack: Component, defense: Component) -> Component:
     return Component(attack.kind, attack.name, changed)
 
 
+def source_model(
+    name: str, models: tuple[Component, ...], where: str, sweep_models: tuple[Component, ...] = ()
+) -> Component:
+    """The model that an attack's ``source`` names: among the grid's ``models``, else the
+    sweep's top-level ``sweep_models``; by label (``vbpr(dim=20)``) or by name when one model
+    has it. A one-line :class:`ConfigError` at ``where`` otherwise."""
+    unique: dict[str, Component] = {}
+    for group in (models, sweep_models):
+        matches = [m for m in group if m.label == name] or [m for m in group if m.name == name]
+        unique = {m.key(): m for m in matches}
+        if unique:
+            break
+    if len(unique) == 1:
+        return next(iter(unique.values()))
+    labels = ", ".join(dict.fromkeys(m.label for m in (*models, *sweep_models)))
+    if not unique:
+        raise ConfigError(
+            f"{where}.source: {name!r} is not allowed; expected a model of the sweep's models "
+            f"section: {labels}"
+        )
+    shown = ", ".join(m.label for m in unique.values())
+    raise ConfigError(
+        f"{where}.source: {name!r} is not allowed; it names {len(unique)} models ({shown}): "
+        "give one's label"
+    )
+
+
+def attack_on(
+    attack: Component,
+    model: Component,
+    models: tuple[Component, ...],
+    sweep_models: tuple[Component, ...] = (),
+) -> tuple[Component, Component | None]:
+    """The attack as it runs on ``model``, and the model it is crafted against when that is
+    another one (``None``: ``model`` itself). An attack whose ``source`` is the evaluated model
+    is the direct attack (its ``source`` dropped), so ``source: [a, b]`` × models ``[a, b]``
+    holds the two direct trials once, and a direct trial keeps its store key."""
+    config = attack.config
+    if not isinstance(config, TransferConfig) or config.source is None:
+        return attack, None
+    source = source_model(config.source, models, f"attacks.{attack.name}", sweep_models)
+    if source.key() != model.key():
+        return attack, source
+    return Component(attack.kind, attack.name, dataclasses.replace(config, source=None)), None
+
+
 @dataclass(frozen=True)
 class TrialSpec:
     """One grid point: (dataset, model, attack, ε, defence) under AIP's protocol; under
@@ -118,6 +165,9 @@ class TrialSpec:
     defense: Component
     extractor: Component | None = None
     push: Component | None = None
+    #: the model the attack is crafted against when it is not ``model`` (a transfer attack,
+    #: ``source``: :func:`attack_on`); ``None``: ``model`` itself
+    source: Component | None = None
 
     @property
     def eps(self) -> float | None:
@@ -144,7 +194,22 @@ class TrialSpec:
     def key(self) -> str:
         """Identity of the full configuration (two grids may name the same trial)."""
         parts = (self.dataset, self.model, self.attack, self.defense, self.extractor, self.push)
+        if self.source is not None:  # a direct trial keeps its key
+            parts += (self.source,)
         return config_key([c.as_dict() for c in parts if c is not None])
+
+    def crafted_on(self) -> TrialSpec:
+        """The trial whose model the attack is crafted against: the direct trial on the
+        source model (itself when the attack is direct); its ranker stage is what the
+        attack needs."""
+        if self.source is None:
+            return self
+        attack = Component(
+            self.attack.kind,
+            self.attack.name,
+            dataclasses.replace(self.attack.config, source=None),
+        )
+        return dataclasses.replace(self, model=self.source, attack=attack, source=None)
 
     @property
     def name(self) -> str:
@@ -153,12 +218,15 @@ class TrialSpec:
         if self.push is not None:
             training = self.extractor_config.training
             return f"{head}/{training}/{self.attack.name}{eps}/{self.push.config.mode}"
-        attack = self.attack.name
+        marks = []
         if self.adaptive:
             config = self.attack.config
             extra = [f"eot={config.eot_samples}"] if config.eot_samples > 1 else []
             extra += ["bpda=approximation"] if config.bpda == "approximation" else []
-            attack += "(" + ",".join(["adaptive", *extra]) + ")"
+            marks.append(",".join(["adaptive", *extra]))
+        if self.source is not None:
+            marks.append(f"from={self.source.label}")
+        attack = self.attack.name + (f"({','.join(marks)})" if marks else "")
         return f"{head}/{attack}{eps}/{self.defense.label}"
 
 
@@ -174,16 +242,18 @@ class Grid:
     defenses: tuple[Component, ...]
     extractors: tuple[Component | None, ...] = (None,)
     pushes: tuple[Component | None, ...] = (None,)
+    #: the models a transfer attack's ``source`` may name besides the grid's own (the sweep's
+    #: top-level ``models:``)
+    sources: tuple[Component, ...] = ()
 
     def trials(self) -> list[TrialSpec]:
         """Every grid point, the attack as it runs against the point's defence
-        (:func:`attack_against`): the same trial may appear twice."""
-        return [
-            TrialSpec(d, m, attack_against(a, f), f, e, p)
-            for f in self.defenses
-            for e in self.extractors
-            for p in self.pushes
-            for d in self.datasets
-            for m in self.models
-            for a in self.attacks
-        ]
+        (:func:`attack_against`) and on its model (:func:`attack_on`): the same trial may
+        appear twice."""
+        out = []
+        axes = (self.defenses, self.extractors, self.pushes, self.datasets, self.models)
+        for f, e, p, d, m in itertools.product(*axes):
+            for a in self.attacks:
+                attack, source = attack_on(attack_against(a, f), m, self.models, self.sources)
+                out.append(TrialSpec(d, m, attack, f, e, p, source))
+        return out

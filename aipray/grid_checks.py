@@ -12,7 +12,7 @@ from aipray.models import MODELS
 from aipray.params import ConfigError
 
 if TYPE_CHECKING:
-    from aipray.grid import Grid, PerceptualConfig
+    from aipray.grid import Component, Grid, PerceptualConfig
     from aipray.models.extractor import ExtractorConfig
 
 
@@ -42,6 +42,50 @@ def check_adaptive(raw_attacks: Any, where: str) -> None:
                 raise ConfigError(
                     f"{where}.{name}.{key}: {settings[key]!r} is not allowed; {name} cannot "
                     f"optimise through a defence (adaptive attacks: {', '.join(able)})"
+                )
+
+
+def check_transfer(raw_attacks: Any, where: str) -> None:
+    """``source`` only on attacks crafted against a ranker or its feature network (their
+    Config is a :class:`~aipray.attacks.base.TransferConfig`), with a message that says why
+    rather than an unknown key."""
+    if not isinstance(raw_attacks, dict):
+        return  # the attacks' own parse reports it
+    able = [n for n in ATTACKS.names() if ATTACKS.get(n).can_transfer()]
+    for name, settings in raw_attacks.items():
+        if not isinstance(settings, dict) or name not in ATTACKS or "source" not in settings:
+            continue
+        cls = ATTACKS.get(name)
+        if cls.can_transfer():
+            continue
+        knows = {
+            "classifier": "the extractor's classifier, so every model already evaluates the "
+            "same images",
+            "none": "no model",
+        }.get(cls.knowledge, f"its {cls.knowledge}")
+        raise ConfigError(
+            f"{where}.{name}.source: {settings['source']!r} is not allowed; {name} crafts its "
+            f"images against {knows} (source is a setting of {', '.join(able)})"
+        )
+
+
+def check_sources(grids: list[Grid], models: tuple[Component, ...], where: str) -> None:
+    """Every transfer attack's ``source`` names one model of its grid or of the sweep's
+    ``models:`` section (:func:`~aipray.grid.source_model`), one the attack can run against."""
+    from aipray.grid import source_model
+
+    for grid in grids:
+        for attack in grid.attacks:
+            name = getattr(attack.config, "source", None)
+            if name is None:
+                continue
+            at = f"{where}.{attack.name}"
+            source = source_model(name, grid.models, at, models)
+            missing = ATTACKS.get(attack.name).missing(MODELS.get(source.name))
+            if missing:
+                raise ConfigError(
+                    f"{at}.source: {name!r} is not allowed; {attack.name} needs the model's "
+                    f"{missing}, which {source.name!r} does not implement"
                 )
 
 

@@ -39,6 +39,9 @@ class StagePaths:
     #: a defence with weights (the denoiser), built for the trial's ranker; ``None`` for the
     #: others
     defense: Path | None = None
+    #: a transfer attack's source model (the ranker its images are crafted against); ``None``:
+    #: the trial's own ``model``
+    source: Path | None = None
 
     def as_dict(self) -> dict[str, str]:
         return {k: str(v) for k, v in dataclasses.asdict(self).items() if v is not None}

@@ -24,6 +24,7 @@ from typing import Any
 
 import pandas as pd
 
+from aipray.attacks import ATTACKS
 from aipray.config import ConfigError, SweepConfig, TrialSpec, load_sweep
 from aipray.pipeline import stages
 from aipray.pipeline.stages import StagePaths, stage_paths, trial_key
@@ -55,6 +56,10 @@ def trial_params(sweep: SweepConfig, trial: TrialSpec) -> dict[str, Any]:
         "seed": sweep.seed,
         "sweep": sweep.name,
     }
+    if ATTACKS.get(trial.attack.name).can_transfer():
+        # the model the images were crafted against (a transfer attack's source, else the
+        # trial's own): the report's transfer matrix groups by it
+        params["source"] = trial.crafted_on().model.label
     params.update(flatten("dataset", trial.dataset.config))
     params.update(flatten("model", trial.model.config))
     params.update(flatten("attack", trial.attack.config))
@@ -178,20 +183,14 @@ def run_stages(sweep: SweepConfig, trials: list[TrialSpec]) -> None:
     task = ray.remote(_stage).options(
         num_cpus=res.train_cpus, num_gpus=res.train_gpus, max_retries=res.max_failures
     )
-    protocol = PROTOCOLS.get(sweep.protocol)()
-    for wave in protocol.stages:
-        refs, seen = [], set()
-        for trial in trials:
-            paths = stage_paths(sweep, trial)
-            for kind in wave:
-                target = stages.stage_output(kind, paths)
-                if target is None or (kind == "extractor" and not protocol.uses_extractor(trial)):
-                    continue
-                if done(target) or target in seen:
-                    continue
-                seen.add(target)
-                log.info("stage %s → %s", kind, target.name)
-                refs.append((kind, target, task.remote(kind, sweep, trial, paths)))
+    for wave in stages.stage_waves(sweep, trials):
+        refs = []
+        for kind, trial, paths in wave:
+            target = stages.stage_output(kind, paths)
+            if done(target):
+                continue
+            log.info("stage %s → %s", kind, target.name)
+            refs.append((kind, target, task.remote(kind, sweep, trial, paths)))
         for kind, target, ref in refs:
             try:
                 cost = ray.get(ref)

@@ -50,6 +50,23 @@ class AdaptiveConfig(Settings):
     )
 
 
+@dataclass(frozen=True)
+class TransferConfig(AdaptiveConfig):
+    """The settings of an attack crafted against a ranker (INSA) or its feature network
+    (EXPA), which it may craft against another of the sweep's models than the one it is
+    evaluated on: the transfer (black-box) setting.
+
+    ``source``: the name (or label, e.g. ``vbpr(dim=20)``) of a model of the sweep's
+    ``models:`` section, trained on the same dataset, extractor and seed; the images are crafted
+    against it and evaluated on the trial's model. ``None`` (default): the trial's own model, the
+    direct (white-box) attack. A grid axis: ``[vbpr, dvbpr]`` crafts on each. The images made on
+    a model are one stored set whichever model evaluates them, so a transfer trial reuses the
+    direct trial's. Left out of the store key at its default, like ``adaptive``.
+    """
+
+    source: str | None = param(None, axis=True, keyed_at_default=False)
+
+
 def through_defense(
     objective: Objective,
     defense: Defense,
@@ -159,6 +176,14 @@ class Attack:
         :class:`AdaptiveConfig`)."""
         return isinstance(getattr(cls, "Config", None), type) and issubclass(
             cls.Config, AdaptiveConfig
+        )
+
+    @classmethod
+    def can_transfer(cls) -> bool:
+        """Whether the attack takes ``source`` (its Config is a :class:`TransferConfig`): its
+        images are crafted against a ranker, which may be another model than the evaluated one."""
+        return isinstance(getattr(cls, "Config", None), type) and issubclass(
+            cls.Config, TransferConfig
         )
 
     def _defense(self) -> Defense:

@@ -20,11 +20,11 @@ import torch
 
 from aipray.attacks.base import (
     ATTACKS,
-    AdaptiveConfig,
     Attack,
     AttackInputs,
     AttackResult,
     Plateau,
+    TransferConfig,
     linf_ascent,
 )
 from aipray.models.base import Recommender
@@ -32,10 +32,10 @@ from aipray.params import param
 
 
 @dataclass(frozen=True)
-class EXPAConfig(AdaptiveConfig):
+class EXPAConfig(TransferConfig):
     """eps in 0..255 pixel units; AIP: Adam lr 0.01, 5000 steps; hook ``None`` = most popular;
     ``patience`` ``None`` = every step (AIP), else the early stop's window (with ``tol``);
-    ``adaptive``, ``eot_samples``: :class:`~aipray.attacks.base.AdaptiveConfig`."""
+    ``adaptive``, ``eot_samples``, ``source``: :class:`~aipray.attacks.base.TransferConfig`."""
 
     eps: float = param(32.0, axis=True, min=0, max=255)
     steps: int = param(5000, min=1)

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
-from aipray.attacks.base import ATTACKS, AdaptiveConfig, Attack, AttackInputs, linf_ascent
+from aipray.attacks.base import ATTACKS, Attack, AttackInputs, TransferConfig, linf_ascent
 from aipray.models.base import Recommender
 from aipray.params import param
 
@@ -36,10 +36,10 @@ def default_lr(model: Recommender, eps: float, steps: int) -> float:
 
 
 @dataclass(frozen=True)
-class INSAConfig(AdaptiveConfig):
+class INSAConfig(TransferConfig):
     """eps in 0..255 pixel units; ``epochs`` passes over all users in batches of ``user_batch``
     (AIP: 10 × 512); lr ``None`` takes the model's default (:func:`default_lr`); ``adaptive``,
-    ``eot_samples``: :class:`~aipray.attacks.base.AdaptiveConfig`."""
+    ``eot_samples``, ``source``: :class:`~aipray.attacks.base.TransferConfig`."""
 
     eps: float = param(32.0, axis=True, min=0, max=255)
     epochs: int = param(10, min=1)

@@ -74,17 +74,7 @@ def stage_paths(sweep: SweepConfig, trial: TrialSpec) -> StagePaths:
         [ds_key, dataclasses.asdict(sweep.first_stage.bpr), sweep.seed, TRAINING_VERSION]
     )
     cand_key = config_key([bpr_key, sweep.first_stage.candidates])
-    model_cls = MODELS.get(trial.model.name)
-    uses_extractor = model_cls.uses_extractor
-    model_key = config_key(
-        [
-            ds_key,
-            trial.model.as_dict(),
-            ext_key if uses_extractor else None,
-            sweep.seed,
-            TRAINING_VERSION,
-        ]
-    )
+    model_key = _model_key(sweep, trial.model, ds_key, ext_key)
     if trial.push is not None:
         return _push_paths(sweep, trial, store, ds_key, ext_key, bpr_key, model_key)
     # a defence with weights is built for the trial's ranker; its key joins what depends on it
@@ -96,13 +86,17 @@ def stage_paths(sweep: SweepConfig, trial: TrialSpec) -> StagePaths:
         trained = (config_key(parts),)
     ctx_key = config_key([model_key, cand_key, trial.defense.as_dict(), CONTEXT_VERSION, *trained])
     bare_key = config_key([model_key, cand_key, NO_DEFENSE.as_dict(), CONTEXT_VERSION])
-    # an attack's images depend on what the attacker knows, and are shared accordingly
-    sources = {"ranker": model_key, "classifier": ext_key, "none": ds_key}
-    sources["feature_network"] = ext_key if model_cls.features_from_extractor else model_key
+    # an attack's images depend on what the attacker knows, and are shared accordingly: a
+    # transfer attack's are the direct attack's on its source model, wherever they are evaluated
+    crafted = trial.crafted_on()
+    crafted_key = _model_key(sweep, crafted.model, ds_key, ext_key)
+    from_extractor = MODELS.get(crafted.model.name).features_from_extractor
+    sources = {"ranker": crafted_key, "classifier": ext_key, "none": ds_key}
+    sources["feature_network"] = ext_key if from_extractor else crafted_key
     # an adaptive attack also knows the defence it optimised through; an oblivious one serves all
     defended = (trial.defense.as_dict(), *trained) if trial.adaptive else ()
     source = sources[ATTACKS.get(trial.attack.name).knowledge]
-    attack_key = attack_images_key(source, trial.attack, *defended)
+    attack_key = attack_images_key(source, crafted.attack, *defended)
     result_parts = [ctx_key, bare_key, attack_key, sweep.examples, RESULT_VERSION]
     if sweep.lpips is not None:  # results without LPIPS keep their keys
         result_parts.append(sweep.lpips.fingerprint())
@@ -120,7 +114,18 @@ def stage_paths(sweep: SweepConfig, trial: TrialSpec) -> StagePaths:
         attack=store.path("attacks", trial.attack.name, attack_key),
         result=store.path("trials", trial.model.name, result_key),
         defense=store.path("defenses", trial.defense.name, trained[0]) if trained else None,
+        source=None
+        if trial.source is None
+        else store.path("models", trial.source.name, crafted_key),
     )
+
+
+def _model_key(sweep: SweepConfig, model: Component, ds_key: str, ext_key: str) -> str:
+    """The key of a ranker's training stage: its dataset, its settings, the extractor when it
+    is built on it, the seed."""
+    uses_extractor = MODELS.get(model.name).uses_extractor
+    parts = [ds_key, model.as_dict(), ext_key if uses_extractor else None, sweep.seed]
+    return config_key([*parts, TRAINING_VERSION])
 
 
 def _push_paths(
@@ -412,6 +417,37 @@ def torch_threads(n: int) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(before)
+
+
+#: the stages a transfer attack's source model stands on: its ranker and what that is trained on
+SOURCE_STAGES = frozenset({"dataset", "extractor", "ranker"})
+
+
+def stage_waves(
+    sweep: SweepConfig, trials: list[TrialSpec]
+) -> list[list[tuple[str, TrialSpec, StagePaths]]]:
+    """The stage outputs ``trials`` stand on, wave by wave (the protocol's ``stages``), each
+    output once as ``(kind, trial, paths)``: every trial's own, and the ranker of each transfer
+    attack's source model (:data:`SOURCE_STAGES` of :meth:`TrialSpec.crafted_on`), so that the
+    source is trained before the attack runs even when no direct trial on it is pending."""
+    protocol = PROTOCOLS.get(sweep.protocol)()
+    jobs: list[tuple[TrialSpec, frozenset[str] | None]] = [(t, None) for t in trials]
+    jobs += [(t.crafted_on(), SOURCE_STAGES) for t in trials if t.source is not None]
+    located = [(trial, only, stage_paths(sweep, trial)) for trial, only in jobs]
+    waves, seen = [], set()
+    for wave in protocol.stages:
+        out = []
+        for trial, only, paths in located:
+            for kind in wave:
+                target = stage_output(kind, paths)
+                if target is None or target in seen or (only is not None and kind not in only):
+                    continue
+                if kind == "extractor" and not protocol.uses_extractor(trial):
+                    continue
+                seen.add(target)
+                out.append((kind, trial, paths))
+        waves.append(out)
+    return waves
 
 
 def compute_stage(

@@ -156,7 +156,12 @@ class ColdItems(Protocol):
         defended = not is_identity(defense)
         served = load_served(paths.context, paths.model, device)
         # an adaptive attack optimises against the ranker the platform serves under the defence
-        attacked = served if getattr(config, "adaptive", False) else ranker
+        adaptive = getattr(config, "adaptive", False)
+        attacked = served if adaptive else ranker
+        if paths.source is not None:  # a transfer attack: crafted against its source model
+            attacked = load_recommender(paths.source, device)
+            if adaptive:
+                attacked = attacked.under_defense(defense, catalog.images)
         return ColdItemEvaluator(
             ranker,
             attack_cls(config, attacked, inputs),
@@ -217,7 +222,8 @@ def colluding(plan: TrialPlan, rows: pd.DataFrame, device: torch.device) -> dict
 
 def provenance(plan: TrialPlan, images: Path, n_items: int) -> dict[str, Any]:
     """How a stored image set was made: the attack (settings, algorithm version, what it knew),
-    the stage outputs it was made against (dataset, extractor, ranker; the defence and its
+    the stage outputs it was made against (dataset, extractor, ranker: a transfer attack's
+    source model, not the model that evaluated it; the defence and its
     stage only for an adaptive attack, as an oblivious attack's images serve every defence),
     the seed, the set's store key, the code, and the SHA-256 of the images' file."""
     cls = ATTACKS.get(plan.attack.name)
@@ -231,7 +237,7 @@ def provenance(plan: TrialPlan, images: Path, n_items: int) -> dict[str, Any]:
         "knowledge": cls.knowledge,
         "dataset": paths.dataset.name,
         "extractor": paths.extractor.name,
-        "model": paths.model.name,
+        "model": (paths.source or paths.model).name,
         "defense": plan.defense.label if adaptive else None,
         "defense_stage": paths.defense.name if adaptive and paths.defense is not None else None,
         "seed": plan.seed,
