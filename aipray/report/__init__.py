@@ -1,11 +1,12 @@
 """The AIP report of a sweep: ``python -m aipray.report sweeps/quick.yaml``.
 
 Reads the sweep's FINISHED trial runs from MLflow and writes, into ``reports/<sweep>/``, a
-first-stage health table, the AIP tables (3–8), HR@5 vs AMR's adversarial-training ε and, when
-some attack also ran adaptively, the robustness table (oblivious vs adaptive per defence) as
-Markdown and CSV, figures (example images, HR@5 vs ε, vs embedding length and vs AMR's ε,
-embedding maps, defence curves) and ``report.md``; then logs that folder to the sweep's parent
-run as artifacts under ``report/``.
+first-stage health table, the AIP tables (3–8), HR@5 vs AMR's adversarial-training ε, when some
+attack also ran adaptively the robustness table (oblivious vs adaptive per defence) and, when
+some attack ran a transfer trial, the transfer matrix (source × target model), as Markdown and
+CSV (``--show transfer`` also prints one), figures (example images, HR@5 vs ε, vs embedding
+length and vs AMR's ε, embedding maps, defence curves) and ``report.md``; then logs that folder
+to the sweep's parent run as artifacts under ``report/``.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from aipray.report.tables import (
     all_tables,
     attack_name,
     choose_eps,
+    direct_runs,
     fmt_num,
     model_name,
     models_in,
@@ -99,8 +101,10 @@ def build_report(
     eps: float | None = None,
     tracking_uri: str | None = None,
     log_to_mlflow: bool = True,
+    show: tuple[str, ...] = (),
 ) -> Path:
-    """Write the report of a sweep (YAML path) or experiment (name) and return its folder.
+    """Write the report of a sweep (YAML path) or experiment (name) and return its folder;
+    the tables named in ``show`` (their slugs, e.g. ``transfer``) are also printed.
 
     Raises :class:`ReportError` (one-line message) when the sweep, experiment or store is
     unknown or holds no finished trial.
@@ -114,14 +118,17 @@ def build_report(
         if (runs.frame["protocol"] == "perceptual").all():
             return _perceptual_report(runs, folder, log_to_mlflow)
         frame = prepare(runs.frame)
-        chosen = choose_eps(frame, eps)
+        chosen = choose_eps(direct_runs(frame), eps)
         log.info("building tables")
         tables = all_tables(frame, chosen)
+        for table in tables:
+            if table.slug in show:
+                sys.stdout.write(table.markdown() + "\n")
         (folder / "tables").mkdir(exist_ok=True)
         for table in tables:
             table.data.to_csv(folder / "tables" / f"{table.slug}.csv", index=False)
         log.info("drawing figures")
-        figures = all_figures(frame, chosen, runs.artifact, folder)
+        figures = all_figures(direct_runs(frame), chosen, runs.artifact, folder)
         for name, count in sorted(runs.missing.items()):
             log.warning("%d runs have no usable %s; their figures are left out", count, name)
         (folder / "report.md").write_text(render(runs, chosen, tables, figures))
@@ -174,6 +181,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--no-log", action="store_true", help="do not log the report to the sweep's parent run"
     )
+    parser.add_argument(
+        "--show",
+        action="append",
+        default=[],
+        metavar="TABLE",
+        help="also print this table (its CSV's name, e.g. transfer, robustness); repeatable",
+    )
     args = parser.parse_args(argv)
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
@@ -184,6 +198,7 @@ def main(argv: list[str] | None = None) -> int:
             eps=args.eps,
             tracking_uri=args.tracking_uri,
             log_to_mlflow=not args.no_log,
+            show=tuple(args.show),
         )
     except ReportError as err:
         sys.stderr.write(f"error: {err}\n")

@@ -40,6 +40,9 @@ METRICS = [f"{g}/hr_at_{k}" for g in (*GROUPS, "random") for k in CUTOFFS] + [
     "first_stage/popularity_test_in_top_c",
     "ranker/val_hr_at_10",
     "ranker/full_hr_at_10",
+    # the second yardstick, HR@50 over the full ranking (the transfer matrix shows it)
+    "full_ranking/cooperative/hr_at_50",
+    "full_ranking/adversarial/hr_at_50",
 ]
 # Model settings (flattened ``model.*`` params) every frame has as columns, None where a run did
 # not log them; any other ``model.*`` param a run logged becomes a column too.
@@ -192,6 +195,10 @@ def run_row(run: Any) -> dict[str, Any]:
         "bpda": params.get("attack.bpda", "identity") if adaptive else None,
         "eps": _number(params.get("eps")),
         "defense": defense,
+        # the model the images were crafted against (``source``, on attacks that take one) and
+        # whether it is another than the evaluated one (a transfer attack)
+        "source": params.get("source"),
+        "transfer": params.get("attack.source", "None") != "None",
         "family": family,
         "level": _level(family, params, defense),
         # C: BPR's candidates per user (the random level of HR@N is N / (C + 2))

@@ -43,6 +43,7 @@ from aipray.report.common import (
 )
 from aipray.report.defences import robustness_table, table8
 from aipray.report.health import first_stage_table
+from aipray.report.transfer import transfer_table
 
 __all__ = [
     "MISSING",
@@ -294,7 +295,11 @@ def table_adv_eps(frame: pd.DataFrame) -> Table | None:
 def all_tables(frame: pd.DataFrame, eps: dict[str, float]) -> list[Table]:
     """The first-stage table, Tables 3–6, the ε_adv table and Table 7 (each only when its
     trials exist), then Table 8, the robustness table when some attack was also run
-    adaptively, and the colluding merchants' table when some trial reports them."""
+    adaptively, the colluding merchants' table when some trial reports them and, when some
+    attack ran a transfer trial, the transfer matrix. Only the transfer matrix shows transfer
+    trials."""
+    transfer = transfer_table(frame)
+    frame = direct_runs(frame)  # the other tables: each attack on the model it was crafted on
     magnitudes = magnitude_notes(frame)
     hr = [
         table4(frame, eps),
@@ -313,4 +318,14 @@ def all_tables(frame: pd.DataFrame, eps: dict[str, float]) -> list[Table]:
     tables += [t for t in (adv_eps, table7(frame)) if t is not None]
     tables.append(eight)
     tables += [t for t in (robust, colluding) if t is not None]
+    if transfer is not None:
+        for ds in transfer.blocks:
+            transfer.notes.setdefault(ds, []).extend(magnitudes.get(ds, []))
+        tables.append(transfer)
     return tables
+
+
+def direct_runs(frame: pd.DataFrame) -> pd.DataFrame:
+    """The runs whose attack was crafted on the model they evaluate (all but transfer trials,
+    which only the transfer matrix shows)."""
+    return frame[~frame["transfer"]] if "transfer" in frame else frame
