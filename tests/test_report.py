@@ -954,3 +954,53 @@ def test_robustness_shows_the_stronger_bpda_gradient(tmp_path):
     cell = t[f"{VBPR} / INSA / 8 / jpeg(quality=50)"]
     assert (cell["adaptive HR@5"], cell["adaptive p"]) == ("0.3100", "1e-06")
     assert cell["adaptive BPDA"] == "approximation"
+
+
+def test_transfer_matrix_source_by_target(tmp_path, capsys):
+    import pandas as pd
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    exp_id = client.create_experiment(SWEEP, artifact_location=(tmp_path / "artifacts").as_uri())
+    parent = client.create_run(
+        exp_id, run_name=SWEEP, tags={"aipray.role": "sweep", "aipray.sweep": SWEEP}
+    ).info.run_id
+    # target, source (None: direct), adversarial HR@5, full-ranking HR@50
+    insa = [
+        ("vbpr", None, 0.30, 0.40),
+        ("dvbpr", None, 0.70, 0.80),
+        ("vbpr", "dvbpr", 0.05, 0.10),
+        ("dvbpr", "vbpr", 0.02, 0.03),
+    ]
+    for target, source, adv, full in insa:
+        extra = {"source": source or target, "attack.source": source}
+        metrics = _metrics(0.01, adv, 0.02, 0.02, 0.02, 1, 0.01)
+        metrics |= {"full_ranking/adversarial/hr_at_50": full}
+        metrics |= {"full_ranking/cooperative/hr_at_50": 0.05}
+        _child(client, exp_id, parent, _params(target, 20, "insa", 8, **extra), metrics)
+    for target in ("vbpr", "dvbpr"):  # PGD: the classifier's images on both
+        metrics = _metrics(0.01, 0.02 if target == "vbpr" else 0.04, 0.02, 0.02, 0.02, 1, 0.5)
+        _child(client, exp_id, parent, _params(target, 20, "pgd", 8), metrics)
+    out = tmp_path / "report"
+    args = [SWEEP, "--tracking-uri", uri, "--out", str(out), "--no-log", "--show", "transfer"]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert "## Transfer: source × target" in printed
+    text = (out / "report.md").read_text()
+    section = text.split("## Transfer: source × target", 1)[1].split("\n## ", 1)[0]
+    lines = [line.strip("|").split(" | ") for line in section.splitlines() if line[:1] == "|"]
+    cells = {tuple(c.strip() for c in line[:4]): [c.strip() for c in line[4:]] for line in lines}
+    assert [c.strip() for c in lines[0][4:]] == [VBPR, DVBPR]  # targets, in row order
+    assert cells[("INSA", "8", "none", VBPR)] == ["0.3000 (0.4000)", "0.0200 (0.0300)"]
+    assert cells[("INSA", "8", "none", DVBPR)] == ["0.0500 (0.1000)", "0.7000 (0.8000)"]
+    assert cells[("INSA", "8", "none", "cooperative (clean)")] == [
+        "0.0100 (0.0500)",
+        "0.0100 (0.0500)",
+    ]
+    assert cells[("PGD", "8", "none", "extractor's classifier")] == ["0.0200", "0.0400"]
+    # the other tables show only direct trials: Table 4's INSA is the diagonal
+    t4 = table(text, "Table 4")
+    assert (t4[VBPR]["INSA ε=8"], t4[DVBPR]["INSA ε=8"]) == ("0.3000", "0.7000")
+    csv = pd.read_csv(out / "tables" / "transfer.csv")
+    diagonal = csv[csv["direct"]]
+    assert sorted(diagonal["hr_at_5"]) == pytest.approx([0.3, 0.7])

@@ -27,6 +27,7 @@ from aipray.report.common import (
     model_name,
     rows_of,
     select,
+    shared,
 )
 
 HR5, FULL50 = "adversarial/hr_at_5", "full_ranking/adversarial/hr_at_50"
@@ -68,7 +69,9 @@ def with_sources(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def _cell(runs: pd.DataFrame, hr: str, full: str) -> tuple[str, float, float]:
-    at5, at50 = mean(runs, hr), mean(runs, full)
+    # the cooperative items are the same in every trial on a target: shared, not averaged
+    of = shared if hr == COOP5 else mean
+    at5, at50 = of(runs, hr), of(runs, full)
     if math.isnan(at5):
         return MISSING, at5, at50
     text = fmt_value(at5) + ("" if math.isnan(at50) else f" ({fmt_value(at50)})")
