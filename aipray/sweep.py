@@ -383,9 +383,15 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.seed is not None:
         sweep = with_seed(sweep, args.seed)
+    return drive(sweep, ray_address=args.address, num_cpus=args.num_cpus)
+
+
+def drive(sweep: SweepConfig, *, ray_address: str | None, num_cpus: int | None) -> int:
+    """Run (or resume) a parsed sweep from the command line: the summary table and the MLflow
+    UI command on stdout, failures on stderr; returns the exit status."""
     start = time.perf_counter()
     try:
-        table, failed = run_sweep(sweep, ray_address=args.address, num_cpus=args.num_cpus)
+        table, failed = run_sweep(sweep, ray_address=ray_address, num_cpus=num_cpus)
     except StageError as err:
         sys.stderr.write(f"error: {err}\n")
         return 1

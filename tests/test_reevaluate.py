@@ -7,11 +7,13 @@ from __future__ import annotations
 import json
 
 import pandas as pd
+import pytest
 
 from aipray.attacks.sema import STORED_SET
-from aipray.config import parse_sweep
+from aipray.config import ConfigError, parse_sweep
 from aipray.pipeline import stages
 from aipray.protocol import PROTOCOLS, run
+from aipray.reevaluate import reevaluation
 from aipray.store import file_sha256
 from aipray.sweep import trial_plans
 
@@ -84,3 +86,38 @@ def test_a_stored_image_set_reevaluates_to_the_same_numbers(tmp_path, one_thread
     raw = {**WORLD, "name": "again", "attacks": {"provided": {"path": str(images)}}}
     sweep = parse_sweep({**raw, "storage": str(store)})
     assert stages.stage_paths(sweep, sweep.trials()[0]).attack != again["none"][0].paths.attack
+
+
+def test_the_reevaluate_command_builds_a_provided_sweep_on_the_sets_dataset(tmp_path, one_thread):
+    store = tmp_path / "store"
+    made = _run_all(
+        {**WORLD, "name": "made", "attacks": {"insa": {"eps": [16], "epochs": 2}}}, store
+    )
+    images = made["none"][0].paths.attack
+    sweep = parse_sweep(
+        {**WORLD, "name": "made", "storage": str(store), "attacks": {"expa": {"eps": 8}}}
+    )
+    again = reevaluation(sweep, images, defenses=["bitdepth"])
+    assert again.name == f"made-reeval-{images.name}"
+    [trial] = again.trials()
+    assert (trial.attack.name, trial.defense.name) == ("provided", "bitdepth")
+    assert trial.attack.config.path == str(images)
+    [plan] = trial_plans(again, [trial])
+    for wave in stages.stage_waves(again, [trial]):
+        for kind, t, paths in wave:
+            stages.compute_stage(kind, again, t, paths, stages.pick_device(0))
+    metrics = run(plan)
+    same = {k: v for k, v in made["bitdepth"][1].items() if k not in TIMING}
+    assert {k: v for k, v in metrics.items() if k not in TIMING} == same
+
+    # what it refuses, each in one line naming what is allowed
+    with pytest.raises(ConfigError, match=r"has no adv\.parquet and no provenance\.json"):
+        reevaluation(sweep, tmp_path)
+    with pytest.raises(ConfigError, match=r"--models: 'dvbpr' is not allowed; .*: vbpr"):
+        reevaluation(sweep, images, models=["dvbpr"])
+    other = {**WORLD["datasets"]["synthetic"], "n_users": 100}
+    elsewhere = parse_sweep(
+        {**WORLD, "name": "x", "attacks": {"expa": {}}, "datasets": {"synthetic": other}}
+    )
+    with pytest.raises(ConfigError, match=r"image set: dataset 'synthetic-\w+' is not allowed"):
+        reevaluation(elsewhere, images)
