@@ -135,6 +135,17 @@ def source_model(
     )
 
 
+def shared_source(attack: str, model: Component) -> str | None:
+    """What the images of ``attack`` crafted on ``model`` are crafted against when every model
+    shares it: ``extractor`` (a feature-network attack, EXPA, on a model whose features are the
+    frozen extractor's), ``classifier`` (a classifier attack), ``dataset`` (one that knows no
+    model); ``None`` when it is ``model`` itself (INSA, EXPA on DVBPR's own CNN)."""
+    knowledge = ATTACKS.get(attack).knowledge
+    if knowledge == "feature_network" and MODELS.get(model.name).features_from_extractor:
+        return "extractor"
+    return {"classifier": "classifier", "none": "dataset"}.get(knowledge)
+
+
 def attack_on(
     attack: Component,
     model: Component,
@@ -144,12 +155,17 @@ def attack_on(
     """The attack as it runs on ``model``, and the model it is crafted against when that is
     another one (``None``: ``model`` itself). An attack whose ``source`` is the evaluated model
     is the direct attack (its ``source`` dropped), so ``source: [a, b]`` × models ``[a, b]``
-    holds the two direct trials once, and a direct trial keeps its store key."""
+    holds the two direct trials once, and a direct trial keeps its store key; so is one whose
+    source shares what the attack knows with the evaluated model (EXPA on VBPR from AlexRank:
+    both use the extractor's features, the images are the same)."""
     config = attack.config
     if not isinstance(config, TransferConfig) or config.source is None:
         return attack, None
     source = source_model(config.source, models, f"attacks.{attack.name}", sweep_models)
-    if source.key() != model.key():
+    shared = shared_source(attack.name, source)
+    if source.key() != model.key() and (
+        shared is None or shared_source(attack.name, model) != shared
+    ):
         return attack, source
     return Component(attack.kind, attack.name, dataclasses.replace(config, source=None)), None
 
@@ -194,9 +210,14 @@ class TrialSpec:
     def key(self) -> str:
         """Identity of the full configuration (two grids may name the same trial)."""
         parts = (self.dataset, self.model, self.attack, self.defense, self.extractor, self.push)
+        dicts: list[Any] = [c.as_dict() for c in parts if c is not None]
         if self.source is not None:  # a direct trial keeps its key
-            parts += (self.source,)
-        return config_key([c.as_dict() for c in parts if c is not None])
+            # EXPA on DVBPR from AlexRank or from VBPR: the same images, the same trial
+            shared = shared_source(self.attack.name, self.source)
+            attack = dataclasses.replace(self.attack.config, source=None)
+            dicts[2] = Component(self.attack.kind, self.attack.name, attack).as_dict()
+            dicts.append(shared or self.source.as_dict())
+        return config_key(dicts)
 
     def crafted_on(self) -> TrialSpec:
         """The trial whose model the attack is crafted against: the direct trial on the
@@ -225,7 +246,8 @@ class TrialSpec:
             extra += ["bpda=approximation"] if config.bpda == "approximation" else []
             marks.append(",".join(["adaptive", *extra]))
         if self.source is not None:
-            marks.append(f"from={self.source.label}")
+            shared = shared_source(self.attack.name, self.source)
+            marks.append(f"from={shared or self.source.label}")
         attack = self.attack.name + (f"({','.join(marks)})" if marks else "")
         return f"{head}/{attack}{eps}/{self.defense.label}"
 

@@ -26,6 +26,7 @@ import pandas as pd
 
 from aipray.attacks import ATTACKS
 from aipray.config import ConfigError, SweepConfig, TrialSpec, load_sweep
+from aipray.grid import shared_source
 from aipray.pipeline import stages
 from aipray.pipeline.stages import StagePaths, stage_paths, trial_key
 from aipray.plan import TrialPlan
@@ -56,10 +57,11 @@ def trial_params(sweep: SweepConfig, trial: TrialSpec) -> dict[str, Any]:
         "seed": sweep.seed,
         "sweep": sweep.name,
     }
-    if ATTACKS.get(trial.attack.name).can_transfer():
-        # the model the images were crafted against (a transfer attack's source, else the
-        # trial's own): the report's transfer matrix groups by it
-        params["source"] = trial.crafted_on().model.label
+    if ATTACKS.get(trial.attack.name).knowledge != "none":
+        # what the images were crafted against (the source model, or what every model shares:
+        # the extractor's features or classifier): the report's transfer matrix groups by it
+        crafted = trial.crafted_on().model
+        params["source"] = shared_source(trial.attack.name, crafted) or crafted.label
     params.update(flatten("dataset", trial.dataset.config))
     params.update(flatten("model", trial.model.config))
     params.update(flatten("attack", trial.attack.config))

@@ -980,7 +980,7 @@ def test_transfer_matrix_source_by_target(tmp_path, capsys):
         _child(client, exp_id, parent, _params(target, 20, "insa", 8, **extra), metrics)
     for target in ("vbpr", "dvbpr"):  # PGD: the classifier's images on both
         metrics = _metrics(0.01, 0.02 if target == "vbpr" else 0.04, 0.02, 0.02, 0.02, 1, 0.5)
-        _child(client, exp_id, parent, _params(target, 20, "pgd", 8), metrics)
+        _child(client, exp_id, parent, _params(target, 20, "pgd", 8, source="classifier"), metrics)
     out = tmp_path / "report"
     args = [SWEEP, "--tracking-uri", uri, "--out", str(out), "--no-log", "--show", "transfer"]
     assert main(args) == 0

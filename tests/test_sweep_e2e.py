@@ -1,5 +1,6 @@
 """End-to-end: a tiny real sweep on a local Ray, checked through MLflow."""
 
+import dataclasses
 import os
 import signal
 import subprocess
@@ -199,6 +200,35 @@ def test_rerun_after_lost_tracking_reuses_results(tiny_first):
     assert len(children) == len(sweep.trials())
     assert victim.info.run_name in {r.info.run_name for r in children}
     assert {p: p.stat().st_mtime for p in (tmp_path / "store").rglob("*.pt")} == mtimes
+
+
+def test_reevaluate_command_logs_a_stored_set_under_another_defence(tiny_first):
+    """``python -m aipray.reevaluate``: the sweep's stored INSA set of VBPR, re-evaluated under
+    JPEG through the sweep driver, lands in MLflow with the numbers of the trial that made it
+    under JPEG, and nothing is re-attacked or retrained."""
+    import json
+
+    from aipray.reevaluate import main as reevaluate
+
+    tmp_path, path, sweep, _table, _failed = tiny_first
+    store = tmp_path / "store"
+    made_on = {
+        json.loads((p / "provenance.json").read_text())["model"]: p
+        for p in (store / "attacks").glob("insa-*")
+    }
+    [images] = [p for model, p in made_on.items() if model.startswith("vbpr-")]
+    attacks = sorted(p.name for p in (store / "attacks").iterdir())
+    mtimes = {p: p.stat().st_mtime for p in store.rglob("*.pt")}
+    argv = [str(images), str(path), "--models", "vbpr", "--defenses", "jpeg"]
+    assert reevaluate(argv) == 0
+    again = dataclasses.replace(sweep, name=f"tiny-reeval-{images.name}")
+    [run] = child_runs(again)[0]
+    assert run.data.params["attack"] == "provided" and run.info.status == "FINISHED"
+    made = metrics_by_trial(sweep)["synthetic/vbpr(dim=10)/insa/eps=32/jpeg(quality=75)"]
+    got = {k: v for k, v in run.data.metrics.items() if "seconds" not in k}
+    assert got == made
+    assert sorted(p.name for p in (store / "attacks").iterdir()) == attacks
+    assert {p: p.stat().st_mtime for p in store.rglob("*.pt") if p in mtimes} == mtimes
 
 
 def test_a_ranker_named_by_import_path_runs_in_the_grid(tiny_first):

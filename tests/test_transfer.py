@@ -82,14 +82,14 @@ def test_source_equal_to_the_target_is_the_direct_trial(tmp_path):
         "synthetic/vbpr(dim=8)/insa(from=alexrank)/eps=16/none",
         "synthetic/vbpr(dim=8)/insa/eps=16/none",
     ]
-    # EXPA knows the feature network: alexrank and vbpr share the extractor's, so one set
+    # EXPA knows the feature network: alexrank and vbpr share the extractor's, so EXPA on
+    # alexrank crafted on vbpr is the direct EXPA on alexrank (one trial, one set), and its
+    # source is the extractor's features
     expa = {t.model.name: t for t in named.trials() if t.attack.name == "expa"}
-    assert (
-        stages.stage_paths(named, expa["alexrank"]).attack
-        == stages.stage_paths(
-            direct, [t for t in direct.trials() if t.attack.name == "expa"][1]
-        ).attack
-    )
+    assert expa["alexrank"].source is None and expa["alexrank"] in direct.trials()
+    assert trial_params(named, expa["alexrank"])["source"] == "extractor"
+    pgd = _sweep(tmp_path, attacks={"pgd": {"eps": 4}}).trials()[0]
+    assert trial_params(named, pgd)["source"] == "classifier"
 
 
 def test_a_transfer_trial_evaluates_the_source_trials_stored_images(tmp_path, one_thread):

@@ -3,9 +3,9 @@
 
 A transfer trial (an attack with ``source``) evaluates the very images its source model's
 direct trial stored, so a column is the target's ranker facing every source's images; the
-target's cooperative row is the clean baseline. Classifier attacks (FGSM, PGD) craft their
-images against the extractor's classifier, which every model built on it shares: their matrix
-has one source row, the classifier.
+target's cooperative row is the clean baseline. Images crafted against what every model
+shares have one source row: the extractor's classifier (FGSM, PGD, C&W) or the extractor's
+features (EXPA on AlexRank, VBPR, AMR, FREEDOM).
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ import math
 import pandas as pd
 
 from aipray.report.common import (
-    CLASSIFIER_ATTACKS,
     MISSING,
     Table,
     attack_name,
@@ -32,14 +31,22 @@ from aipray.report.common import (
 
 HR5, FULL50 = "adversarial/hr_at_5", "full_ranking/adversarial/hr_at_50"
 COOP5, COOP50 = "cooperative/hr_at_5", "full_ranking/cooperative/hr_at_50"
-#: the source row of a classifier attack
-CLASSIFIER = "extractor's classifier"
+#: the source rows of images crafted against what every model shares (the trial's ``source``
+#: param), rather than against one model
+SHARED = {
+    "classifier": "extractor's classifier",
+    "extractor": "extractor's features",
+    "dataset": "no model",
+}
 COOPERATIVE = "cooperative (clean)"
 
 
 def source_label(source: str, labels: dict[str, str]) -> str:
-    """A source model's row label: the report's label of its direct trials (``labels``: the
-    ``source`` param of a direct run → its row), else its display name with its settings."""
+    """A source's row label: what every model shares (:data:`SHARED`), the report's label of
+    the source model's direct trials (``labels``: the ``source`` param of a direct run → its
+    row), else the model's display name with its settings."""
+    if source in SHARED:
+        return SHARED[source]
     if source in labels:
         return labels[source]
     name, _, rest = source.partition("(")
@@ -47,24 +54,15 @@ def source_label(source: str, labels: dict[str, str]) -> str:
 
 
 def with_sources(frame: pd.DataFrame) -> pd.DataFrame:
-    """``frame`` with ``source_row``: the row label of the model each run's images were crafted
-    against (the run's own row for a direct attack, the classifier for FGSM/PGD, None for
-    attacks that know no model)."""
+    """``frame`` with ``source_row``: the row label of what each run's images were crafted
+    against (a model's row, or what every model shares); None for runs without a ``source``
+    param (attacks that know no model, earlier runs)."""
     frame = frame.copy()
     direct = frame[~frame["transfer"] & frame["source"].notna()]
     labels = dict(zip(direct["source"], direct["row"], strict=True))
-    rows = []
-    for _, run in frame.iterrows():
-        base = run["attack"].split("(", 1)[0]
-        if run["transfer"]:
-            rows.append(source_label(str(run["source"]), labels))
-        elif base in CLASSIFIER_ATTACKS:
-            rows.append(CLASSIFIER)
-        elif isinstance(run["source"], str):
-            rows.append(run["row"])
-        else:
-            rows.append(None)
-    frame["source_row"] = rows
+    frame["source_row"] = [
+        None if not isinstance(s, str) else source_label(s, labels) for s in frame["source"]
+    ]
     return frame
 
 
@@ -92,11 +90,12 @@ def transfer_table(frame: pd.DataFrame) -> Table | None:
         shown = []
         for attack in attack_order(d["attack"]):
             at = d[d["attack"] == attack]
-            classifier = attack.split("(", 1)[0] in CLASSIFIER_ATTACKS
-            if not (at["transfer"].any() or (classifier and at["row"].nunique() > 1)):
+            # a matrix when some images were evaluated on more than the model they were made on
+            spread = at.groupby("source_row")["row"].nunique().max() > 1
+            if not (at["transfer"].any() or spread):
                 continue
             cols = [t for t in targets if t in set(at["row"])]
-            sources = [s for s in [CLASSIFIER, *targets] if s in set(at["source_row"])]
+            sources = [s for s in [*SHARED.values(), *targets] if s in set(at["source_row"])]
             sources += sorted(set(at["source_row"]) - set(sources))
             for e in sorted(at["eps"].unique(), key=lambda v: (math.isnan(v), v)):
                 for defence in sorted(set(at["defense"]), key=lambda x: (x != "none", x)):
@@ -138,7 +137,8 @@ def transfer_table(frame: pd.DataFrame) -> Table | None:
         "(columns), from the source's stored image set without re-attacking: the adversarial "
         "cold items' HR@5 among the top-C candidates, with their HR@50 over the full ranking "
         "in brackets where logged. The diagonal is the direct (white-box) attack; `cooperative` "
-        "is the target's clean items. FGSM and PGD craft against the extractor's classifier, "
-        "which every model on it shares: one source row."
+        "is the target's clean items. Images crafted against what every model shares are one "
+        "row: the extractor's classifier (FGSM, PGD, C&W) or its features (EXPA on the rankers "
+        "built on them; DVBPR's own CNN is a row of its own)."
     )
     return Table("transfer", "Transfer: source × target", note, blocks, pd.DataFrame(data))
