@@ -227,8 +227,55 @@ def test_reevaluate_command_logs_a_stored_set_under_another_defence(tiny_first):
     made = metrics_by_trial(sweep)["synthetic/vbpr(dim=10)/insa/eps=32/jpeg(quality=75)"]
     got = {k: v for k, v in run.data.metrics.items() if "seconds" not in k}
     assert got == made
-    assert sorted(p.name for p in (store / "attacks").iterdir()) == attacks
+    # nothing re-attacked: the one new set is the provided trial's own record of its images
+    new = sorted(set(p.name for p in (store / "attacks").iterdir()) - set(attacks))
+    assert len(new) == 1 and new[0].startswith("provided-")
     assert {p: p.stat().st_mtime for p in store.rglob("*.pt") if p in mtimes} == mtimes
+
+
+def test_transfer_trial_evaluates_the_stored_set_on_another_ranker(tiny_first, capsys):
+    """INSA crafted on DVBPR, evaluated on VBPR through Ray: DVBPR's stored set (no new
+    attack), with the numbers of ``python -m aipray.reevaluate`` of that set on VBPR, and the
+    report's transfer matrix printed by the report command."""
+    import json
+
+    from aipray.reevaluate import main as reevaluate
+    from aipray.report import main as report_main
+
+    tmp_path, path, _sweep, _table, _failed = tiny_first
+    store = tmp_path / "store"
+    cfg = yaml.safe_load(path.read_text())
+    cfg["name"] = "tiny-transfer"
+    cfg["attacks"] = {"insa": {**cfg["attacks"]["insa"], "source": ["dvbpr", "vbpr"]}}
+    cfg["defenses"] = {"none": {}}
+    transfer_path = tmp_path / "transfer.yaml"
+    transfer_path.write_text(yaml.safe_dump(cfg))
+    attacks = sorted(p.name for p in (store / "attacks").iterdir())
+    assert main([str(transfer_path)]) == 0
+    assert sorted(p.name for p in (store / "attacks").iterdir()) == attacks
+    transfer = load_sweep(transfer_path)
+    runs = {r.info.run_name: r for r in child_runs(transfer)[0]}
+    assert len(runs) == 4
+    run = runs["synthetic/vbpr(dim=10)/insa(from=dvbpr(dim=10))/eps=32/none"]
+    assert run.data.params["source"] == "dvbpr(dim=10)"
+    [images] = [
+        p
+        for p in (store / "attacks").glob("insa-*")
+        if json.loads((p / "provenance.json").read_text())["model"].startswith("dvbpr-")
+    ]
+    argv = [str(images), str(path), "--models", "vbpr", "--defenses", "none"]
+    assert reevaluate(argv) == 0
+    again = dataclasses.replace(transfer, name=f"tiny-reeval-{images.name}")
+    [provided] = child_runs(again)[0]
+    got = {k: v for k, v in run.data.metrics.items() if "seconds" not in k}
+    assert got == {k: v for k, v in provided.data.metrics.items() if "seconds" not in k}
+
+    out = tmp_path / "transfer-report"
+    capsys.readouterr()
+    args = [str(transfer_path), "--out", str(out), "--no-log", "--show", "transfer"]
+    assert report_main(args) == 0
+    printed = capsys.readouterr().out
+    assert "## Transfer: source × target" in printed and "| INSA | 32 | none | DVBPR |" in printed
 
 
 def test_a_ranker_named_by_import_path_runs_in_the_grid(tiny_first):
