@@ -107,7 +107,7 @@ def count_work(
         if paths.attack not in seen:
             seen.add(paths.attack)
             n = size.cold * attack_steps(trial, size, expa_steps)
-            anet = network_of(trial, attack_side=True)
+            anet = network_of(trial.crafted_on(), attack_side=True)  # a transfer: the source's
             work[anet, size.image, "attack"] += n
             jobs.append((anet, size.image, "attack", n))
         # the trial scores clean and attacked cold images (and clean ones undefended)
