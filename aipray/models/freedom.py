@@ -66,6 +66,7 @@ from aipray.models.graphs import (
     edge_weights,
     knn_adjacency,
     knn_neighbours,
+    soft_top_k,
     spmm,
 )
 from aipray.params import Settings, param
@@ -282,15 +283,7 @@ class FREEDOM(Recommender):
         """Codes ``[B, D]`` under the relaxed top-k (module docstring): every warm item weighted
         ``σ((s_j − t)/τ)``, normalised; differentiable in the pixels through the similarities."""
         sims = self.similarities(images)
-        width = min(2 * self.knn_k, int(self.in_graph.sum()))
-        with torch.no_grad():
-            top = sims.topk(width, dim=1).values
-            kth = top[:, min(self.knn_k, width) - 1]
-            nxt = top[:, min(self.knn_k, width - 1)]
-            threshold = (kth + nxt) / 2
-            gap = (top[:, 0] - top[:, -1]) / max(1, width - 1)
-            tau = (self.relax * gap).clamp(min=1e-8)
-        weights = torch.sigmoid((sims - threshold[:, None]) / tau[:, None])
+        weights = soft_top_k(sims, self.knn_k, self.relax, int(self.in_graph.sum()))
         weights = weights / weights.sum(1, keepdim=True)
         return weights @ self.tables()[2]
 

@@ -1,6 +1,8 @@
 """Sparse graphs for graph recommenders: a kNN item–item graph from features, the normalised
-user–item bipartite graph, a sparse product differentiable in its dense operand, and
-degree-sensitive edge sampling (FREEDOM's graph denoising). Plain torch and numpy."""
+user–item bipartite graphs (LightGCN's symmetric one, NGCF's mean with self-loops), a sparse
+product differentiable in its dense operand, an edge-list product differentiable in its
+values too, a relaxed top-k, and degree-sensitive edge sampling (FREEDOM's graph denoising).
+Plain torch and numpy."""
 
 from __future__ import annotations
 
@@ -29,6 +31,33 @@ def csr_pair(coo: torch.Tensor) -> Graph:
         return Graph(coo.to_sparse_csr(), coo.t().coalesce().to_sparse_csr())
 
 
+class MeanGraph(NamedTuple):
+    """NGCF's ``D^{-1}(A + I)`` over users and items, by blocks: ``users`` ``R/(d_u + 1)``
+    ``[U, N]``, ``items`` ``Rᵀ/(d_i + 1)`` ``[N, U]``, and the self-loops' weights
+    ``self_users`` ``1/(d_u + 1)`` ``[U]`` and ``self_items`` ``1/(d_i + 1)`` ``[N]``."""
+
+    users: Graph
+    items: Graph
+    self_users: torch.Tensor
+    self_items: torch.Tensor
+
+
+class EdgeList(NamedTuple):
+    """A sparse ``[n, n]`` matrix as edges ``src → dst`` valued ``values`` ``[E]`` (repeated
+    edges add up): the form whose values can carry a gradient (:func:`edge_product`)."""
+
+    src: torch.Tensor
+    dst: torch.Tensor
+    values: torch.Tensor
+    n: int
+
+    def detach(self) -> Graph:
+        """The same matrix, constant, as a :class:`Graph` for :func:`spmm`."""
+        index = torch.stack([self.src, self.dst])
+        coo = torch.sparse_coo_tensor(index, self.values.detach(), (self.n, self.n), **UNCHECKED)
+        return csr_pair(coo.coalesce())
+
+
 class _SparseMatmul(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, matrix: torch.Tensor, transpose: torch.Tensor, x: torch.Tensor):
@@ -44,6 +73,30 @@ def spmm(graph: Graph, x: torch.Tensor) -> torch.Tensor:
     """``graph.matrix @ x``, differentiable in the dense ``x`` through the stored transpose (3-5x
     faster than autograd through a COO product on CPU, which transposes at every step)."""
     return _SparseMatmul.apply(graph.matrix, graph.transpose, x)
+
+
+def edge_product(graph: EdgeList, x: torch.Tensor) -> torch.Tensor:
+    """``graph @ x`` ``[n, D]`` summed edge by edge, differentiable in ``graph.values`` and ``x``.
+    Memory ``E × D`` (linear in edges); use :func:`spmm` on ``graph.detach()`` when the values
+    need no gradient."""
+    out = torch.zeros(graph.n, x.shape[1], dtype=x.dtype, device=x.device)
+    return out.index_add(0, graph.src, graph.values[:, None] * x[graph.dst])
+
+
+def soft_top_k(sims: torch.Tensor, k: int, relax: float, available: int) -> torch.Tensor:
+    """``[B, N]`` relaxed top-k membership of each row's ``available`` finite similarities
+    (``-inf`` elsewhere): ``σ((s_j − t)/τ)`` with ``t`` the midpoint of the k-th and (k+1)-th
+    largest and ``τ = relax ×`` the mean gap between the 2k largest, both held constant (no
+    gradient). As ``relax → 0`` it is the hard top-k indicator."""
+    width = min(2 * k, available)
+    with torch.no_grad():
+        top = sims.topk(width, dim=1).values
+        kth = top[:, min(k, width) - 1]
+        nxt = top[:, min(k, width - 1)]
+        threshold = (kth + nxt) / 2
+        gap = (top[:, 0] - top[:, -1]) / max(1, width - 1)
+        tau = (relax * gap).clamp(min=1e-8)
+    return torch.sigmoid((sims - threshold[:, None]) / tau[:, None])
 
 
 # --- the graphs ---------------------------------------------------------------------------------
@@ -95,6 +148,26 @@ def bipartite(users: torch.Tensor, items: torch.Tensor, n_users: int, n_items: i
     values = edge_weights(users, items, n_users, n_items)
     index = torch.stack([users, items])
     return csr_pair(torch.sparse_coo_tensor(index, values, (n_users, n_items), **UNCHECKED))
+
+
+def mean_bipartite(
+    users: torch.Tensor, items: torch.Tensor, n_users: int, n_items: int
+) -> MeanGraph:
+    """NGCF's (and LATTICE's) user–item graph ``D^{-1}(A + I)`` (:class:`MeanGraph`), the
+    degrees counted over these edges: one layer is ``u' = (Σ_{i∈N(u)} e_i + u)/(d_u + 1)`` and
+    ``i' = (Σ_{u∈N(i)} e_u + i)/(d_i + 1)``."""
+    ones = torch.ones(users.shape, device=users.device)
+    d_user = torch.zeros(n_users, device=users.device).index_add_(0, users, ones) + 1
+    d_item = torch.zeros(n_items, device=users.device).index_add_(0, items, ones) + 1
+    by_user = torch.sparse_coo_tensor(
+        torch.stack([users, items]), 1 / d_user[users], (n_users, n_items), **UNCHECKED
+    )
+    by_item = torch.sparse_coo_tensor(
+        torch.stack([items, users]), 1 / d_item[items], (n_items, n_users), **UNCHECKED
+    )
+    return MeanGraph(
+        csr_pair(by_user.coalesce()), csr_pair(by_item.coalesce()), 1 / d_user, 1 / d_item
+    )
 
 
 def degree_sensitive_keep(weights: np.ndarray, keep: int, rng: np.random.Generator) -> np.ndarray:
