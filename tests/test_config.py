@@ -45,7 +45,7 @@ def test_grid_skips_missing_combinations():
         (
             ("models", "resnet"),
             {},
-            "unknown model 'resnet'; allowed: alexrank, amr, dvbpr, freedom, vbpr",
+            "unknown model 'resnet'; allowed: alexrank, amr, dvbpr, freedom, lattice, vbpr",
         ),
         (
             ("attacks", "fgsm2"),

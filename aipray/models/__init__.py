@@ -1,6 +1,6 @@
 """Recommenders; importing this package registers them."""
 
-from aipray.models import alexrank, amr, bpr, dvbpr, freedom, vbpr
+from aipray.models import alexrank, amr, bpr, dvbpr, freedom, lattice, vbpr
 from aipray.models.base import MODELS, Recommender, load_recommender
 
 __all__ = [
@@ -11,6 +11,7 @@ __all__ = [
     "bpr",
     "dvbpr",
     "freedom",
+    "lattice",
     "load_recommender",
     "vbpr",
 ]
