@@ -97,15 +97,24 @@ def test_freedom_is_judged_at_hr_at_50_too_when_measured():
     assert "FREEDOM > bpr_same_size (HR@50)" not in verdict  # not measured at 50: not judged
 
 
+def test_lattice_is_judged_beside_freedom_by_the_same_targets():
+    targets = _testbed().targets
+    table = pd.DataFrame({0: _row(**{"full/freedom": 0.55, "full/lattice": 0.48})}).T
+    verdict = {name: ok for name, ok, _ in targets(table)}
+    assert verdict["FREEDOM > vbpr"] and not verdict["LATTICE > vbpr"]
+    assert verdict["LATTICE > bpr_first_stage"] and verdict["LATTICE > popularity"]
+
+
 def test_models_picks_the_named_rankers_of_the_sweep_in_its_order():
     rankers = _testbed().rankers
     sweep = load_sweep(ROOT / "sweeps" / "multimodal_synthetic.yaml")
-    assert list(rankers(sweep)) == ["alexrank", "dvbpr", "vbpr", "freedom"]
+    assert list(rankers(sweep)) == ["alexrank", "dvbpr", "vbpr", "freedom", "lattice"]
     picked = rankers(sweep, ["freedom", "vbpr"])
     assert list(picked) == ["vbpr", "freedom"]
     assert picked["freedom"].model.name == "freedom"
     with pytest.raises(
         SystemExit,
-        match=r"lattice: not in the sweep; it has \['alexrank', 'dvbpr', 'freedom', 'vbpr'\]",
+        match=r"bm3: not in the sweep; it has "
+        r"\['alexrank', 'dvbpr', 'freedom', 'lattice', 'vbpr'\]",
     ):
-        rankers(sweep, ["vbpr", "lattice"])
+        rankers(sweep, ["vbpr", "bm3"])
