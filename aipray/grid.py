@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from aipray.attacks import ATTACKS
-from aipray.attacks.base import AdaptiveConfig, TransferConfig
+from aipray.attacks.base import EVADE_WEIGHT, AdaptiveConfig, TransferConfig
 from aipray.defenses import DEFENSES
 from aipray.models import MODELS
 from aipray.models.extractor import ExtractorConfig
@@ -90,10 +90,11 @@ PROTOCOLS = ("aip", "perceptual")
 def attack_against(attack: Component, defense: Component) -> Component:
     """The attack as it runs against ``defense``: an adaptive attack against no defence is the
     oblivious attack, EOT's ``eot_samples`` count only for an adaptive attack on a randomised
-    defence (1 otherwise), and ``bpda: approximation`` only for an adaptive attack on a BPDA
-    defence with an approximation (the identity's gradient otherwise). So a grid of
-    ``adaptive: [false, true]`` × defences holds each distinct attack once, and an oblivious
-    attack keeps its store key whatever it says."""
+    defence (1 otherwise), ``bpda: approximation`` only for an adaptive attack on a BPDA defence
+    with an approximation (the identity's gradient otherwise) and ``evade_weight`` only for one
+    on a screen (the detector; its default otherwise). So a grid of ``adaptive: [false, true]``
+    × defences holds each distinct attack once, and an oblivious attack keeps its store key
+    whatever it says."""
     config = attack.config
     if not isinstance(config, AdaptiveConfig):
         return attack
@@ -102,9 +103,13 @@ def attack_against(attack: Component, defense: Component) -> Component:
     samples = config.eot_samples if adaptive and defense_cls.randomised else 1
     approximable = adaptive and defense_cls.gradient == "bpda" and defense_cls.approximable
     bpda = config.bpda if approximable else "identity"
-    if (adaptive, samples, bpda) == (config.adaptive, config.eot_samples, config.bpda):
+    weight = config.evade_weight if adaptive and defense_cls.screens else EVADE_WEIGHT
+    now = (adaptive, samples, bpda, weight)
+    if now == (config.adaptive, config.eot_samples, config.bpda, config.evade_weight):
         return attack
-    changed = dataclasses.replace(config, adaptive=adaptive, eot_samples=samples, bpda=bpda)
+    changed = dataclasses.replace(
+        config, adaptive=adaptive, eot_samples=samples, bpda=bpda, evade_weight=weight
+    )
     return Component(attack.kind, attack.name, changed)
 
 
@@ -244,6 +249,9 @@ class TrialSpec:
             config = self.attack.config
             extra = [f"eot={config.eot_samples}"] if config.eot_samples > 1 else []
             extra += ["bpda=approximation"] if config.bpda == "approximation" else []
+            extra += (
+                [f"evade={fmt(config.evade_weight)}"] if config.evade_weight != EVADE_WEIGHT else []
+            )
             marks.append(",".join(["adaptive", *extra]))
         if self.source is not None:
             shared = shared_source(self.attack.name, self.source)

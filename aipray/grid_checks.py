@@ -28,16 +28,17 @@ def check_cold_items(grids: list[Grid], where: str) -> None:
 
 
 def check_adaptive(raw_attacks: Any, where: str) -> None:
-    """``adaptive``, ``eot_samples`` and ``bpda`` only on attacks that can optimise through a
-    defence (their Config is an :class:`~aipray.attacks.base.AdaptiveConfig`), with a message
-    that names them rather than an unknown key."""
+    """``adaptive``, ``eot_samples``, ``bpda`` and ``evade_weight`` only on attacks that can
+    optimise through a defence (their Config is an
+    :class:`~aipray.attacks.base.AdaptiveConfig`), with a message that names them rather than
+    an unknown key."""
     if not isinstance(raw_attacks, dict):
         return  # the attacks' own parse reports it
     able = [n for n in ATTACKS.names() if ATTACKS.get(n).can_be_adaptive()]
     for name, settings in raw_attacks.items():
         if not isinstance(settings, dict) or name not in ATTACKS:
             continue
-        for key in ("adaptive", "eot_samples", "bpda"):
+        for key in ("adaptive", "eot_samples", "bpda", "evade_weight"):
             if key in settings and not ATTACKS.get(name).can_be_adaptive():
                 raise ConfigError(
                     f"{where}.{name}.{key}: {settings[key]!r} is not allowed; {name} cannot "

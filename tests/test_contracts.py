@@ -159,7 +159,8 @@ def test_defense_contract(name, world, tmp_path):
     and its attackable form has that gradient: its own (``exact``: finite, reaching the
     pixels) or the identity's (``bpda``), with a deterministic defence's forward unchanged. A
     defence with weights is built by its recipe against a trained ranker and stored and loaded
-    as the sweep's stage does (:func:`make_defense`)."""
+    as the sweep's stage does (:func:`make_defense`). A screen (the detector) also scores and
+    rejects uploads."""
     catalog, _ = world
     cls = DEFENSES.get(name)
     if cls.trained:
@@ -191,6 +192,24 @@ def test_defense_contract(name, world, tmp_path):
     assert torch.isfinite(grad).all() and grad.abs().sum() > 0
     if cls.gradient == "bpda":
         assert torch.equal(grad, weights)
+    # a screen scores each upload alike in any batch, rejects by that score, and an attacker
+    # can differentiate what passing it costs; any other defence rejects nothing
+    rejected = defense.rejects(x)
+    assert rejected.dtype == torch.bool and rejected.shape == (len(x),)
+    assert torch.equal(defense.rejects(x[1:]), rejected[1:])
+    if not cls.screens:
+        assert not rejected.any() and torch.equal(defense.evasion(x), torch.zeros(len(x)))
+        return
+    with torch.no_grad():
+        scores = defense.detect(x)
+    assert scores.shape == (len(x),) and torch.isfinite(scores).all()
+    assert torch.allclose(defense.detect(x[1:]), scores[1:], atol=1e-5)
+    assert torch.equal(rejected, scores >= defense.threshold)
+    y = x.clone().requires_grad_(True)
+    cost = defense.evasion(y)
+    assert cost.shape == (len(x),) and (cost >= 0).all()
+    (grad,) = torch.autograd.grad(defense.detect(y).sum(), y)
+    assert torch.isfinite(grad).all() and grad.abs().sum() > 0
 
 
 PLUGIN = '''

@@ -38,7 +38,7 @@ def test_none_is_identity():
 
 def test_unknown_defense_lists_allowed():
     with pytest.raises(
-        KeyError, match="allowed: bitdepth, denoiser, jpeg, none, random_resize_pad"
+        KeyError, match="allowed: bitdepth, denoiser, detector, jpeg, none, random_resize_pad"
     ):
         DEFENSES.get("blur")
 

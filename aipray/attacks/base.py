@@ -24,6 +24,8 @@ if TYPE_CHECKING:
     from aipray.defenses.base import Defense
 
 ATTACKS: Registry[Attack] = Registry("attack")
+#: the default weight of a screen's evasion in an adaptive attack (:class:`AdaptiveConfig`)
+EVADE_WEIGHT = 100.0
 
 
 @dataclass(frozen=True)
@@ -39,6 +41,12 @@ class AdaptiveConfig(Settings):
     differentiable ``approximation`` (JPEG's: Shin & Song's; a grid axis; against a defence
     without one it is the identity).
 
+    ``evade_weight``: against a defence that screens uploads (the detector), the weight λ of
+    the screen's :meth:`~aipray.defenses.base.Defense.evasion` (a hinge on the detector's logit
+    under its threshold) subtracted from the attack's objective per image: the attacker keeps
+    the detector's score low as well (Carlini & Wagner, AISec 2017). In units of the objective
+    per logit; the hinge is zero once the image passes, so a large λ acts as a constraint.
+
     All are left out of the attack's store key at their defaults, so an oblivious attack keeps
     the key it had before attacks could be adaptive.
     """
@@ -48,6 +56,7 @@ class AdaptiveConfig(Settings):
     bpda: str = param(
         "identity", axis=True, choices=("identity", "approximation"), keyed_at_default=False
     )
+    evade_weight: float = param(EVADE_WEIGHT, min=0, keyed_at_default=False)
 
 
 @dataclass(frozen=True)
@@ -73,11 +82,14 @@ def through_defense(
     samples: int,
     generator: torch.Generator,
     approximate: bool = False,
+    evade_weight: float = 0.0,
 ) -> Objective:
     """``objective`` of the defended images, as an adaptive attacker optimises it: the mean over
     ``samples`` draws of ``objective(defense.attackable(x), step)``, the draws taken from
     ``generator`` (EOT; one draw for a deterministic defence); ``approximate``: a BPDA defence's
-    gradient is its differentiable approximation's."""
+    gradient is its differentiable approximation's; less ``evade_weight`` ×
+    ``defense.evasion(x)`` of the uploaded image (what passing a screen costs; zero for other
+    defences)."""
 
     def seen(x: torch.Tensor) -> torch.Tensor:
         return defense.attackable(x, generator, approximate=approximate)
@@ -86,6 +98,8 @@ def through_defense(
         total = objective(seen(x), step)
         for _ in range(samples - 1):
             total = total + objective(seen(x), step)
+        if evade_weight:
+            return total / samples - evade_weight * defense.evasion(x)
         return total / samples
 
     return defended
@@ -195,14 +209,16 @@ class Attack:
         """The objective the attack optimises: ``objective`` itself when oblivious; when
         adaptive, ``objective`` of the defended images (:func:`through_defense`), with
         ``eot_samples`` draws of a randomised defence from a generator seeded by the config's
-        ``seed`` (0 without one) at each call, so a batch is attacked the same way every time."""
+        ``seed`` (0 without one) at each call, so a batch is attacked the same way every time;
+        against a screen, less ``evade_weight`` × its evasion hinge."""
         if not self.adaptive:
             return objective
         defense = self._defense()
         samples = int(self.config.eot_samples) if defense.randomised else 1
         generator = torch.Generator().manual_seed(int(getattr(self.config, "seed", 0)))
         approximate = self.config.bpda == "approximation"
-        return through_defense(objective, defense, samples, generator, approximate)
+        weight = float(getattr(self.config, "evade_weight", 0.0)) if defense.screens else 0.0
+        return through_defense(objective, defense, samples, generator, approximate, weight)
 
     def served(self, images: torch.Tensor) -> torch.Tensor:
         """The images as the attacked model receives them: through the defence the platform

@@ -1,6 +1,6 @@
 """Defences; importing this package registers them."""
 
-from aipray.defenses import bitdepth, denoiser, jpeg, resize_pad
+from aipray.defenses import bitdepth, denoiser, detector, jpeg, resize_pad
 from aipray.defenses.base import DEFENSES, GRADIENTS, Defense, make_defense
 
 __all__ = [
@@ -9,6 +9,7 @@ __all__ = [
     "Defense",
     "bitdepth",
     "denoiser",
+    "detector",
     "jpeg",
     "make_defense",
     "resize_pad",

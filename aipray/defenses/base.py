@@ -14,9 +14,13 @@ al., ICML 2018), so that an adaptive attack is a switch on the attack, not a rew
 - ``randomised = True``: every call draws new randomness; an attacker averages its objective over
   several draws per step (Expectation over Transformation, ``eot_samples`` of the attack).
 
-A defence with weights (``trained = True``: the denoiser) is built by its own stage of the sweep
-(:meth:`Defense.fit`, stored with :meth:`Defense.save`); everything after it gets the defence by
-:func:`make_defense`, which loads it from that stage's folder.
+A *screen* (``screens = True``: the detector) serves images as uploaded but rejects some
+uploads (:meth:`Defense.rejects`); an evaluation scores a rejected item as never shown, and an
+adaptive attacker also keeps :meth:`Defense.evasion` low.
+
+A defence with weights (``trained = True``: the denoiser, the detector) is built by its own
+stage of the sweep (:meth:`Defense.fit`, stored with :meth:`Defense.save`); everything after it
+gets the defence by :func:`make_defense`, which loads it from that stage's folder.
 """
 
 from __future__ import annotations
@@ -65,6 +69,8 @@ class Defense:
     trained: ClassVar[bool] = False
     #: bumped when what a trained defence's stage stores changes, so it is rebuilt
     version: ClassVar[int] = 1
+    #: rejects some uploaded images (:meth:`rejects`) instead of, or besides, transforming them
+    screens: ClassVar[bool] = False
 
     def __init__(self, config: Any) -> None:
         self.config = config
@@ -93,6 +99,23 @@ class Defense:
     def load(cls, config: Any, folder: Path) -> Defense:
         """A trained defence as :meth:`save` stored it."""
         raise NotImplementedError(f"{cls.__name__} has no weights to load")
+
+    def detect(self, images: torch.Tensor) -> torch.Tensor:
+        """A screen's ``[B]`` scores of uploaded ``images``, higher = more likely adversarial."""
+        raise NotImplementedError(f"{type(self).__name__} does not screen uploads")
+
+    @torch.no_grad()
+    def rejects(self, images: torch.Tensor) -> torch.Tensor:
+        """``[B]`` bool: the uploads the platform turns away (none, unless the defence
+        :attr:`screens`: those whose :meth:`detect` score reaches its ``threshold``)."""
+        if not self.screens:
+            return torch.zeros(images.shape[0], dtype=torch.bool, device=images.device)
+        return self.detect(images) >= self.threshold  # type: ignore[attr-defined]
+
+    def evasion(self, images: torch.Tensor) -> torch.Tensor:
+        """``[B]`` what an adaptive attacker keeps low to pass a screen (differentiable);
+        zero for a defence that does not screen."""
+        return images.new_zeros(images.shape[0])
 
     def draw(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """One application with its randomness from ``generator``; a deterministic defence is

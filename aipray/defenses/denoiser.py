@@ -224,10 +224,12 @@ class Denoiser(Defense):
 
 
 def training_perturbations(
-    config: DenoiserConfig, ranker: Recommender, clean: torch.Tensor, seed: int
+    config: Any, ranker: Recommender, clean: torch.Tensor, seed: int
 ) -> torch.Tensor:
     """Adversarial images of ``clean`` against ``ranker`` at ``train_eps``: INSA on the first
-    half, PGD on INSA's objective over all users on the second, in batches."""
+    half, PGD on INSA's objective over all users on the second, in batches. ``config``: the
+    denoiser's or the detector's (``train_eps``, ``attack_epochs``, ``user_batch``,
+    ``pgd_steps``, ``batch_size``)."""
     from aipray.attacks import ATTACKS, AttackInputs, linf_ascent
 
     insa_cls = ATTACKS.get("insa")

@@ -24,6 +24,7 @@ import torch
 from aipray.attacks.base import ATTACKS, Attack, AttackInputs
 from aipray.data.catalog import Catalog
 from aipray.defenses import DEFENSES
+from aipray.metrics.detection import fpr_at_recall, roc_auc
 from aipray.metrics.full_ranking import (
     FULL_CUTOFFS,
     ScoresOf,
@@ -209,6 +210,19 @@ class ColdItemEvaluator:
         self.device = context.sorted_scores.device
         self.full = None if full is None else full.to(self.device)
         self.users = torch.arange(model.n_users, device=self.device)
+        self.screens = bool(getattr(self.defense, "screens", False))
+
+    def screen(self, clean: torch.Tensor, adv: torch.Tensor) -> dict[str, np.ndarray]:
+        """A screening defence's per-item rows: its score of the clean and the adversarial
+        upload (``detector_clean``, ``detector_adv``) and whether it rejected each
+        (``rejected_clean``, ``rejected_adv``, 0/1)."""
+        defense = self.defense
+        return {
+            "detector_clean": defense.detect(clean).cpu().numpy().astype(np.float64),
+            "detector_adv": defense.detect(adv).cpu().numpy().astype(np.float64),
+            "rejected_clean": defense.rejects(clean).float().cpu().numpy(),
+            "rejected_adv": defense.rejects(adv).float().cpu().numpy(),
+        }
 
     def __call__(
         self,
@@ -234,6 +248,15 @@ class ColdItemEvaluator:
             coop = self.served.score_images(self.users, self.defense(clean))  # [U, B]
             attacked = self.served.score_images(self.users, self.defense(adv))
             bare = self.model.score_images(self.users, clean) if self.defended else coop
+            screened: dict[str, np.ndarray] = {}
+            if self.screens:  # a rejected upload is never shown: below every candidate
+                screened = self.screen(clean, adv)
+                coop_shown = coop.masked_fill(self.defense.rejects(clean)[None, :], -torch.inf)
+                attacked_shown = attacked.masked_fill(
+                    self.defense.rejects(adv)[None, :], -torch.inf
+                )
+            else:
+                coop_shown, attacked_shown = coop, attacked
             out: dict[str, np.ndarray] = {
                 "item_id": np.asarray(item_ids),
                 "prediction_shift": prediction_shift(attacked, coop).cpu().numpy(),
@@ -246,6 +269,8 @@ class ColdItemEvaluator:
             }
             if steps is not None:
                 out["attack_steps"] = np.asarray(steps, dtype=np.float64)
+            out |= screened
+            coop, attacked = coop_shown, attacked_shown  # what users see, for the hit rates
             groups = {
                 "cooperative": hit_rates(injected_ranks(self.context, coop)),
                 "adversarial": hit_rates(injected_ranks(self.context, attacked)),
@@ -298,6 +323,8 @@ def reduce_items(
             items[f"{FULL}/adversarial/hr_at_{top}"].to_numpy(),
             items[f"{FULL}/cooperative/hr_at_{top}"].to_numpy(),
         )
+    if "detector_adv" in items:
+        metrics.update(screen_metrics(items))
     metrics["prediction_shift"] = float(items["prediction_shift"].mean())
     metrics["p_value_hr_at_5"] = paired_t_test(
         items["adversarial/hr_at_5"].to_numpy(), items["cooperative/hr_at_5"].to_numpy()
@@ -347,16 +374,19 @@ def collusion_metrics(
     - ``random/hr_at_N``, ``random_merchant/hr_at_N`` and ``groups``.
 
     Images are scored by ``served`` after ``defense``, as :class:`ColdItemEvaluator` scores
-    them."""
+    them (an upload a screen rejects is never shown)."""
     defense = no_defense() if defense is None else defense
     device = context.sorted_scores.device
     users = torch.arange(served.n_users, device=device)
 
     def scores(images: torch.Tensor) -> torch.Tensor:
-        parts = [
-            served.score_images(users, defense(images[i : i + chunk].to(device)))
-            for i in range(0, images.shape[0], chunk)
-        ]
+        parts = []
+        for i in range(0, images.shape[0], chunk):
+            batch = images[i : i + chunk].to(device)
+            s = served.score_images(users, defense(batch))
+            if defense.screens:  # a rejected upload is never shown, as in the evaluator
+                s = s.masked_fill(defense.rejects(batch)[None, :], -torch.inf)
+            parts.append(s)
         return torch.cat(parts, dim=1)  # [U, n]
 
     coop, adv = scores(clean), scores(adversarial)
@@ -392,6 +422,27 @@ def collusion_metrics(
             out[f"{at}/random_merchant/hr_at_{n}"] = chance["merchant"][n]
         out[f"{at}/groups"] = float(groups)
     return out
+
+
+def screen_metrics(items: pd.DataFrame, recall: float = 0.95) -> dict[str, float]:
+    """A screening defence's (the detector's) trial metrics from the per-item rows, the trial's
+    adversarial cold images the positives and their clean images the negatives:
+
+    - ``detector/auc``: ROC AUC of its scores;
+    - ``detector/fpr_at_95_recall``: clean cold items its deployed threshold (calibrated at 95 %
+      recall on attacked held-out warm items) rejects: what it costs honest merchants;
+    - ``detector/recall``: the trial's adversarial items that threshold rejects;
+    - ``detector/fpr_at_trial_95_recall``: clean cold items flagged at the threshold that would
+      catch 95 % of this trial's own adversarial items (an oracle's choice: how separable they
+      are, whatever the calibration).
+    """
+    adv, clean = items["detector_adv"].to_numpy(), items["detector_clean"].to_numpy()
+    return {
+        "detector/auc": roc_auc(adv, clean),
+        "detector/fpr_at_95_recall": float(items["rejected_clean"].mean()),
+        "detector/recall": float(items["rejected_adv"].mean()),
+        "detector/fpr_at_trial_95_recall": fpr_at_recall(adv, clean, recall),
+    }
 
 
 # --- one call -------------------------------------------------------------------------------------
