@@ -1004,3 +1004,51 @@ def test_transfer_matrix_source_by_target(tmp_path, capsys):
     csv = pd.read_csv(out / "tables" / "transfer.csv")
     diagonal = csv[csv["direct"]]
     assert sorted(diagonal["hr_at_5"]) == pytest.approx([0.3, 0.7])
+
+
+def test_detection_table_oblivious_and_adaptive(tmp_path):
+    """The detector's trials get a table of their own: AUC, recall and HR@5 behind it for the
+    oblivious and the adaptive attack, its clean cost, and the attack's undefended HR@5."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    exp_id = client.create_experiment(SWEEP, artifact_location=(tmp_path / "artifacts").as_uri())
+    parent = client.create_run(
+        exp_id, run_name=SWEEP, tags={"aipray.role": "sweep", "aipray.sweep": SWEEP}
+    ).info.run_id
+    detector = "detector(train_eps=16)"
+    # defence, adaptive, adversarial HR@5, AUC, recall, clean cold items rejected
+    runs = [
+        ("none", False, 0.30, None, None, None),
+        (detector, False, 0.01, 0.98, 0.9, 0.05),
+        (detector, True, 0.2, 0.55, 0.0, 0.05),
+    ]
+    for defense, adaptive, adv, auc, recall, fpr in runs:
+        params = _params("vbpr", 20, "insa", 8, defense, **{"attack.adaptive": adaptive})
+        metrics = _metrics(0.01, adv, 0.02, 0.02, 0.02, 1, 0.01)
+        if auc is not None:
+            metrics |= {
+                "detector/auc": auc,
+                "detector/recall": recall,
+                "detector/fpr_at_95_recall": fpr,
+                "detector/fpr_at_trial_95_recall": 0.5,
+            }
+        _child(client, exp_id, parent, params, metrics)
+    out = tmp_path / "report"
+    assert main([SWEEP, "--tracking-uri", uri, "--out", str(out)]) == 0
+    text = (out / "report.md").read_text()
+    t = table(text, "Detection: a gatekeeper against oblivious and adaptive attacks")
+    assert t == {
+        f"{VBPR} / INSA / 8 / {detector}": {
+            "undefended HR@5": "0.3000",
+            "FPR@95 (clean cold)": "0.0500",
+            "oblivious AUC": "0.9800",
+            "oblivious recall": "0.9000",
+            "oblivious HR@5": "0.0100",
+            "adaptive AUC": "0.5500",
+            "adaptive recall": "0.0000",
+            "adaptive HR@5": "0.2000",
+        }
+    }
+    # the detector is also a row of the robustness table
+    robust = table(text, "Robustness: oblivious and adaptive attacks")
+    assert robust[f"{VBPR} / INSA / 8 / {detector}"]["adaptive HR@5"] == "0.2000"

@@ -2,12 +2,16 @@
 how likely an uploaded image is adversarial; the platform rejects a new item whose score reaches
 a threshold, and serves the others as uploaded.
 
-Trained like the denoiser (:mod:`aipray.defenses.denoiser`): INSA and PGD perturbations at
-``train_eps`` of a sample of warm items, made against the trained ranker (INSA on half of them,
-PGD on the other half), the adversarial images labelled 1 and their clean images 0, binary
-cross-entropy. A share ``holdout`` of the sampled items is kept out of training, attacked the
-same way, and calibrates the threshold: the score that flags ``recall`` (95 %) of those attacked
-held-out images (:func:`~aipray.metrics.detection.threshold_at_recall`). What that threshold
+Trained like the denoiser (:mod:`aipray.defenses.denoiser`): INSA and PGD perturbations of a
+sample of warm items, made against the trained ranker (INSA on half of them, PGD on the other
+half), the adversarial images labelled 1 and their clean images 0, binary cross-entropy. Unlike
+the denoiser's, the perturbations span several budgets, ``eps_levels`` from ``min_eps`` to
+``train_eps`` (geometric: 4, 8, 16 by default), one share of the items each: a platform does
+not know the attacker's ε, and a threshold calibrated on ε = 16 alone let every ε = 8 image
+through on the testbed although they were perfectly separable (AUC 1.00, recall 0). A share
+``holdout`` of the sampled items is kept out of training, attacked the same way, and calibrates
+the threshold: the score that flags ``recall`` (95 %) of those attacked held-out images
+(:func:`~aipray.metrics.detection.threshold_at_recall`). What that threshold
 costs honest merchants is measured on the clean cold items of each trial.
 
 As a defence it is a *screen* (:attr:`~aipray.defenses.base.Defense.screens`): its image map is
@@ -28,7 +32,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -58,8 +62,9 @@ EVASION_MARGIN = 0.5
 @dataclass(frozen=True)
 class DetectorConfig(Settings):
     """``checkpoint``: a trained detector's state dict (``None``: trained in the sweep).
-    Training data as the denoiser's: ``train_items`` warm items (half INSA, half PGD at
-    ``train_eps``, 0..255 pixel units; INSA with ``attack_epochs`` passes over the users in
+    Training data as the denoiser's: ``train_items`` warm items (half INSA, half PGD; in
+    ``eps_levels`` equal shares at budgets from ``min_eps`` to ``train_eps``, geometric, 0..255
+    pixel units, :attr:`levels`; INSA with ``attack_epochs`` passes over the users in
     batches of ``user_batch``, PGD with ``pgd_steps`` steps), of which ``holdout`` are kept to
     calibrate the threshold at ``recall`` of their attacked images; then ``epochs`` of Adam at
     ``lr`` in batches of ``batch_size`` (clean and adversarial images mixed). ``width``:
@@ -68,6 +73,8 @@ class DetectorConfig(Settings):
     checkpoint: str | None = None
     width: int = param(16, min=2)
     train_eps: float = param(16.0, axis=True, min=0, max=255)
+    min_eps: float = param(4.0, min=0, max=255)
+    eps_levels: int = param(3, min=1)
     train_items: int = param(512, min=4)
     holdout: float = param(0.25, min=0.05, max=0.95)
     recall: float = param(0.95, min=0.01, max=1)
@@ -84,6 +91,19 @@ class DetectorConfig(Settings):
             object.__setattr__(
                 self, "checkpoint", str(Path(self.checkpoint).expanduser().resolve())
             )
+
+    def cross_checks(self) -> list[tuple[str, object, str]]:
+        if self.eps_levels > 1 and self.min_eps > self.train_eps:
+            return [("min_eps", self.min_eps, f"a number <= train_eps ({self.train_eps})")]
+        return []
+
+    @property
+    def levels(self) -> list[float]:
+        """The training budgets: ``eps_levels`` from ``min_eps`` to ``train_eps``, geometric
+        (``train_eps`` alone with one level), in 0..255 pixel units."""
+        if self.eps_levels == 1:
+            return [self.train_eps]
+        return [float(v) for v in np.geomspace(self.min_eps, self.train_eps, self.eps_levels)]
 
     def file_checks(self) -> list[tuple[str, object, str]]:
         if self.checkpoint and not Path(self.checkpoint).is_file():
@@ -192,7 +212,7 @@ class Detector(Defense):
         held_ids, train_ids = np.sort(ids[:n_held]), np.sort(ids[n_held:])
         ranker = ranker.to(device).eval()
         held = to_float(catalog.images[held_ids], device)
-        held_adv = training_perturbations(config, ranker, held, seed + 1)
+        held_adv = perturbations(config, ranker, held, seed + 1)
         info: dict[str, Any]
         if config.checkpoint:
             net = DetectorNet(config.width)
@@ -209,7 +229,7 @@ class Detector(Defense):
             info = {"source": "checkpoint"}
         else:
             clean = to_float(catalog.images[train_ids], device)
-            adv = training_perturbations(config, ranker, clean, seed)
+            adv = perturbations(config, ranker, clean, seed)
             net = train_detector(config, clean, adv, seed)
             info = {"source": "trained", "items": int(train_ids.size)}
             with torch.no_grad():
@@ -252,6 +272,21 @@ class Detector(Defense):
         out = cls(config, net, info["threshold"])
         out.info = info
         return out
+
+
+def perturbations(
+    config: DetectorConfig, ranker: Recommender, clean: torch.Tensor, seed: int
+) -> torch.Tensor:
+    """Adversarial images of ``clean`` against ``ranker``: consecutive equal shares at each of
+    the config's :attr:`~DetectorConfig.levels`, each share half INSA, half PGD
+    (:func:`~aipray.defenses.denoiser.training_perturbations`)."""
+    shares = np.array_split(np.arange(len(clean)), len(config.levels))
+    out = [
+        training_perturbations(replace(config, train_eps=eps), ranker, clean[idx], seed)
+        for eps, idx in zip(config.levels, shares, strict=True)
+        if idx.size
+    ]
+    return torch.cat(out)
 
 
 def train_detector(

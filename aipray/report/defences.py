@@ -1,5 +1,6 @@
-"""AIP Table 8, the weakest JPEG / bit-depth level that defends against an attack, and the
-robustness table, each defence against the oblivious and the adaptive attack.
+"""AIP Table 8, the weakest JPEG / bit-depth level that defends against an attack, the
+robustness table, each defence against the oblivious and the adaptive attack, and the detection
+table, a gatekeeper detector against both.
 
 AIP's rule (Table 8's caption): a level *defends* when the adversarial item's HR@5 under it is at
 most the mean cooperative HR@5 under it. Significance is shown beside it, not instead of it: the
@@ -34,6 +35,7 @@ from aipray.report.runs import LEVELS
 
 ADV, COOP, P = "adversarial/hr_at_5", "cooperative/hr_at_5", "p_value_hr_at_5"
 RANDOM = "random/hr_at_5"
+AUC, FPR, RECALL = "detector/auc", "detector/fpr_at_95_recall", "detector/recall"
 
 
 def defended(adversarial: float, cooperative: float) -> bool:
@@ -191,6 +193,68 @@ def robustness_table(frame: pd.DataFrame) -> Table | None:
     )
     title = "Robustness: oblivious and adaptive attacks"
     return Table("robustness", title, note, blocks, pd.DataFrame(data))
+
+
+def detection_table(frame: pd.DataFrame) -> Table | None:
+    """A screening defence (the detector) per (model, attack, ε, detector), against the
+    oblivious and the adaptive attack: its ROC AUC on the trial's adversarial vs clean cold
+    images, the adversarial items its calibrated threshold rejects (recall), and the HR@5 the
+    attack still reaches with rejected items counted as misses; with the clean cold items that
+    threshold rejects (the cost to honest merchants). ``None`` without detector trials."""
+    if AUC not in frame or frame[AUC].isna().all():
+        return None
+    screened = frame[frame[AUC].notna()]
+    blocks, data = {}, []
+    for ds in datasets_of(screened):
+        d = screened[screened["dataset"] == ds]
+        shown = []
+        for r in rows_of(d):
+            mine = d[d["row"] == r]
+            bases = dict.fromkeys(a.removesuffix(ADAPTIVE) for a in attack_order(mine["attack"]))
+            for a in bases:
+                both = mine[mine["attack"].isin([a, a + ADAPTIVE])]
+                for e in sorted(both["eps"].unique(), key=lambda v: (math.isnan(v), v)):
+                    at = select(both, eps=e)
+                    for label in sorted(set(at["defense"])):
+                        head = _row_labels(r, a, e, label)
+                        cells, nums = _detection_cells(select(at, defense=label), a)
+                        bare = select(frame, dataset=ds, row=r, attack=a, eps=e, defense="none")
+                        undefended = mean(bare, ADV) if not bare.empty else math.nan
+                        cells = {"undefended HR@5": fmt_value(undefended)} | cells
+                        nums = {"undefended HR@5": undefended} | nums
+                        shown.append(head | cells)
+                        data.append({"dataset": ds, **head, **nums})
+        if shown:
+            blocks[ds] = pd.DataFrame(shown)
+    note = (
+        "A gatekeeper detector of adversarial item images, trained on clean and attacked images "
+        "of warm items; the platform rejects an upload whose score reaches the threshold that "
+        "catches 95 % of attacked held-out warm images, and a rejected item is never shown (a "
+        "miss). AUC: its ROC AUC on the trial's adversarial vs clean cold images; recall: the "
+        "adversarial cold items it rejects; FPR@95: the clean cold items it rejects (what honest "
+        "merchants pay); HR@5: the adversarial items' HR@5 behind it, rejected ones counted as "
+        "misses (undefended: the same attack without it). The adaptive attack also keeps the "
+        "detector's score under the threshold."
+    )
+    title = "Detection: a gatekeeper against oblivious and adaptive attacks"
+    return Table("detection", title, note, blocks, pd.DataFrame(data))
+
+
+def _detection_cells(rows: pd.DataFrame, attack: str) -> tuple[dict[str, str], dict[str, object]]:
+    """One detector's cells: its trials of the oblivious ``attack`` and of its adaptive form."""
+    runs = {
+        "oblivious": select(rows, attack=attack),
+        "adaptive": select(rows, attack=attack + ADAPTIVE),
+    }
+    one = runs["oblivious"] if not runs["oblivious"].empty else runs["adaptive"]
+    fpr = mean(one, FPR)
+    cells: dict[str, str] = {"FPR@95 (clean cold)": fmt_value(fpr)}
+    nums: dict[str, object] = {"FPR@95 (clean cold)": fpr}
+    for kind, sel in runs.items():
+        values = {"AUC": mean(sel, AUC), "recall": mean(sel, RECALL), "HR@5": mean(sel, ADV)}
+        cells |= {f"{kind} {k}": fmt_value(v) for k, v in values.items()}
+        nums |= {f"{kind} {k}": v for k, v in values.items()}
+    return cells, nums
 
 
 def _robustness_cells(

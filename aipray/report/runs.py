@@ -43,6 +43,11 @@ METRICS = [f"{g}/hr_at_{k}" for g in (*GROUPS, "random") for k in CUTOFFS] + [
     # the second yardstick, HR@50 over the full ranking (the transfer matrix shows it)
     "full_ranking/cooperative/hr_at_50",
     "full_ranking/adversarial/hr_at_50",
+    # a screening defence (the detector), see aipray.protocol.aip.screen_metrics
+    "detector/auc",
+    "detector/fpr_at_95_recall",
+    "detector/recall",
+    "detector/fpr_at_trial_95_recall",
 ]
 # Model settings (flattened ``model.*`` params) every frame has as columns, None where a run did
 # not log them; any other ``model.*`` param a run logged becomes a column too.

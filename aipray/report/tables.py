@@ -41,7 +41,7 @@ from aipray.report.common import (
     rows_of,
     select,
 )
-from aipray.report.defences import robustness_table, table8
+from aipray.report.defences import detection_table, robustness_table, table8
 from aipray.report.health import first_stage_table
 from aipray.report.transfer import transfer_table
 
@@ -295,9 +295,9 @@ def table_adv_eps(frame: pd.DataFrame) -> Table | None:
 def all_tables(frame: pd.DataFrame, eps: dict[str, float]) -> list[Table]:
     """The first-stage table, Tables 3–6, the ε_adv table and Table 7 (each only when its
     trials exist), then Table 8, the robustness table when some attack was also run
-    adaptively, the colluding merchants' table when some trial reports them and, when some
-    attack ran a transfer trial, the transfer matrix. Only the transfer matrix shows transfer
-    trials."""
+    adaptively, the detection table when a detector screened uploads, the colluding merchants'
+    table when some trial reports them and, when some attack ran a transfer trial, the transfer
+    matrix. Only the transfer matrix shows transfer trials."""
     transfer = transfer_table(frame)
     frame = direct_runs(frame)  # the other tables: each attack on the model it was crafted on
     magnitudes = magnitude_notes(frame)
@@ -317,7 +317,7 @@ def all_tables(frame: pd.DataFrame, eps: dict[str, float]) -> list[Table]:
     tables += [table3(frame, eps), four, table5(frame, eps), six]
     tables += [t for t in (adv_eps, table7(frame)) if t is not None]
     tables.append(eight)
-    tables += [t for t in (robust, colluding) if t is not None]
+    tables += [t for t in (robust, detection_table(frame), colluding) if t is not None]
     if transfer is not None:
         for ds in transfer.blocks:
             transfer.notes.setdefault(ds, []).extend(magnitudes.get(ds, []))
