@@ -55,7 +55,8 @@ def test_grid_skips_missing_combinations():
         (
             ("defenses", "blur"),
             {},
-            "unknown defense 'blur'; allowed: bitdepth, denoiser, detector, jpeg, none, random_resize_pad",
+            "unknown defense 'blur'; allowed: bitdepth, denoiser, detector, jpeg, none, "
+            "random_resize_pad",
         ),
         (("attacks", "insa", "eps"), -4, "attacks.insa.eps: -4 is not allowed"),
         (("attacks", "insa", "eps"), "big", "attacks.insa.eps: 'big' is not allowed"),
