@@ -168,3 +168,31 @@ def test_detector_trials_share_its_stage_and_log_its_metrics(tmp_path):
         assert metrics["n_items"] == 6
         for key in ("auc", "fpr_at_95_recall", "recall", "fpr_at_trial_95_recall"):
             assert 0.0 <= metrics[f"detector/{key}"] <= 1.0
+
+
+def test_the_bench_runs_insa_both_ways_against_none_and_the_detector():
+    """scripts/detector_bench.py keeps the sweep's testbed and INSA settings and runs INSA
+    oblivious and adaptive against no defence and the sweep's detector."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "detector_bench.py"
+    spec = importlib.util.spec_from_file_location("detector_bench", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    raw = {
+        "name": "bench",
+        "datasets": {"synthetic": {"n_users": 80}},
+        "models": {"dvbpr": {"dim": 4}, "vbpr": {"dim": 4}},
+        "attacks": {"insa": {"eps": [8, 16], "epochs": 3, "eot_samples": 4}, "expa": {}},
+        "defenses": {"jpeg": {"quality": 50}, "detector": {"width": 8}},
+    }
+    sweep = parse_sweep(bench.bench_sweep(raw, ["dvbpr"], [8.0], "somewhere"))
+    names = sorted({t.name for t in sweep.trials()})
+    assert names == [
+        "synthetic/dvbpr(dim=4)/insa(adaptive)/eps=8/detector(train_eps=16)",
+        "synthetic/dvbpr(dim=4)/insa/eps=8/detector(train_eps=16)",
+        "synthetic/dvbpr(dim=4)/insa/eps=8/none",
+    ]
+    assert all(t.attack.config.epochs == 3 for t in sweep.trials())
+    assert sweep.trials()[-1].defense.config.width == 8
