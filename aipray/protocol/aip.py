@@ -248,15 +248,7 @@ class ColdItemEvaluator:
             coop = self.served.score_images(self.users, self.defense(clean))  # [U, B]
             attacked = self.served.score_images(self.users, self.defense(adv))
             bare = self.model.score_images(self.users, clean) if self.defended else coop
-            screened: dict[str, np.ndarray] = {}
-            if self.screens:  # a rejected upload is never shown: below every candidate
-                screened = self.screen(clean, adv)
-                coop_shown = coop.masked_fill(self.defense.rejects(clean)[None, :], -torch.inf)
-                attacked_shown = attacked.masked_fill(
-                    self.defense.rejects(adv)[None, :], -torch.inf
-                )
-            else:
-                coop_shown, attacked_shown = coop, attacked
+            screened = self.screen(clean, adv) if self.screens else {}
             out: dict[str, np.ndarray] = {
                 "item_id": np.asarray(item_ids),
                 "prediction_shift": prediction_shift(attacked, coop).cpu().numpy(),
@@ -269,8 +261,10 @@ class ColdItemEvaluator:
             }
             if steps is not None:
                 out["attack_steps"] = np.asarray(steps, dtype=np.float64)
-            out |= screened
-            coop, attacked = coop_shown, attacked_shown  # what users see, for the hit rates
+            if screened:  # what users see, for the hit rates: a rejected upload never is
+                coop = never_shown(coop, screened["rejected_clean"])
+                attacked = never_shown(attacked, screened["rejected_adv"])
+                out |= screened
             groups = {
                 "cooperative": hit_rates(injected_ranks(self.context, coop)),
                 "adversarial": hit_rates(injected_ranks(self.context, attacked)),
@@ -297,6 +291,13 @@ class ColdItemEvaluator:
             if success is not None:
                 out["success"] = success.float().cpu().numpy()
         return out, adv
+
+
+def never_shown(scores: torch.Tensor, rejected: np.ndarray) -> torch.Tensor:
+    """``scores [U, B]`` with the columns of rejected items (``rejected [B]``, 0/1) at −∞: below
+    every candidate, so a miss at every cut-off that displaces no ordinary item."""
+    mask = torch.as_tensor(rejected > 0, device=scores.device)
+    return scores.masked_fill(mask[None, :], -torch.inf)
 
 
 def reduce_items(
