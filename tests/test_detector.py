@@ -11,7 +11,7 @@ from aipray.attacks import ATTACKS, AttackInputs
 from aipray.config import parse_sweep
 from aipray.data.synthetic import SyntheticConfig, make_synthetic
 from aipray.defenses import DEFENSES, make_defense
-from aipray.grid import Component, attack_against
+from aipray.grid import Component, TrialSpec, attack_against
 from aipray.metrics.detection import roc_auc
 from aipray.metrics.full_ranking import FULL_CUTOFFS
 from aipray.models import MODELS
@@ -131,8 +131,16 @@ def test_evade_weight_counts_only_for_an_adaptive_attack_on_a_screen():
     jpeg = DEFENSES.get("jpeg")
     plain = attack_against(attack, Component("defense", "jpeg", jpeg.Config()))
     assert plain.config.adaptive and plain.config.evade_weight == cls.Config().evade_weight
-    screened = attack_against(attack, Component("defense", "detector", Detector.Config()))
+    detector = Component("defense", "detector", Detector.Config())
+    screened = attack_against(attack, detector)
     assert screened.config.evade_weight == 5.0
+    # a weight other than the default is part of the trial's name and its attack's key
+    dataset = Component("dataset", "synthetic", SyntheticConfig())
+    model = Component("model", "dvbpr", MODELS.get("dvbpr").Config())
+    assert "insa(adaptive,evade=5)" in TrialSpec(dataset, model, screened, detector).name
+    default = attack_against(Component("attack", "insa", cls.Config(adaptive=True)), detector)
+    assert "evade_weight" not in default.as_dict()["config"]
+    assert screened.as_dict()["config"]["evade_weight"] == 5.0
 
 
 def test_detector_trials_share_its_stage_and_log_its_metrics(tmp_path):
