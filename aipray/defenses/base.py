@@ -71,6 +71,8 @@ class Defense:
     version: ClassVar[int] = 1
     #: rejects some uploaded images (:meth:`rejects`) instead of, or besides, transforming them
     screens: ClassVar[bool] = False
+    #: a screen's :meth:`detect` score at or above which an upload is rejected
+    threshold: float = float("inf")
 
     def __init__(self, config: Any) -> None:
         self.config = config
@@ -110,7 +112,7 @@ class Defense:
         :attr:`screens`: those whose :meth:`detect` score reaches its ``threshold``)."""
         if not self.screens:
             return torch.zeros(images.shape[0], dtype=torch.bool, device=images.device)
-        return self.detect(images) >= self.threshold  # type: ignore[attr-defined]
+        return self.detect(images) >= self.threshold
 
     def evasion(self, images: torch.Tensor) -> torch.Tensor:
         """``[B]`` what an adaptive attacker keeps low to pass a screen (differentiable);
