@@ -216,7 +216,7 @@ def detection_table(frame: pd.DataFrame) -> Table | None:
                 for e in sorted(both["eps"].unique(), key=lambda v: (math.isnan(v), v)):
                     at = select(both, eps=e)
                     for label in sorted(set(at["defense"])):
-                        head = _row_labels(r, a, e, label)
+                        head = row_labels(r, a, e, label)
                         cells, nums = _detection_cells(select(at, defense=label), a)
                         bare = select(frame, dataset=ds, row=r, attack=a, eps=e, defense="none")
                         undefended = mean(bare, ADV) if not bare.empty else math.nan
