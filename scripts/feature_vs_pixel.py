@@ -6,7 +6,7 @@ attacker who controls only the image reaches.
     python scripts/feature_vs_pixel.py sweeps/quick.yaml [--seeds 0 1 2] [--models vbpr]
 
 For every undefended trial of the sweep's ``--attack`` (INSA by default) against a ranker that
-reads its frozen extractor's features (VBPR, AMR, AlexRank, FREEDOM), from the images the sweep
+reads its frozen extractor's features (VBPR, AMR, AlexRank, FREEDOM, LATTICE), from the images the sweep
 stored (run the sweep first, per seed: ``python -m aipray.sweep SWEEP --seed N``):
 
 - the feature displacement the pixel attack produced through the encoder, ``‖f(x') − f(x)‖₂``,

@@ -42,10 +42,13 @@ def rankers(catalog, extractor):
             "freedom", catalog, extractor, dim=8, knn_k=4, epochs=3, batch_size=256, patience=None
         ),
         "alexrank": _fit("alexrank", catalog, extractor),
+        "lattice": _fit(
+            "lattice", catalog, extractor, dim=8, knn_k=4, epochs=3, batch_size=256, patience=None
+        ),
     }
 
 
-@pytest.mark.parametrize("name", ["vbpr", "freedom", "alexrank"])
+@pytest.mark.parametrize("name", ["vbpr", "freedom", "alexrank", "lattice"])
 def test_the_feature_view_scores_features_as_the_ranker_scores_images(catalog, rankers, name):
     model = rankers[name]
     images = to_float(catalog.images[catalog.cold_items])

@@ -6,7 +6,7 @@ stored image and text features). Whether a feature displacement is reachable by 
 change through the real encoder is another question. Here:
 
 - :func:`feature_view` turns a ranker whose images reach its scores only through its frozen
-  extractor's features (VBPR, AMR, AlexRank, FREEDOM) into the same ranker fed with feature
+  extractor's features (VBPR, AMR, AlexRank, FREEDOM, LATTICE) into the same ranker fed with feature
   vectors in place of images, sharing every parameter: its ``score_images`` and ``preference``
   then take ``[B, F]`` features;
 - :func:`feature_insa` is INSA's objective (the ranker's own ``preference``, summed over users)
@@ -51,7 +51,8 @@ def feature_view(model: Recommender) -> Recommender:
     ):
         raise ValueError(
             f"{type(model).__name__}: a feature-space attack needs a ranker that reads its frozen "
-            "extractor's features (VBPR, AMR, AlexRank, FREEDOM); its images reach the score "
+            "extractor's features (VBPR, AMR, AlexRank, FREEDOM, LATTICE); its images reach the "
+            "score "
             "another way"
         )
     view = copy.copy(model)
