@@ -52,8 +52,7 @@ def feature_view(model: Recommender) -> Recommender:
         raise ValueError(
             f"{type(model).__name__}: a feature-space attack needs a ranker that reads its frozen "
             "extractor's features (VBPR, AMR, AlexRank, FREEDOM, LATTICE); its images reach the "
-            "score "
-            "another way"
+            "score another way"
         )
     view = copy.copy(model)
     view._modules = dict(model._modules)  # a module table of its own: model keeps its extractor
