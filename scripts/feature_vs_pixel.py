@@ -5,9 +5,10 @@ attacker who controls only the image reaches.
 
     python scripts/feature_vs_pixel.py sweeps/quick.yaml [--seeds 0 1 2] [--models vbpr]
 
-For every undefended trial of the sweep's ``--attack`` (INSA by default) against a ranker that
-reads its frozen extractor's features (VBPR, AMR, AlexRank, FREEDOM, LATTICE), from the images the sweep
-stored (run the sweep first, per seed: ``python -m aipray.sweep SWEEP --seed N``):
+For every undefended, direct trial of the sweep's ``--attack`` (INSA by default) against a
+ranker that reads its frozen extractor's features (VBPR, AMR, AlexRank, FREEDOM, LATTICE),
+from the images the sweep stored (run the sweep first, per seed:
+``python -m aipray.sweep SWEEP --seed N``):
 
 - the feature displacement the pixel attack produced through the encoder, ``‖f(x') − f(x)‖₂``,
   absolute and relative to ``‖f(x)‖₂`` (mean over the cold items);
@@ -54,11 +55,14 @@ USER_BATCH = 512
 
 
 def trials_of(sweep, attack: str, models: list[str] | None) -> list:
-    """The sweep's undefended, oblivious trials of ``attack`` on feature-reading rankers."""
+    """The sweep's undefended, oblivious, direct trials of ``attack`` on feature-reading
+    rankers."""
     out = []
     for trial in sweep.trials():
         cls = MODELS.get(trial.model.name)
         if trial.attack.name != attack or trial.defense.name != "none" or trial.adaptive:
+            continue
+        if trial.source is not None:  # a transfer trial: its images were crafted on another model
             continue
         if not cls.features_from_extractor or (models and trial.model.name not in models):
             continue
