@@ -285,9 +285,9 @@ def parse_sweep(raw: Any, source: Path | str = "<sweep>") -> SweepConfig:
     else:
         if "perceptual" in raw:
             raise ConfigError(f"{where}: perceptual: only allowed with protocol: perceptual")
+        check_cold_items(all_grids, where)
     if collusion and protocol != "aip":
         raise ConfigError(f"{where}: collusion: only allowed with protocol: aip")
-        check_cold_items(all_grids, where)
     lpips_cfg = None
     if raw.get("lpips") is not None:
         (lpips_cfg,), _ = build_dataclass(LPIPSConfig, raw["lpips"], f"{where}: lpips")
