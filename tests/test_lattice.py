@@ -11,7 +11,8 @@ from aipray.metrics.full_ranking import FULL_CUTOFFS
 from aipray.metrics.ranking import hit_rates, hit_rates_by_argsort, injected_ranks
 from aipray.models.extractor import build_extractor, make_spec
 from aipray.models.graphs import mean_bipartite, spmm
-from aipray.models.lattice import LATTICE, LATTICEConfig, LATTICELoss
+from aipray.models.lattice import LATTICE, LATTICEConfig
+from aipray.models.lattice_loss import LATTICELoss
 from aipray.models.train import fit_with
 from aipray.params import SettingError
 from aipray.pixels import to_float

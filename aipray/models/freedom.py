@@ -56,8 +56,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from aipray.data.catalog import Catalog
-from aipray.models.base import MODELS, Recommender
+from aipray.models.base import MODELS
 from aipray.models.extractor import Extractor, build_extractor, extract_features
+from aipray.models.graph_ranker import GraphRanker
 from aipray.models.graphs import (
     Graph,
     bipartite,
@@ -70,7 +71,6 @@ from aipray.models.graphs import (
     spmm,
 )
 from aipray.params import Settings, param
-from aipray.pixels import to_float
 
 
 @dataclass(frozen=True)
@@ -96,7 +96,7 @@ class FREEDOMConfig(Settings):
 
 
 @MODELS.register("freedom")
-class FREEDOM(Recommender):
+class FREEDOM(GraphRanker):
     """User and item ID embeddings ``[n_users | n_items, dim]`` on a LightGCN user–item graph plus
     a frozen item–item kNN graph over the warm items' image features; see the module docstring.
 
@@ -108,8 +108,6 @@ class FREEDOM(Recommender):
 
     Config = FREEDOMConfig
     display_name = "FREEDOM"
-    uses_extractor = True
-    features_from_extractor = True
 
     def __init__(
         self,
@@ -259,26 +257,6 @@ class FREEDOM(Recommender):
         top = self.similarities(images).topk(self.knn_k, dim=1).indices
         return self.tables()[2][top].mean(1)
 
-    def encode_items(
-        self, images: torch.Tensor | None, items: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        """Items in the graph by id (their images do not matter: the graph is frozen); items
-        outside it (``items=None``, or a cold item's id) by their images' kNN rows."""
-        if items is None:
-            if images is None:
-                raise ValueError("FREEDOM needs item ids or images; both are None")
-            return self.image_codes(images)
-        codes = self.tables()[1][items]
-        outside = ~self.in_graph[items]
-        if bool(outside.any()):
-            if images is None:
-                raise ValueError(
-                    "FREEDOM scores items outside its graph by their images: none given"
-                )
-            rows = (outside.nonzero().flatten(),)
-            codes = codes.index_put(rows, self.image_codes(images[outside]))
-        return codes
-
     def relaxed_codes(self, images: torch.Tensor) -> torch.Tensor:
         """Codes ``[B, D]`` under the relaxed top-k (module docstring): every warm item weighted
         ``σ((s_j − t)/τ)``, normalised; differentiable in the pixels through the similarities."""
@@ -292,51 +270,14 @@ class FREEDOM(Recommender):
         forward pass for the users of the batch. The hard score's sum as ``relax → 0``."""
         return self.relaxed_codes(images) @ self.user_vectors(users).sum(0)
 
-    def feature_network(self, images: torch.Tensor) -> torch.Tensor:
-        # the extractor's features: they decide the neighbours, and EXPA's images are shared by
-        # every ranker on the extractor
-        return self.extractor.features(images)
-
-    def item_embedding(self, images: torch.Tensor) -> torch.Tensor:
-        """A cold item's code from its image (its kNN row's reach)."""
-        return self.image_codes(images)
-
-    def training_encoder(self, images: np.ndarray):
-        in_graph = self.in_graph
-
-        def encode(items: torch.Tensor) -> torch.Tensor:
-            outside = ~in_graph[items]
-            pixels = None
-            if bool(outside.any()):
-                pixels = to_float(images[items.cpu().numpy()], items.device)
-            return self.encode_items(pixels, items)
-
-        return encode
+    def warm_codes(self) -> torch.Tensor:
+        return self.tables()[1]
 
     @classmethod
-    def fit(
-        cls,
-        config: FREEDOMConfig,
-        catalog: Catalog,
-        *,
-        extractor: nn.Module | None,
-        device: torch.device,
-        seed: int,
-    ) -> tuple[FREEDOM, dict[str, Any]]:
-        from aipray.models.train import fit_with
-
-        if extractor is None:
-            raise ValueError(f"{cls.name} is built on the pretrained extractor; none was given")
-        torch.manual_seed(seed)
-        extractor = extractor.to(device)
-        features = extract_features(extractor, catalog.images, device=device)
-        model = cls.on(extractor, catalog, config, features)
-        objective = FREEDOMLoss(model, features, config.reg_weight, config.dropout)
-        params = [p for p in model.parameters() if p.requires_grad]
-        groups = [{"params": params, "weight_decay": 0.0}]
-        return fit_with(
-            model, catalog, config, groups, device=device, seed=seed, reg=0.0, objective=objective
-        )
+    def objective(
+        cls, model: FREEDOM, features: torch.Tensor, config: FREEDOMConfig
+    ) -> FREEDOMLoss:
+        return FREEDOMLoss(model, features, config.reg_weight, config.dropout)
 
 
 class FREEDOMLoss:

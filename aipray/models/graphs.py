@@ -178,3 +178,16 @@ def degree_sensitive_keep(weights: np.ndarray, keep: int, rng: np.random.Generat
         return np.arange(weights.size)
     keys = rng.exponential(size=weights.size) / np.maximum(weights, 1e-12)
     return np.sort(np.argpartition(keys, keep - 1)[:keep])
+
+
+def inv_sqrt(rowsum: torch.Tensor) -> torch.Tensor:
+    """``D^{-1/2}`` of row sums (clamped away from 0: a row of negative similarities has none)."""
+    return rowsum.clamp(min=1e-7).pow(-0.5)
+
+
+def knn_values(
+    unit: torch.Tensor, candidates: torch.Tensor, neighbours: torch.Tensor
+) -> torch.Tensor:
+    """``[M, k]`` cosine similarity of each row of ``unit`` ``[M, F]`` to its neighbours' rows of
+    ``candidates`` ``[C, F]`` (both unit length), differentiable in both."""
+    return (unit[:, None, :] * candidates[neighbours]).sum(-1)

@@ -77,20 +77,22 @@ import torch.nn.functional as F
 from torch import nn
 
 from aipray.data.catalog import Catalog
-from aipray.models.base import MODELS, Recommender
+from aipray.models.base import MODELS
 from aipray.models.extractor import Extractor, build_extractor, extract_features
+from aipray.models.graph_ranker import GraphRanker
 from aipray.models.graphs import (
     EdgeList,
     Graph,
     MeanGraph,
     edge_product,
+    inv_sqrt,
     knn_neighbours,
+    knn_values,
     mean_bipartite,
     soft_top_k,
     spmm,
 )
 from aipray.params import Settings, param
-from aipray.pixels import to_float
 
 #: the modalities the model reads; each has its raw features, initial graph and projection
 MODALITIES: tuple[str, ...] = ("image",)
@@ -135,21 +137,8 @@ class Tables(NamedTuple):
     learned_rowsum: torch.Tensor
 
 
-def inv_sqrt(rowsum: torch.Tensor) -> torch.Tensor:
-    """``D^{-1/2}`` of row sums (clamped away from 0: a row of negative similarities has none)."""
-    return rowsum.clamp(min=1e-7).pow(-0.5)
-
-
-def knn_values(
-    unit: torch.Tensor, candidates: torch.Tensor, neighbours: torch.Tensor
-) -> torch.Tensor:
-    """``[M, k]`` cosine similarity of each row of ``unit`` ``[M, F]`` to its neighbours' rows of
-    ``candidates`` ``[C, F]`` (both unit length), differentiable in both."""
-    return (unit[:, None, :] * candidates[neighbours]).sum(-1)
-
-
 @MODELS.register("lattice")
-class LATTICE(Recommender):
+class LATTICE(GraphRanker):
     """User and item ID embeddings ``[n_users | n_items, dim]`` on a user–item graph, plus an
     item–item graph over the warm items mixing a frozen kNN graph of the raw features with one
     learned on projected features; see the module docstring.
@@ -163,8 +152,6 @@ class LATTICE(Recommender):
 
     Config = LATTICEConfig
     display_name = "LATTICE"
-    uses_extractor = True
-    features_from_extractor = True
 
     def __init__(
         self,
@@ -444,103 +431,16 @@ class LATTICE(Recommender):
         ``h_c = S_c · reach`` (:meth:`cold_rows`); no collaborative term."""
         return F.normalize(self.cold_rows(images, relax) @ self.tables().reach, dim=1)
 
-    def encode_items(
-        self, images: torch.Tensor | None, items: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        """Items in the graph by id (their images do not matter: the graphs hold their stored
-        features); items outside it (``items=None``, or a cold item's id) by their images."""
-        if items is None:
-            if images is None:
-                raise ValueError("LATTICE needs item ids or images; both are None")
-            return self.image_codes(images)
-        codes = self.tables().items[items]
-        outside = ~self.in_graph[items]
-        if bool(outside.any()):
-            if images is None:
-                raise ValueError(
-                    "LATTICE scores items outside its graph by their images: none given"
-                )
-            rows = (outside.nonzero().flatten(),)
-            codes = codes.index_put(rows, self.image_codes(images[outside]))
-        return codes
-
     def preference(self, users: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
         """INSA's objective on the relaxed top-k, linear in the code: ``(Σ_u u)·code``, one
         forward pass for the users of the batch. The hard score's sum as ``relax → 0``."""
         return self.image_codes(images, self.relax) @ self.user_vectors(users).sum(0)
 
-    def feature_network(self, images: torch.Tensor) -> torch.Tensor:
-        # the extractor's features: they decide the neighbours, and EXPA's images are shared by
-        # every ranker on the extractor
-        return self.extractor.features(images)
-
-    def item_embedding(self, images: torch.Tensor) -> torch.Tensor:
-        """A cold item's code from its image."""
-        return self.image_codes(images)
-
-    def training_encoder(self, images: np.ndarray):
-        in_graph = self.in_graph
-
-        def encode(items: torch.Tensor) -> torch.Tensor:
-            outside = ~in_graph[items]
-            pixels = None
-            if bool(outside.any()):
-                pixels = to_float(images[items.cpu().numpy()], items.device)
-            return self.encode_items(pixels, items)
-
-        return encode
+    def warm_codes(self) -> torch.Tensor:
+        return self.tables().items
 
     @classmethod
-    def fit(
-        cls,
-        config: LATTICEConfig,
-        catalog: Catalog,
-        *,
-        extractor: nn.Module | None,
-        device: torch.device,
-        seed: int,
-    ) -> tuple[LATTICE, dict[str, Any]]:
-        from aipray.models.train import fit_with
+    def objective(cls, model: LATTICE, features: torch.Tensor, config: LATTICEConfig) -> Any:
+        from aipray.models.lattice_loss import LATTICELoss
 
-        if extractor is None:
-            raise ValueError(f"{cls.name} is built on the pretrained extractor; none was given")
-        torch.manual_seed(seed)
-        extractor = extractor.to(device)
-        features = extract_features(extractor, catalog.images, device=device)
-        model = cls.on(extractor, catalog, config, features)
-        objective = LATTICELoss(model, config.reg_weight)
-        params = [p for p in model.parameters() if p.requires_grad]
-        groups = [{"params": params, "weight_decay": 0.0}]
-        return fit_with(
-            model, catalog, config, groups, device=device, seed=seed, reg=0.0, objective=objective
-        )
-
-
-class LATTICELoss:
-    """LATTICE's training loss (:class:`~aipray.models.train.BatchObjective`): the first batch of
-    each epoch rebuilds the item graph (learned kNN and values) with its gradient; the epoch's
-    other batches reuse it, constant, as the reference codes do. Each batch propagates the whole
-    user–item graph once and pays BPR plus ``reg_weight × ½(‖u‖² + ‖i⁺‖² + ‖i⁻‖²)`` on the
-    propagated embeddings, averaged over the batch."""
-
-    def __init__(self, model: LATTICE, reg_weight: float) -> None:
-        self.model, self.reg_weight = model, reg_weight
-        self.graph = model.full_graph()  # LATTICE prunes no edges
-        self.fixed: Graph | None = None
-
-    def start_epoch(self, rng: np.random.Generator) -> None:
-        self.fixed = None
-
-    def __call__(self, users: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
-        if self.fixed is None:
-            item_graph: EdgeList | Graph = self.model.item_graph()[0]
-            self.fixed = item_graph.detach()
-        else:
-            item_graph = self.fixed
-        user_e, item_e, _ = self.model.propagate(self.graph, item_graph)
-        u, p, n = user_e[users], item_e[pos], item_e[neg]
-        loss = -F.logsigmoid((u * p).sum(1) - (u * n).sum(1)).mean()
-        if self.reg_weight:
-            squares = u.pow(2).sum(1) + p.pow(2).sum(1) + n.pow(2).sum(1)
-            loss = loss + self.reg_weight * 0.5 * squares.mean()
-        return loss
+        return LATTICELoss(model, config.reg_weight)
