@@ -295,8 +295,10 @@ def test_readme_own_ranker_block_runs(capsys):
 
 
 @pytest.mark.parametrize("name", aipray.MODELS.names())
-def test_training_recipes_are_deterministic(catalog, name):
-    """Each registered model's own recipe, run twice with one seed: identical weights (CPU)."""
+def test_training_recipes_are_deterministic(catalog, name, one_thread):
+    """Each registered model's own recipe, run twice with one seed: identical weights (CPU, at
+    one thread count: stages train with the sweep's, and LATTICE's edge-wise sums round by how
+    many threads split them)."""
     from aipray.models.extractor import build_extractor, make_spec
 
     cls = aipray.MODELS.get(name)
