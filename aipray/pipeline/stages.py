@@ -12,8 +12,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +36,7 @@ from aipray.models.extractor import (
     popular_class,
     save_extractor,
 )
+from aipray.pipeline.threads import stage_threads, torch_threads
 from aipray.plan import StagePaths
 from aipray.protocol import PROTOCOLS, aip
 from aipray.protocol.base import pick_device  # noqa: F401 - re-exported
@@ -395,28 +394,6 @@ def stage_output(kind: str, paths: StagePaths) -> Path | None:
     :class:`StagePaths` field of that name (the ranker's is ``model``); ``None`` when the trial
     has no such stage (a defence without weights)."""
     return getattr(paths, "model" if kind == "ranker" else kind)
-
-
-def stage_threads(sweep: SweepConfig) -> int:
-    """The torch CPU threads every stage computes with: ``resources.train_cpus``, rounded.
-
-    A CPU reduction's float rounding depends on how many threads split it, so a stage trained
-    with 2 threads is not the one trained with 1 (DVBPR's loss differs in the 8th digit, its
-    chosen epoch can too). The count therefore comes from the sweep, not from the process that
-    happens to run the stage: a Ray worker and a script in the driver store the same output
-    under the same key."""
-    return max(1, round(sweep.resources.train_cpus))
-
-
-@contextmanager
-def torch_threads(n: int) -> Iterator[None]:
-    """Run the block with ``n`` torch CPU threads, and restore the process's count after."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 #: the stages a transfer attack's source model stands on: its ranker and what that is trained on
