@@ -61,7 +61,7 @@ from aipray.attacks.base import linf_ascent
 from aipray.config import load_sweep
 from aipray.data import Catalog
 from aipray.data.surrogate import SurrogateConfig, make_surrogate
-from aipray.data.synthetic import make_synthetic, style_labels, true_preferences
+from aipray.data.synthetic import cold_buyers, make_synthetic, style_labels, true_preferences
 from aipray.grid import Component
 from aipray.metrics.full_ranking import (
     full_hit_rate,
@@ -117,24 +117,37 @@ def pgd_success(extractor, catalog: Catalog, target: int, *, limit: int, seed: i
 
 
 @torch.no_grad()
-def cold_hit_rates(model, catalog: Catalog, paths, device) -> dict[str, float]:
+def cold_hit_rates(
+    model, catalog: Catalog, paths, device, buyers: tuple[np.ndarray, np.ndarray]
+) -> dict[str, float]:
     """Mean over cold items, shown with their clean images, of HR@10 among each user's top-C
     candidates and HR@50 over the full ranking (``cold/``, ``cold_full/``), with a random
-    ranking's (``random``), from the ranker's stored undefended context."""
+    ranking's (``random``), from the ranker's stored undefended context; and the cold-start
+    recall (``cold_buyers/``): HR@50 over the full ranking of each cold item among the users
+    who chose it before its interactions were removed (``buyers``: ``(users, items)`` pairs),
+    mean over the pairs, with a random ranking's."""
     context = stages.load_context(paths.context_undefended, device)
     full = stages.load_context(paths.context_undefended, device, full=True)
     users = torch.arange(model.n_users, device=device)
-    top_c, whole = [], []
+    buyer_users = torch.as_tensor(buyers[0], device=device)
+    column = {int(item): index for index, item in enumerate(catalog.cold_items)}
+    buyer_cols = torch.as_tensor([column[int(i)] for i in buyers[1]], device=device)
+    top_c, whole, ranks = [], [], []
     for start in range(0, catalog.cold_items.size, 64):
         ids = catalog.cold_items[start : start + 64]
         scores = model.score_images(users, to_float(catalog.images[ids], device))
         top_c.append(hit_rates(injected_ranks(context, scores), (10,))[10])
-        whole.append(hit_rates(injected_ranks(full, scores), (50,))[50])
+        ranks.append(injected_ranks(full, scores))
+        whole.append(hit_rates(ranks[-1], (50,))[50])
+    buyer_ranks = torch.cat(ranks, dim=1)[buyer_users, buyer_cols]
+    sizes = full.set_sizes[buyer_users].double() + 1
     return {
         "cold": float(torch.cat(top_c).mean()),
         "cold_random": random_hit_rate(context.set_sizes, (10,))[10],
         "cold_full": float(torch.cat(whole).mean()),
         "cold_full_random": random_hit_rate(full.set_sizes, (50,))[50],
+        "cold_buyers": float((buyer_ranks < 50).double().mean()),
+        "cold_buyers_random": float((torch.clamp(sizes, max=50) / sizes).mean()),
     }
 
 
@@ -183,6 +196,10 @@ def measure(
         row[f"probe/{name}"] = probe_accuracy(features, labels)
         row[f"probe/{name}_majority"] = np.bincount(labels).max() / labels.size
 
+    replayed, *buyers = cold_buyers(first.dataset.config)
+    if not np.array_equal(replayed.cold_items, catalog.cold_items):
+        raise SystemExit("the stored catalog is not the one its config generates")
+
     def full(name: str, scores_of) -> None:
         for k, kind in ((10, "full"), (50, "full50")):
             row[f"{kind}/{name}"] = full_hit_rate(scores_of, catalog, k=k, held_out="test")
@@ -195,12 +212,9 @@ def measure(
         as_cold = aip.served_scores(model, catalog, device=device, as_cold=True)
         row[f"image/{name}"] = full_hit_rate(as_cold, catalog, k=10, held_out="test")
         stages.compute_stage("context_undefended", sweep, trial, model_paths, device)
-        cold = cold_hit_rates(model, catalog, model_paths, device)
-        row[f"cold/{name}"], row["cold/random"] = cold["cold"], cold["cold_random"]
-        row[f"cold_full/{name}"], row["cold_full/random"] = (
-            cold["cold_full"],
-            cold["cold_full_random"],
-        )
+        cold = cold_hit_rates(model, catalog, model_paths, device, buyers)
+        for kind in ("cold", "cold_full", "cold_buyers"):
+            row[f"{kind}/{name}"], row[f"{kind}/random"] = cold[kind], cold[f"{kind}_random"]
     bpr = load_recommender(paths.bpr, device)
     full("bpr_first_stage", model_scores(bpr, catalog, device))
     dim = getattr(visual.get("vbpr", first).model.config, "dim", None)
@@ -299,12 +313,17 @@ def targets(table: pd.DataFrame) -> list[tuple[str, bool, str]]:
                     gap = table[f"{kind}/{name}"] - table[f"{kind}/{ref}"]
                     ok = bool((gap > 0).all())
                     out.append((f"{label} > {ref}{at}", ok, f"gaps {_fmt(gap, True)}"))
-    for column in sorted(c for c in table if c.startswith(("cold/", "cold_full/"))):
+    cold_kinds = {
+        "cold": "HR@10 among top-C",
+        "cold_full": "HR@50 over the full ranking",
+        "cold_buyers": "HR@50 among its held-out buyers",
+    }
+    for column in sorted(c for c in table if c.split("/")[0] in cold_kinds):
         kind, name = column.split("/")
         if name == "random":
             continue
         gap = table[column] - table[f"{kind}/random"]
-        what = "HR@10 among top-C" if kind == "cold" else "HR@50 over the full ranking"
+        what = cold_kinds[kind]
         ok = bool((gap > 0).all())
         out.append((f"{name} cold items above random ({what})", ok, f"gaps {_fmt(gap, True)}"))
     gap = table["top_c/bpr"] - table["top_c/popularity"]

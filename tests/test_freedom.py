@@ -187,3 +187,24 @@ def test_served_scores_as_cold_read_each_warm_item_from_its_image_alone(catalog,
     torch.testing.assert_close(by_id[:, warm], ids)
     assert not torch.allclose(by_image[:, warm], by_id[:, warm])
     assert bool((by_image[:, catalog.cold_items] == 0).all())
+
+
+def test_with_neighbour_codes_a_cold_item_averages_its_neighbours_whole_codes(catalog, model):
+    # cold_code: neighbours reads the warm items' whole codes (LightGCN term included) through
+    # the same top-k row; the relaxed score still tends to the hard one and reaches the pixels
+    imputed = FREEDOM(**{**model.init_args, "cold_code": "neighbours"})
+    imputed.load_state_dict(model.state_dict())
+    imputed.eval().requires_grad_(False)
+    x = to_float(catalog.images[catalog.cold_items[:3]])
+    top = model.similarities(x).topk(model.knn_k).indices
+    torch.testing.assert_close(imputed.encode_items(x), model.warm_codes()[top].mean(1))
+    assert not torch.allclose(imputed.encode_items(x), model.encode_items(x))
+    users = torch.arange(30)
+    sharp = FREEDOM(**{**imputed.init_args, "relax": 1e-4})
+    sharp.load_state_dict(model.state_dict())
+    sharp.eval().requires_grad_(False)
+    hard = imputed.score_images(users, x).sum(0)
+    torch.testing.assert_close(sharp.preference(users, x), hard, atol=1e-5, rtol=1e-4)
+    pixels = x.clone().requires_grad_(True)
+    (grad,) = torch.autograd.grad(imputed.preference(users, pixels).sum(), pixels)
+    assert torch.isfinite(grad).all() and (grad.abs().flatten(1).sum(1) > 0).all()

@@ -179,6 +179,22 @@ def test_the_relaxed_top_k_tends_to_the_hard_score_and_reaches_the_pixels(catalo
     assert torch.isfinite(grad).all() and (grad.abs().flatten(1).sum(1) > 0).all()
 
 
+def test_with_neighbour_codes_a_cold_item_reads_its_row_over_the_warm_codes(catalog, model):
+    # cold_code: neighbours: the same row S_c over the warm items' whole codes, not normalised
+    imputed = LATTICE(**{**model.init_args, "cold_code": "neighbours"})
+    imputed.load_state_dict(model.state_dict())
+    imputed.eval().requires_grad_(False)
+    x = to_float(catalog.images[catalog.cold_items[:3]])
+    rows = model.cold_rows(x)
+    torch.testing.assert_close(imputed.encode_items(x), rows @ model.warm_codes())
+    torch.testing.assert_close(
+        model.encode_items(x), torch.nn.functional.normalize(rows @ model.tables().reach, dim=1)
+    )
+    pixels = x.clone().requires_grad_(True)
+    (grad,) = torch.autograd.grad(imputed.preference(torch.arange(30), pixels).sum(), pixels)
+    assert torch.isfinite(grad).all() and (grad.abs().flatten(1).sum(1) > 0).all()
+
+
 def test_insa_runs_against_it_unchanged_and_raises_the_hard_scores(catalog, model):
     ids = catalog.cold_items[:6]
     x = to_float(catalog.images[ids])

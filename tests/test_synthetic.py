@@ -77,3 +77,21 @@ def test_true_preferences_are_the_generators_own_ranking():
 
     ceiling = full_hit_rate(scores_of, catalog, held_out="test")
     assert ceiling > full_hit_rate(popularity_scores(catalog), catalog, held_out="test") + 0.05
+
+
+def test_cold_buyers_are_the_interactions_the_cold_items_lost():
+    from aipray.data.synthetic import cold_buyers, true_preferences
+
+    config = SyntheticConfig(n_users=60, n_items=80, n_cold=6, image_size=16, seed=4)
+    catalog, users, items = cold_buyers(config)
+    made = make_synthetic(config)
+    assert np.array_equal(catalog.cold_items, made.cold_items)
+    assert np.array_equal(catalog.train_items, made.train_items)
+    assert users.size == items.size > 0
+    assert set(items.tolist()) <= set(catalog.cold_items.tolist())
+    assert users.min() >= 0 and users.max() < catalog.n_users
+    # the generator chose them by its users' logits: a buyer likes the item more than the
+    # average user does
+    _, logits = true_preferences(config)
+    table = logits(np.arange(catalog.n_users))
+    assert table[users, items].mean() > table[:, items].mean() + 1.0

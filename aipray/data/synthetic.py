@@ -203,11 +203,20 @@ def make_synthetic(config: SyntheticConfig, name: str = "synthetic") -> Catalog:
     return _generate(config, name)[0]
 
 
+def cold_buyers(config: SyntheticConfig) -> tuple[Catalog, np.ndarray, np.ndarray]:
+    """The marketplace ``config`` makes and the interactions its cold items lost:
+    ``(catalog, users [P], items [P])``, users in the catalog's (re-indexed) numbering, those
+    the catalog dropped left out. These are what a cold-start evaluation holds out (LATTICE's
+    cold-start setting: the recall of each cold item among the users who chose it)."""
+    catalog, _, _, _, held_out = _generate(config, "synthetic")
+    return catalog, held_out[0], held_out[1]
+
+
 def true_preferences(config: SyntheticConfig) -> tuple[Catalog, Callable[[np.ndarray], np.ndarray]]:
     """The marketplace ``config`` makes and its users' own logits: ``logits(users [U]) → [U, N]``
     for the catalog's (re-indexed) users. Ranking by them is what the generator itself would do,
     the ceiling of what any ranker can learn from the interactions."""
-    catalog, tastes, styles, kept_users = _generate(config, "synthetic")
+    catalog, tastes, styles, kept_users, _ = _generate(config, "synthetic")
 
     def logits(users: np.ndarray) -> np.ndarray:
         return np.stack([tastes.logits(config, styles, int(kept_users[u])) for u in users])
@@ -217,7 +226,7 @@ def true_preferences(config: SyntheticConfig) -> tuple[Catalog, Callable[[np.nda
 
 def _generate(
     config: SyntheticConfig, name: str
-) -> tuple[Catalog, UserTastes, ItemStyles, np.ndarray]:
+) -> tuple[Catalog, UserTastes, ItemStyles, np.ndarray, tuple[np.ndarray, np.ndarray]]:
     rng = np.random.default_rng(config.seed)
     n_items, n_cat = config.n_items, config.n_categories
 
@@ -261,6 +270,7 @@ def _generate(
     candidates = np.setdiff1d(np.arange(n_items), [hook])
     cold = np.sort(rng.choice(candidates, size=config.n_cold, replace=False))
     keep = ~np.isin(all_items, cold)
+    lost_users, lost_items = all_users[~keep], all_items[~keep]
     all_users, all_items = all_users[keep], all_items[keep]
 
     # Drop users with fewer than 3 interactions left, then re-index users densely.
@@ -270,6 +280,8 @@ def _generate(
     remap[kept_users] = np.arange(kept_users.size)
     mask = remap[all_users] >= 0
     all_users, all_items = remap[all_users[mask]], all_items[mask]
+    lost = remap[lost_users] >= 0
+    held_out = (remap[lost_users[lost]].astype(np.int64), lost_items[lost].astype(np.int64))
 
     # Leave-one-out: a random validation and test item per user, the rest for training.
     order = np.lexsort((rng.uniform(size=all_users.size), all_users))
@@ -292,4 +304,4 @@ def _generate(
         images=images,
         category_names=config.category_names(),
     )
-    return catalog, tastes, styles, kept_users
+    return catalog, tastes, styles, kept_users, held_out

@@ -58,7 +58,7 @@ from torch import nn
 from aipray.data.catalog import Catalog
 from aipray.models.base import MODELS
 from aipray.models.extractor import Extractor, build_extractor, extract_features
-from aipray.models.graph_ranker import GraphRanker
+from aipray.models.graph_ranker import COLD_CODES, GraphRanker
 from aipray.models.graphs import (
     Graph,
     bipartite,
@@ -93,6 +93,13 @@ class FREEDOMConfig(Settings):
     batch_size: int = param(2048, min=1)
     patience: int | None = param(20, min=1, doc="epochs without a validation gain before stopping")
     relax: float = param(1.0, min=1e-6, doc="relaxed top-k temperature, in mean similarity gaps")
+    cold_code: str = param(
+        "graph",
+        choices=COLD_CODES,
+        axis=True,
+        keyed_at_default=False,
+        doc="what a cold item's kNN row reads: graph (the ID embeddings) or neighbours",
+    )
 
 
 @MODELS.register("freedom")
@@ -120,10 +127,11 @@ class FREEDOM(GraphRanker):
         mm_layers: int = 1,
         ui_layers: int = 2,
         relax: float = 1.0,
+        cold_code: str = "graph",
     ) -> None:
         super().__init__()
         self.knn_k, self.mm_layers, self.ui_layers = knn_k, mm_layers, ui_layers
-        self.relax = float(relax)
+        self.relax, self.cold_code = float(relax), cold_code
         self.extractor = build_extractor(extractor_spec)
         self.extractor.eval().requires_grad_(False)
         feature_dim = self.extractor.feature_dim
@@ -162,6 +170,7 @@ class FREEDOM(GraphRanker):
             mm_layers=config.mm_layers,
             ui_layers=config.ui_layers,
             relax=config.relax,
+            cold_code=config.cold_code,
         )
         model.extractor.load_state_dict(extractor.state_dict())
         device = next(extractor.parameters()).device
@@ -251,11 +260,18 @@ class FREEDOM(GraphRanker):
         sims = unit @ self.unit_features.T
         return sims.masked_fill(~self.in_graph, -torch.inf)
 
+    def row_reads(self) -> torch.Tensor:
+        """``[N, D]`` what a cold item's kNN row averages (``cold_code``): ``reach`` (the
+        ID embeddings the item–item graph propagates) or ``neighbours`` (the warm items' whole
+        codes, the collaborative term included)."""
+        _, items, reach = self.tables()
+        return items if self.cold_code == "neighbours" else reach
+
     def image_codes(self, images: torch.Tensor) -> torch.Tensor:
-        """Codes ``[B, D]`` of cold items from their images: ``S_c · reach`` over the image's
-        top-k warm neighbours, each weighted ``1/k`` (FREEDOM's normalisation of a row of k)."""
+        """Codes ``[B, D]`` of cold items from their images: the image's top-k warm neighbours'
+        :meth:`row_reads`, each weighted ``1/k`` (FREEDOM's normalisation of a row of k)."""
         top = self.similarities(images).topk(self.knn_k, dim=1).indices
-        return self.tables()[2][top].mean(1)
+        return self.row_reads()[top].mean(1)
 
     def relaxed_codes(self, images: torch.Tensor) -> torch.Tensor:
         """Codes ``[B, D]`` under the relaxed top-k (module docstring): every warm item weighted
@@ -263,7 +279,7 @@ class FREEDOM(GraphRanker):
         sims = self.similarities(images)
         weights = soft_top_k(sims, self.knn_k, self.relax, int(self.in_graph.sum()))
         weights = weights / weights.sum(1, keepdim=True)
-        return weights @ self.tables()[2]
+        return weights @ self.row_reads()
 
     def preference(self, users: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
         """INSA's objective on the relaxed top-k, linear in the code: ``(Σ_u u)·code``, one

@@ -18,6 +18,12 @@ from aipray.models.base import Recommender
 from aipray.models.extractor import extract_features
 from aipray.pixels import to_float
 
+#: how a cold item's item-graph row is read (``cold_code``): ``graph`` as the model propagates
+#: its item–item graph (over the ID embeddings: the papers' model, where a cold item has no
+#: collaborative term), ``neighbours`` over its neighbours' whole codes (the collaborative term
+#: imputed from the warm items its image is closest to)
+COLD_CODES = ("graph", "neighbours")
+
 
 class GraphRanker(Recommender):
     """The shared half of a graph ranker; ``in_graph`` is its ``[n_items]`` bool buffer of the

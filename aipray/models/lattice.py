@@ -79,7 +79,7 @@ from torch import nn
 from aipray.data.catalog import Catalog
 from aipray.models.base import MODELS
 from aipray.models.extractor import Extractor, build_extractor, extract_features
-from aipray.models.graph_ranker import GraphRanker
+from aipray.models.graph_ranker import COLD_CODES, GraphRanker
 from aipray.models.graphs import (
     EdgeList,
     Graph,
@@ -120,6 +120,13 @@ class LATTICEConfig(Settings):
     batch_size: int = param(1024, min=1)
     patience: int | None = param(20, min=1, doc="epochs without a validation gain before stopping")
     relax: float = param(1.0, min=1e-6, doc="relaxed top-k temperature, in mean similarity gaps")
+    cold_code: str = param(
+        "graph",
+        choices=COLD_CODES,
+        axis=True,
+        keyed_at_default=False,
+        doc="what a cold item's row reads: graph (the ID embeddings, normalised) or neighbours",
+    )
 
 
 class Tables(NamedTuple):
@@ -166,10 +173,12 @@ class LATTICE(GraphRanker):
         mm_layers: int = 1,
         ui_layers: int = 2,
         relax: float = 1.0,
+        cold_code: str = "graph",
     ) -> None:
         super().__init__()
         self.knn_k, self.mm_layers, self.ui_layers = knn_k, mm_layers, ui_layers
         self.lambda_coeff, self.relax = float(lambda_coeff), float(relax)
+        self.cold_code = cold_code
         self.extractor = build_extractor(extractor_spec)
         self.extractor.eval().requires_grad_(False)
         self.user_id = nn.Embedding(n_users, dim)
@@ -227,6 +236,7 @@ class LATTICE(GraphRanker):
             mm_layers=config.mm_layers,
             ui_layers=config.ui_layers,
             relax=config.relax,
+            cold_code=config.cold_code,
         )
         model.extractor.load_state_dict(extractor.state_dict())
         device = next(extractor.parameters()).device
@@ -427,9 +437,13 @@ class LATTICE(GraphRanker):
         return (1 - self.lambda_coeff) * learned + self.lambda_coeff * initial
 
     def image_codes(self, images: torch.Tensor, relax: float | None = None) -> torch.Tensor:
-        """Codes ``[B, D]`` of cold items from their images: ``h_c/‖h_c‖`` with
-        ``h_c = S_c · reach`` (:meth:`cold_rows`); no collaborative term."""
-        return F.normalize(self.cold_rows(images, relax) @ self.tables().reach, dim=1)
+        """Codes ``[B, D]`` of cold items from their images (:meth:`cold_rows` ``S_c``): with
+        ``cold_code: graph`` ``h_c/‖h_c‖``, ``h_c = S_c · reach``, no collaborative term; with
+        ``neighbours`` ``S_c · items``, the row over the warm items' whole codes."""
+        rows, tables = self.cold_rows(images, relax), self.tables()
+        if self.cold_code == "neighbours":
+            return rows @ tables.items
+        return F.normalize(rows @ tables.reach, dim=1)
 
     def preference(self, users: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
         """INSA's objective on the relaxed top-k, linear in the code: ``(Σ_u u)·code``, one
