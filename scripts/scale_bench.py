@@ -8,6 +8,8 @@ together.
     python scripts/scale_bench.py --storage /data/scale                  # Amazon Men size
     python scripts/scale_bench.py --storage /data/scale-t --items 326393 --stages-only
                                                     # Tradesy's item count, stages only
+    python scripts/scale_bench.py --storage /data/scale-g --stages-only --models freedom lattice
+                                                    # the graph rankers at Amazon Men size
 
 Small images (``--image-size``, default 32) and short training (``--epochs``) keep it a
 benchmark of the spine's memory and time, not of the models' quality. A re-run reuses finished
@@ -72,11 +74,20 @@ class TreeMemory:
         self._thread.join()
 
 
+#: each ranker's settings here: its papers' sizes, ``epochs`` from the command line
+MODELS = {
+    "alexrank": {},
+    "vbpr": {"dim": 100, "batch_size": 4096},
+    "dvbpr": {"dim": 100, "width": 0.25, "batch_size": 256},
+    "freedom": {"dim": 64, "knn_k": 10, "batch_size": 2048},
+    "lattice": {"dim": 64, "feat_dim": 64, "knn_k": 10, "batch_size": 1024},
+}
+
+
 def sweep_yaml(args: argparse.Namespace) -> dict:
     models = {
-        "alexrank": {},
-        "vbpr": {"dim": 100, "epochs": args.epochs, "batch_size": 4096},
-        "dvbpr": {"dim": 100, "width": 0.25, "epochs": args.epochs, "batch_size": 256},
+        name: {**MODELS[name], **({"epochs": args.epochs} if MODELS[name] else {})}
+        for name in args.models
     }
     return {
         "name": "scale",
@@ -99,7 +110,7 @@ def sweep_yaml(args: argparse.Namespace) -> dict:
             "bpr": {"factors": 64, "epochs": args.epochs, "batch_size": 4096, "reg": 0.03},
         },
         "extractor": {"width": 0.25, "epochs": 1},
-        "models": models if not args.stages_only else {"alexrank": {}, "vbpr": models["vbpr"]},
+        "models": models,
         "attacks": {"insa": {"eps": 32, "epochs": 1, "user_batch": 4096}},
         "defenses": {"none": {}},
         "resources": {
@@ -123,7 +134,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--stages-only", action="store_true", help="stages up to candidate scores, no trials"
     )
+    parser.add_argument(
+        "--models",
+        nargs="+",
+        choices=sorted(MODELS),
+        default=None,
+        help="rankers (default: alexrank vbpr dvbpr; alexrank vbpr with --stages-only)",
+    )
     args = parser.parse_args(argv)
+    if args.models is None:
+        args.models = ["alexrank", "vbpr"] if args.stages_only else ["alexrank", "vbpr", "dvbpr"]
     args.storage.mkdir(parents=True, exist_ok=True)
     path = args.storage / "scale.yaml"
     path.write_text(yaml.safe_dump(sweep_yaml(args)))

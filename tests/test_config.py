@@ -97,6 +97,12 @@ def test_shipped_sweeps_parse(tmp_path, monkeypatch):
     # perceptual.yaml: a folder dataset and the robust ResNet50 checkpoints under models/
     (tmp_path / "data" / "amazon_men" / "images").mkdir(parents=True)
     (tmp_path / "data" / "amazon_men" / "interactions.tsv").write_text("u\ti\t1\n")
+    # mmrec_amazon.yaml: MMRec's three datasets in the folder format
+    for name in ("baby", "sports", "clothing"):
+        (tmp_path / "data" / "mmrec" / name / "images").mkdir(parents=True)
+        (tmp_path / "data" / "mmrec" / name / f"{name}.inter").write_text(
+            "userID\titemID\trating\ttimestamp\tx_label\n"
+        )
     (tmp_path / "models").mkdir()
     for name in ("imagenet_linf_4.pt", "model_best.pth.tar"):
         (tmp_path / "models" / name).write_bytes(b"stand-in")
@@ -111,6 +117,9 @@ def test_shipped_sweeps_parse(tmp_path, monkeypatch):
     # attacks: 2 datasets x 12 rankers (AMR at 4 ε) x 17; defences: 2 x 4 x 2 x 12, minus the
     # 16 shared
     assert counts["full.yaml"] == 2 * 12 * 17 + 2 * 4 * 2 * 12 - 2 * 4 * 2
+    # 3 datasets x 6 rankers (two cold paths per graph ranker) x 3 attacks x 2 eps, then INSA
+    # transferred between 4 rankers (3 sources each)
+    assert counts["mmrec_amazon.yaml"] == 3 * 6 * 6 + 3 * 4 * 3
 
 
 def test_sub_grids_replace_axes_and_trials_are_unique():

@@ -563,6 +563,9 @@ def test_expected_counts_table_and_check(monkeypatch: pytest.MonkeyPatch, caplog
     assert folder_mod.EXPECTED_COUNTS == {
         "amazon_men_5core": {"users": 24_379, "items": 7_371, "interactions": 89_020},
         "amazon_women_10core": {"users": 16_668, "items": 2_981, "interactions": 54_473},
+        "mmrec_baby": {"users": 19_445, "items": 7_050, "interactions": 160_792},
+        "mmrec_sports": {"users": 35_598, "items": 18_357, "interactions": 296_337},
+        "mmrec_clothing": {"users": 39_387, "items": 23_033, "interactions": 278_677},
     }
     men = {"users": 24_379, "items": 7_371, "interactions": 89_020}
     assert folder_mod.check_counts(men, "amazon_men_5core", on_mismatch="fail") == []
@@ -639,3 +642,64 @@ def test_perceptual_rec_presets(folder: Path) -> None:
     message = config_error({"folder": {"path": str(folder), "expected_counts": "amazon_men"}})
     assert "datasets.folder.expected_counts: 'amazon_men' is not allowed" in message
     assert "amazon_men_5core" in message
+
+
+# --- MMRec's Amazon datasets ---------------------------------------------------------------------
+def write_mmrec(root: Path) -> tuple[Path, Path]:
+    """MMRec's files for one dataset (``tiny.inter``, ``i_id_mapping.csv``) and a folder of
+    pictures named by ASIN, one of them missing."""
+    root.mkdir(parents=True)
+    inter = ["userID\titemID\trating\ttimestamp\tx_label"]
+    # user u rated items (u + j) % 5 at times 10j + u; x_label is MMRec's split, not read
+    inter += [f"{u}\t{(u + j) % 5}\t5.0\t{10 * j + u}\t0" for u in range(4) for j in range(4)]
+    (root / "tiny.inter").write_text("\n".join(inter) + "\n")
+    asins = ["B0", "B1", "B2", "B3", "B4"]
+    mapping = ["asin\titemID"] + [f"{a}\t{i}" for i, a in enumerate(asins)]
+    (root / "i_id_mapping.csv").write_text("\n".join(mapping) + "\n")
+    pictures = root.parent / "pictures"
+    pictures.mkdir()
+    for n, asin in enumerate(asins[:4]):  # B4 has no picture
+        (pictures / f"{asin}.jpg").write_bytes(jpeg(color(n)))
+    return root, pictures
+
+
+def test_an_mmrec_dataset_is_laid_out_and_read_by_its_column_names(tmp_path: Path) -> None:
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+    from mmrec_folder import lay_out
+
+    mmrec, pictures = write_mmrec(tmp_path / "mmrec")
+    out = tmp_path / "folder"
+    counts = lay_out(mmrec, pictures, out)
+    assert counts == {"items": 5, "images": 4, "missing": 1}
+    assert sorted(p.name for p in (out / "images").iterdir()) == [f"{i}.jpg" for i in range(4)]
+    assert (out / "missing_images.txt").read_text().split() == ["B4"]
+    frame = read_interactions(out / "tiny.inter", "userID,itemID,timestamp")
+    assert len(frame) == 16 and frame["time"].tolist()[:2] == [0.0, 10.0]  # not the rating
+    config = folder_config(
+        out, interactions="tiny.inter", columns="userID,itemID,timestamp", k_core=1, n_cold=0
+    )
+    assert config.file_checks() == []
+    work = tmp_path / "work"
+    work.mkdir()
+    cat = load_folder(config, "tiny", work, workers=1)
+    assert cat.n_items == 4  # item 4 has no picture
+    # time-aware leave-one-out: each user's last interaction (j = 3) unless its item was dropped
+    last = [(u + 3) % 5 for u in range(4)]
+    expected = [item if item != 4 else (u + 2) % 5 for u, item in enumerate(last)]
+    assert cat.test_items.tolist() == expected
+    # a name the file lacks is one line naming the key, the value and the file's names
+    bad = folder_config(out, interactions="tiny.inter", columns="user,itemID")
+    ((key, value, allowed),) = bad.file_checks()
+    assert (key, value) == ("columns", "user,itemID") and "userID,itemID,rating" in allowed
+    with pytest.raises(ValueError, match="columns 'user,itemID'"):
+        read_interactions(out / "tiny.inter", "user,itemID")
+
+
+def test_the_mmrec_presets_name_mmrecs_files_and_counts() -> None:
+    for name in ("baby", "sports", "clothing"):
+        config = DATASETS.get(f"mmrec_{name}").Config()
+        assert config.interactions == f"{name}.inter"
+        assert config.columns == "userID,itemID,timestamp" and config.k_core == 5
+        assert config.expected_counts == f"mmrec_{name}"

@@ -11,6 +11,9 @@ from aipray.data.folder import (
     AmazonMen5CoreConfig,
     AmazonWomen10CoreConfig,
     FolderConfig,
+    MMRecBabyConfig,
+    MMRecClothingConfig,
+    MMRecSportsConfig,
     load_folder,
 )
 from aipray.data.synthetic import SyntheticConfig, make_synthetic
@@ -96,6 +99,27 @@ class AmazonWomen10Core(Folder):
     """Perceptual-Rec's Amazon Women folder: 10-core, time-aware leave-one-out, counts checked."""
 
     Config = AmazonWomen10CoreConfig
+
+
+@DATASETS.register("mmrec_baby")
+class MMRecBaby(Folder):
+    """MMRec's Amazon Baby: ``baby.inter`` by column names, 5-core, counts checked."""
+
+    Config = MMRecBabyConfig
+
+
+@DATASETS.register("mmrec_sports")
+class MMRecSports(Folder):
+    """MMRec's Amazon Sports: ``sports.inter`` by column names, 5-core, counts checked."""
+
+    Config = MMRecSportsConfig
+
+
+@DATASETS.register("mmrec_clothing")
+class MMRecClothing(Folder):
+    """MMRec's Amazon Clothing: ``clothing.inter`` by column names, 5-core, counts checked."""
+
+    Config = MMRecClothingConfig
 
 
 __all__ = ["DATASETS", "Catalog", "Dataset"]

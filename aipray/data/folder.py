@@ -29,7 +29,10 @@ maps catalog ids back to the ids of the file.
 
 The Perceptual-Rec datasets have presets (:class:`AmazonMen5CoreConfig`,
 :class:`AmazonWomen10CoreConfig`): k-core 5 / 10, time-aware leave-one-out, no cold items, counts
-checked against the paper's.
+checked against the paper's. So do the Amazon datasets of the multimodal recommenders (MMRec:
+:class:`MMRecBabyConfig`, :class:`MMRecSportsConfig`, :class:`MMRecClothingConfig`): MMRec's
+``<name>.inter`` read by its column names (``columns``: ``userID``, ``itemID``, ``timestamp``),
+5-core, counts checked against MMRec's; ``scripts/mmrec_folder.py`` lays out their images.
 """
 
 from __future__ import annotations
@@ -75,6 +78,11 @@ MIN_USER_INTERACTIONS = 3
 EXPECTED_COUNTS: dict[str, dict[str, int]] = {
     "amazon_men_5core": {"users": 24_379, "items": 7_371, "interactions": 89_020},
     "amazon_women_10core": {"users": 16_668, "items": 2_981, "interactions": 54_473},
+    # MMRec's 5-core Amazon 2014 subsets (its preprocessing notebook prints Sports'; FREEDOM's
+    # and BM3's dataset tables give all three)
+    "mmrec_baby": {"users": 19_445, "items": 7_050, "interactions": 160_792},
+    "mmrec_sports": {"users": 35_598, "items": 18_357, "interactions": 296_337},
+    "mmrec_clothing": {"users": 39_387, "items": 23_033, "interactions": 278_677},
 }
 NO_CHECK = "none"
 COUNT_CHOICES = (NO_CHECK, *EXPECTED_COUNTS)
@@ -90,6 +98,11 @@ class FolderConfig(Settings):
 
     path: str = param("", doc="folder with the interactions TSV and images/<item>.jpg")
     interactions: str = param("interactions.tsv", doc="interactions file name inside path")
+    columns: str = param(
+        "",
+        doc="user,item[,timestamp] header names to read from a file with a header row "
+        "(empty: the first two or three columns, by position)",
+    )
     k_core: int = param(5, min=1, doc="k-core filter: users and items keep >= k interactions")
     n_cold: int = param(1000, min=0, doc="cold items (AIP: 1000; 0: none, as in Perceptual-Rec)")
     image_size: int = param(224, min=16, doc="images are resized to image_size × image_size")
@@ -118,6 +131,13 @@ class FolderConfig(Settings):
         bad: list[tuple[str, object, str]] = []
         if not (root / self.interactions).is_file():
             bad.append(("interactions", self.interactions, f"the name of a file in {self.path}"))
+        elif self.columns:
+            names = [c.strip() for c in self.columns.split(",")]
+            with open(root / self.interactions, encoding="utf-8") as handle:
+                header = handle.readline().rstrip("\r\n").split("\t")
+            if len(names) not in (2, 3) or not set(names) <= set(header):
+                allowed = f"2 or 3 of the header names of {self.interactions}: {','.join(header)}"
+                bad.append(("columns", self.columns, allowed))
         if not (root / IMAGE_DIR).is_dir():
             bad.append(("path", self.path, f"{layout}, but it has no {IMAGE_DIR}/ folder"))
         return bad
@@ -147,6 +167,40 @@ class AmazonWomen10CoreConfig(FolderConfig):
     expected_counts: str = param(
         "amazon_women_10core", choices=COUNT_CHOICES, doc="counts checked (EXPECTED_COUNTS)"
     )
+
+
+@dataclass(frozen=True)
+class MMRecBabyConfig(FolderConfig):
+    """MMRec's Amazon Baby (``baby.inter``, its images laid out by ``scripts/mmrec_folder.py``):
+    5-core, time-aware leave-one-out; checked against 19,445 users, 7,050 items, 160,792
+    interactions."""
+
+    path: str = param("data/mmrec/baby", doc="the folder scripts/mmrec_folder.py writes")
+    interactions: str = param("baby.inter", doc="interactions file name inside path")
+    columns: str = param("userID,itemID,timestamp", doc="MMRec's column names")
+    expected_counts: str = param("mmrec_baby", choices=COUNT_CHOICES, doc="counts checked")
+
+
+@dataclass(frozen=True)
+class MMRecSportsConfig(FolderConfig):
+    """MMRec's Amazon Sports (``sports.inter``): as :class:`MMRecBabyConfig`; checked against
+    35,598 users, 18,357 items, 296,337 interactions."""
+
+    path: str = param("data/mmrec/sports", doc="the folder scripts/mmrec_folder.py writes")
+    interactions: str = param("sports.inter", doc="interactions file name inside path")
+    columns: str = param("userID,itemID,timestamp", doc="MMRec's column names")
+    expected_counts: str = param("mmrec_sports", choices=COUNT_CHOICES, doc="counts checked")
+
+
+@dataclass(frozen=True)
+class MMRecClothingConfig(FolderConfig):
+    """MMRec's Amazon Clothing (``clothing.inter``): as :class:`MMRecBabyConfig`; checked
+    against 39,387 users, 23,033 items, 278,677 interactions."""
+
+    path: str = param("data/mmrec/clothing", doc="the folder scripts/mmrec_folder.py writes")
+    interactions: str = param("clothing.inter", doc="interactions file name inside path")
+    columns: str = param("userID,itemID,timestamp", doc="MMRec's column names")
+    expected_counts: str = param("mmrec_clothing", choices=COUNT_CHOICES, doc="counts checked")
 
 
 def check_counts(
@@ -225,9 +279,23 @@ def _parse_times(values: pd.Series) -> np.ndarray | None:
     return (times - pd.Timestamp(0, tz="UTC")).dt.total_seconds().to_numpy(np.float64)
 
 
-def read_interactions(path: Path) -> pd.DataFrame:
+def read_interactions(path: Path, columns: str = "") -> pd.DataFrame:
     """The TSV as ``user`` (str), ``item`` (str), ``time`` (float64, NaN without timestamps) in
-    file order, header skipped."""
+    file order, header skipped; with ``columns`` (``"user,item[,time]"`` header names) those
+    columns of a file with a header row, whatever else it holds."""
+    if columns:
+        names = [c.strip() for c in columns.split(",")]
+        frame = pd.read_csv(
+            path, sep="\t", dtype=str, keep_default_na=False, skip_blank_lines=True, quoting=3
+        )
+        missing = [n for n in names if n not in frame.columns]
+        if missing or len(names) not in (2, 3):
+            raise ValueError(
+                f"{path}: columns {columns!r}: expected 2 or 3 of its header names "
+                f"{','.join(map(str, frame.columns))}"
+            )
+        frame = frame[names].set_axis(range(len(names)), axis=1)
+        return _as_interactions(path, frame)
     frame = pd.read_csv(
         path,
         sep="\t",
@@ -246,6 +314,11 @@ def read_interactions(path: Path) -> pd.DataFrame:
     if len(rows) and _is_header(list(rows[0]), list(rows[1]) if len(rows) > 1 else None):
         log.info("%s: skipping header line %s", path.name, "\t".join(rows[0]))
         frame = frame.iloc[1:].reset_index(drop=True)
+    return _as_interactions(path, frame)
+
+
+def _as_interactions(path: Path, frame: pd.DataFrame) -> pd.DataFrame:
+    """Columns 0, 1 (and 2) of ``frame`` (str) as ``user``, ``item``, ``time``."""
     out = pd.DataFrame({"user": frame[0].str.strip(), "item": frame[1].str.strip()})
     if frame.shape[1] == 3:
         times = _parse_times(frame[2])
@@ -281,7 +354,7 @@ def load_folder(
     """
     root = Path(config.path)
     source = root / config.interactions
-    frame = read_interactions(source)
+    frame = read_interactions(source, config.columns)
     n_lines = len(frame)
     frame["_file"] = np.arange(n_lines)
 
