@@ -30,12 +30,16 @@ class Component:
 
     @property
     def label(self) -> str:
-        """The name with its axis settings, e.g. ``jpeg(quality=75)``, ``dvbpr(dim=20)``; an
-        attack's ε is its own grid axis and not part of the label."""
+        """The name with its axis settings, e.g. ``jpeg(quality=75)``, ``dvbpr(dim=20)``, and its
+        ``labelled`` settings that differ from their defaults; an attack's ε is its own grid axis
+        and not part of the label."""
         axes = [
             (f.name, getattr(self.config, f.name))
             for f in dataclasses.fields(self.config)
-            if f.metadata.get("axis")
+            if (
+                f.metadata.get("axis")
+                or (f.metadata.get("labelled") and getattr(self.config, f.name) != f.default)
+            )
             and f.name != "eps"
             # a setting its key leaves out at its default is left out of the label there too
             and (

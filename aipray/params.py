@@ -57,6 +57,7 @@ def param(
     choices: tuple[Any, ...] | None = None,
     doc: str = "",
     keyed_at_default: bool = True,
+    labelled: bool = False,
 ) -> Any:
     """A dataclass field with validation metadata.
 
@@ -66,6 +67,10 @@ def param(
     ``keyed_at_default=False`` leaves the field out of the config's store key
     (:func:`key_fields`) while it holds its default: a field added to a config later keeps the
     keys of everything stored before it existed.
+
+    ``labelled=True`` shows a field that is not an axis in its component's label while it differs
+    from its default (:attr:`aipray.grid.Component.label`): a setting a sub-grid may change,
+    which must tell two trials apart in tables.
     """
     meta = {
         "axis": axis,
@@ -74,6 +79,7 @@ def param(
         "choices": choices,
         "doc": doc,
         "keyed_at_default": keyed_at_default,
+        "labelled": labelled,
     }
     return dataclasses.field(default=default, metadata=meta)
 

@@ -40,7 +40,8 @@ def test_grid_skips_missing_combinations():
             ("datasets", "mnist"),
             {},
             "unknown dataset 'mnist'; allowed: amazon_men, amazon_men_5core, "
-            "amazon_women_10core, folder, synthetic, tradesy",
+            "amazon_women_10core, folder, mmrec_baby, mmrec_clothing, mmrec_sports, synthetic, "
+            "tradesy",
         ),
         (
             ("models", "resnet"),

@@ -208,3 +208,15 @@ def test_with_neighbour_codes_a_cold_item_averages_its_neighbours_whole_codes(ca
     pixels = x.clone().requires_grad_(True)
     (grad,) = torch.autograd.grad(imputed.preference(users, pixels).sum(), pixels)
     assert torch.isfinite(grad).all() and (grad.abs().flatten(1).sum(1) > 0).all()
+
+
+def test_a_relaxation_off_its_default_shows_in_the_label_and_not_at_it():
+    # relax is no axis, but a sub-grid may change it: two such trials must not share a label,
+    # and the labels (and keys) of everything at the default stay as they were
+    from aipray.grid import Component
+
+    default = Component("model", "freedom", FREEDOMConfig(dim=8))
+    softer = Component("model", "freedom", FREEDOMConfig(dim=8, relax=25.0))
+    assert default.label == "freedom(dim=8,knn_k=10,dropout=0.8,reg_weight=0.0001)"
+    assert softer.label == "freedom(dim=8,knn_k=10,dropout=0.8,reg_weight=0.0001,relax=25)"
+    assert default.key() != softer.key()

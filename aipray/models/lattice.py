@@ -119,7 +119,9 @@ class LATTICEConfig(Settings):
     epochs: int = param(200, min=1)
     batch_size: int = param(1024, min=1)
     patience: int | None = param(20, min=1, doc="epochs without a validation gain before stopping")
-    relax: float = param(1.0, min=1e-6, doc="relaxed top-k temperature, in mean similarity gaps")
+    relax: float = param(
+        1.0, min=1e-6, labelled=True, doc="relaxed top-k temperature, in mean similarity gaps"
+    )
     cold_code: str = param(
         "graph",
         choices=COLD_CODES,
