@@ -113,7 +113,8 @@ def transfer_table(frame: pd.DataFrame) -> Table | None:
                         "ε": MISSING if math.isnan(e) else fmt_num(e),
                         "defence": defence,
                     }
-                    for source in [COOPERATIVE, *sources]:
+                    made = set(runs["source_row"])
+                    for source in [COOPERATIVE, *(s for s in sources if s in made)]:
                         cells = {**head, "source ↓ / target →": source}
                         for target in cols:
                             on = select(runs, row=target)
