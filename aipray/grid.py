@@ -248,7 +248,7 @@ def attack_on(
         return Component(attack.kind, attack.name, canonical), sources
     if knows(sources[0]) != knows(model):
         return attack, sources
-    return Component(attack.kind, attack.name, dataclasses.replace(config, source=None)), ()
+    return Component(attack.kind, attack.name, replace(config, source=None)), ()
 
 
 @dataclass(frozen=True)

@@ -227,9 +227,9 @@ def provenance(plan: TrialPlan, images: Path, n_items: int) -> dict[str, Any]:
     """How a stored image set was made: the attack (settings, algorithm version, what it knew),
     the stage outputs it was made against (dataset, extractor, ranker: a transfer attack's
     source model, not the model that evaluated it, an ensemble's models joined by ``+``; the
-    defence and its
-    stage only for an adaptive attack, as an oblivious attack's images serve every defence),
-    the seed, the set's store key, the code, and the SHA-256 of the images' file."""
+    defence and its stage only for an adaptive attack, as an oblivious attack's images serve
+    every defence), the seed, the set's store key, the code, and the SHA-256 of the images'
+    file."""
     cls = ATTACKS.get(plan.attack.name)
     adaptive = bool(getattr(plan.attack.config, "adaptive", False))
     paths = plan.paths
