@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from aipray.attacks import ATTACKS
@@ -117,12 +117,21 @@ def attack_against(attack: Component, defense: Component) -> Component:
     return Component(attack.kind, attack.name, changed)
 
 
+#: what joins the models of an ensemble source (``source: vbpr+dvbpr``); never in a label
+ENSEMBLE = "+"
+
+
 def source_model(
-    name: str, models: tuple[Component, ...], where: str, sweep_models: tuple[Component, ...] = ()
+    name: str,
+    models: tuple[Component, ...],
+    where: str,
+    sweep_models: tuple[Component, ...] = (),
+    value: str | None = None,
 ) -> Component:
     """The model that an attack's ``source`` names: among the grid's ``models``, else the
     sweep's top-level ``sweep_models``; by label (``vbpr(dim=20)``) or by name when one model
-    has it. A one-line :class:`ConfigError` at ``where`` otherwise."""
+    has it. A one-line :class:`ConfigError` at ``where`` otherwise, showing ``value`` (the whole
+    ``source``, when ``name`` is one model of an ensemble)."""
     unique: dict[str, Component] = {}
     for group in (models, sweep_models):
         matches = [m for m in group if m.label == name] or [m for m in group if m.name == name]
@@ -132,16 +141,64 @@ def source_model(
     if len(unique) == 1:
         return next(iter(unique.values()))
     labels = ", ".join(dict.fromkeys(m.label for m in (*models, *sweep_models)))
+    shown = value if value is not None else name
+    if not unique and value is not None:
+        raise ConfigError(
+            f"{where}.source: {value!r} is not allowed; {name!r} is none of the sweep's models; "
+            f"expected models of its models section joined by {ENSEMBLE}: {labels}"
+        )
     if not unique:
         raise ConfigError(
             f"{where}.source: {name!r} is not allowed; expected a model of the sweep's models "
             f"section: {labels}"
         )
-    shown = ", ".join(m.label for m in unique.values())
+    named = ", ".join(m.label for m in unique.values())
     raise ConfigError(
-        f"{where}.source: {name!r} is not allowed; it names {len(unique)} models ({shown}): "
-        "give one's label"
+        f"{where}.source: {shown!r} is not allowed; {name!r} names {len(unique)} models "
+        f"({named}): give one's label"
     )
+
+
+def source_models(
+    attack: str,
+    value: str,
+    models: tuple[Component, ...],
+    where: str,
+    sweep_models: tuple[Component, ...] = (),
+) -> tuple[Component, ...]:
+    """The models ``source`` names: one, or an ensemble of several joined by ``+``
+    (:data:`ENSEMBLE`), each as :func:`source_model` finds it, in a canonical order (by what
+    the attack knows of each: :func:`shared_source`, else the label), so that the order they
+    are written in changes nothing. A model named twice, or two that the attack knows alike
+    (EXPA on two rankers of the extractor's features), is a one-line :class:`ConfigError`."""
+    names = [n.strip() for n in value.split(ENSEMBLE)]
+    if len(names) == 1:
+        return (source_model(names[0], models, where, sweep_models),)
+    if not all(names):
+        raise ConfigError(
+            f"{where}.source: {value!r} is not allowed; expected model names joined by "
+            f"{ENSEMBLE} (an ensemble, e.g. vbpr{ENSEMBLE}dvbpr)"
+        )
+    found: dict[str, Component] = {}
+    for name in names:
+        model = source_model(name, models, where, sweep_models, value)
+        known = shared_source(attack, model) or model.key()
+        if known in found:
+            twice = " and ".join(dict.fromkeys((found[known].label, model.label)))
+            shared = known != model.key()
+            why = f"{twice} share the {known}'s features" if shared else f"it names {twice} twice"
+            raise ConfigError(
+                f"{where}.source: {value!r} is not allowed; {why}: an ensemble names each once"
+            )
+        found[known] = model
+    return tuple(sorted(found.values(), key=lambda m: shared_source(attack, m) or m.label))
+
+
+def source_label(attack: str, sources: tuple[Component, ...]) -> str:
+    """What images crafted on ``sources`` are crafted against, as logged (the param
+    ``source``) and shown (``from=``): each model's label, or what every model shares
+    (:func:`shared_source`), joined by ``+`` for an ensemble."""
+    return ENSEMBLE.join(shared_source(attack, m) or m.label for m in sources)
 
 
 def shared_source(attack: str, model: Component) -> str | None:
@@ -160,23 +217,42 @@ def attack_on(
     model: Component,
     models: tuple[Component, ...],
     sweep_models: tuple[Component, ...] = (),
-) -> tuple[Component, Component | None]:
-    """The attack as it runs on ``model``, and the model it is crafted against when that is
-    another one (``None``: ``model`` itself). An attack whose ``source`` is the evaluated model
-    is the direct attack (its ``source`` dropped), so ``source: [a, b]`` × models ``[a, b]``
-    holds the two direct trials once, and a direct trial keeps its store key; so is one whose
-    source shares what the attack knows with the evaluated model (EXPA on VBPR from AlexRank:
-    both use the extractor's features, the images are the same)."""
+    where: str | None = None,
+) -> tuple[Component, tuple[Component, ...]]:
+    """The attack as it runs on ``model``, and the models it is crafted against when that is
+    not ``model`` itself (one: a transfer attack; several: an ensemble; none: the direct
+    attack). An attack whose ``source`` is the evaluated model is the direct attack (its
+    ``source`` dropped), so ``source: [a, b]`` × models ``[a, b]`` holds the two direct trials
+    once, and a direct trial keeps its store key; so is one whose source shares what the attack
+    knows with the evaluated model (EXPA on VBPR from AlexRank: both use the extractor's
+    features, the images are the same). An ensemble's ``source`` is rewritten in its canonical
+    order; an ensemble that holds the evaluated model (or what the attack knows of it) is a
+    one-line :class:`ConfigError` at ``where``: it is evaluated on held-out models, as Liu et
+    al. evaluate theirs."""
     config = attack.config
     if not isinstance(config, TransferConfig) or config.source is None:
-        return attack, None
-    source = source_model(config.source, models, f"attacks.{attack.name}", sweep_models)
-    shared = shared_source(attack.name, source)
-    if source.key() != model.key() and (
-        shared is None or shared_source(attack.name, model) != shared
-    ):
-        return attack, source
-    return Component(attack.kind, attack.name, dataclasses.replace(config, source=None)), None
+        return attack, ()
+    at = where if where is not None else f"attacks.{attack.name}"
+    sources = source_models(attack.name, config.source, models, at, sweep_models)
+
+    def knows(m: Component) -> str:
+        return shared_source(attack.name, m) or m.key()
+
+    if len(sources) > 1:
+        if any(knows(s) == knows(model) for s in sources):
+            shared = shared_source(attack.name, model)
+            whose = f"whose {shared}'s features are" if shared else "which is"
+            members = ", ".join(m.label for m in sources)
+            raise ConfigError(
+                f"{at}.source: {config.source!r} is not allowed on model {model.label}, {whose} "
+                "one of its members; expected an ensemble of models other than the evaluated "
+                f"one (give it a grid whose models leave out {members})"
+            )
+        canonical = replace(config, source=ENSEMBLE.join(m.label for m in sources))
+        return Component(attack.kind, attack.name, canonical), sources
+    if knows(sources[0]) != knows(model):
+        return attack, sources
+    return Component(attack.kind, attack.name, replace(config, source=None)), ()
 
 
 @dataclass(frozen=True)
@@ -191,8 +267,25 @@ class TrialSpec:
     extractor: Component | None = None
     push: Component | None = None
     #: the model the attack is crafted against when it is not ``model`` (a transfer attack,
-    #: ``source``: :func:`attack_on`); ``None``: ``model`` itself
+    #: ``source``: :func:`attack_on`); ``None``: ``model`` itself, or an ensemble
     source: Component | None = None
+    #: the models of an ensemble source (two or more, canonical order: :func:`source_models`;
+    #: ``source`` is then ``None``); empty otherwise
+    ensemble: tuple[Component, ...] = ()
+
+    @property
+    def sources(self) -> tuple[Component, ...]:
+        """The models the attack is crafted against when it is not ``model``: the one source,
+        an ensemble's members, or none (the direct attack)."""
+        return self.ensemble or (() if self.source is None else (self.source,))
+
+    @property
+    def direct_attack(self) -> Component:
+        """The attack without its ``source``: as the direct trial on each source runs it."""
+        config = self.attack.config
+        if getattr(config, "source", None) is None:
+            return self.attack
+        return Component(self.attack.kind, self.attack.name, replace(config, source=None))
 
     @property
     def eps(self) -> float | None:
@@ -223,23 +316,31 @@ class TrialSpec:
         if self.source is not None:  # a direct trial keeps its key
             # EXPA on DVBPR from AlexRank or from VBPR: the same images, the same trial
             shared = shared_source(self.attack.name, self.source)
-            attack = dataclasses.replace(self.attack.config, source=None)
-            dicts[2] = Component(self.attack.kind, self.attack.name, attack).as_dict()
+            dicts[2] = self.direct_attack.as_dict()
             dicts.append(shared or self.source.as_dict())
+        elif self.ensemble:  # the members in any order: one ensemble, one key
+            dicts[2] = self.direct_attack.as_dict()
+            known = [shared_source(self.attack.name, m) or m.as_dict() for m in self.ensemble]
+            dicts.append(["ensemble", sorted(known, key=config_key)])
         return config_key(dicts)
 
     def crafted_on(self) -> TrialSpec:
         """The trial whose model the attack is crafted against: the direct trial on the
         source model (itself when the attack is direct); its ranker stage is what the
-        attack needs."""
+        attack needs. An ensemble has one per member: :meth:`crafted_on_each`."""
+        if self.ensemble:
+            raise ValueError(f"{self.name} is crafted on several models: use crafted_on_each")
         if self.source is None:
             return self
-        attack = Component(
-            self.attack.kind,
-            self.attack.name,
-            dataclasses.replace(self.attack.config, source=None),
+        return replace(self, model=self.source, attack=self.direct_attack, source=None)
+
+    def crafted_on_each(self) -> tuple[TrialSpec, ...]:
+        """The direct trial on each model the attack is crafted against (an ensemble's
+        members, or the one source); none for a direct attack."""
+        return tuple(
+            replace(self, model=m, attack=self.direct_attack, source=None, ensemble=())
+            for m in self.sources
         )
-        return dataclasses.replace(self, model=self.source, attack=attack, source=None)
 
     @property
     def name(self) -> str:
@@ -257,9 +358,8 @@ class TrialSpec:
                 [f"evade={fmt(config.evade_weight)}"] if config.evade_weight != EVADE_WEIGHT else []
             )
             marks.append(",".join(["adaptive", *extra]))
-        if self.source is not None:
-            shared = shared_source(self.attack.name, self.source)
-            marks.append(f"from={shared or self.source.label}")
+        if self.sources:
+            marks.append(f"from={source_label(self.attack.name, self.sources)}")
         attack = self.attack.name + (f"({','.join(marks)})" if marks else "")
         return f"{head}/{attack}{eps}/{self.defense.label}"
 
@@ -288,6 +388,8 @@ class Grid:
         axes = (self.defenses, self.extractors, self.pushes, self.datasets, self.models)
         for f, e, p, d, m in itertools.product(*axes):
             for a in self.attacks:
-                attack, source = attack_on(attack_against(a, f), m, self.models, self.sources)
-                out.append(TrialSpec(d, m, attack, f, e, p, source))
+                attack, sources = attack_on(attack_against(a, f), m, self.models, self.sources)
+                single = sources[0] if len(sources) == 1 else None
+                ensemble = sources if len(sources) > 1 else ()
+                out.append(TrialSpec(d, m, attack, f, e, p, single, ensemble))
         return out

@@ -71,9 +71,11 @@ def check_transfer(raw_attacks: Any, where: str) -> None:
 
 
 def check_sources(grids: list[Grid], models: tuple[Component, ...], where: str) -> None:
-    """Every transfer attack's ``source`` names one model of its grid or of the sweep's
-    ``models:`` section (:func:`~aipray.grid.source_model`), one the attack can run against."""
-    from aipray.grid import source_model
+    """Every transfer attack's ``source`` names models of its grid or of the sweep's
+    ``models:`` section (:func:`~aipray.grid.source_models`: one, or an ensemble of distinct
+    ones), each one the attack can run against, and an ensemble none of the grid's models it
+    is evaluated on (:func:`~aipray.grid.attack_on`)."""
+    from aipray.grid import attack_on, source_models
 
     for grid in grids:
         for attack in grid.attacks:
@@ -81,13 +83,15 @@ def check_sources(grids: list[Grid], models: tuple[Component, ...], where: str) 
             if name is None:
                 continue
             at = f"{where}.{attack.name}"
-            source = source_model(name, grid.models, at, models)
-            missing = ATTACKS.get(attack.name).missing(MODELS.get(source.name))
-            if missing:
-                raise ConfigError(
-                    f"{at}.source: {name!r} is not allowed; {attack.name} needs the model's "
-                    f"{missing}, which {source.name!r} does not implement"
-                )
+            for source in source_models(attack.name, name, grid.models, at, models):
+                missing = ATTACKS.get(attack.name).missing(MODELS.get(source.name))
+                if missing:
+                    raise ConfigError(
+                        f"{at}.source: {name!r} is not allowed; {attack.name} needs the model's "
+                        f"{missing}, which {source.name!r} does not implement"
+                    )
+            for model in grid.models:
+                attack_on(attack, model, grid.models, models, where=at)
 
 
 def check_pretrain_possible(grids: list[Grid], where: str, force: bool = False) -> None:

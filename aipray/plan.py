@@ -40,15 +40,23 @@ class StagePaths:
     #: others
     defense: Path | None = None
     #: a transfer attack's source model (the ranker its images are crafted against); ``None``:
-    #: the trial's own ``model``
+    #: the trial's own ``model``, or an ensemble
     source: Path | None = None
+    #: an ensemble transfer attack's source models; empty otherwise
+    ensemble: tuple[Path, ...] = ()
 
-    def as_dict(self) -> dict[str, str]:
-        return {k: str(v) for k, v in dataclasses.asdict(self).items() if v is not None}
+    def as_dict(self) -> dict[str, str | list[str]]:
+        return {
+            k: [str(p) for p in v] if isinstance(v, tuple) else str(v)
+            for k, v in dataclasses.asdict(self).items()
+            if v is not None and v != ()
+        }
 
     @classmethod
-    def from_dict(cls, d: dict[str, str]) -> StagePaths:
-        return cls(**{k: Path(v) for k, v in d.items()})
+    def from_dict(cls, d: dict[str, str | list[str]]) -> StagePaths:
+        return cls(
+            **{k: tuple(map(Path, v)) if isinstance(v, list) else Path(v) for k, v in d.items()}
+        )
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,7 @@ import pandas as pd
 
 from aipray.attacks import ATTACKS
 from aipray.config import ConfigError, SweepConfig, TrialSpec, load_sweep
-from aipray.grid import shared_source
+from aipray.grid import source_label
 from aipray.pipeline import stages
 from aipray.pipeline.stages import StagePaths, stage_paths, trial_key
 from aipray.plan import TrialPlan
@@ -60,8 +60,8 @@ def trial_params(sweep: SweepConfig, trial: TrialSpec) -> dict[str, Any]:
     if ATTACKS.get(trial.attack.name).knowledge != "none":
         # what the images were crafted against (the source model, or what every model shares:
         # the extractor's features or classifier): the report's transfer matrix groups by it
-        crafted = trial.crafted_on().model
-        params["source"] = shared_source(trial.attack.name, crafted) or crafted.label
+        # (an ensemble's models joined by +)
+        params["source"] = source_label(trial.attack.name, trial.sources or (trial.model,))
     params.update(flatten("dataset", trial.dataset.config))
     params.update(flatten("model", trial.model.config))
     params.update(flatten("attack", trial.attack.config))

@@ -62,7 +62,7 @@ def trials_of(sweep, attack: str, models: list[str] | None) -> list:
         cls = MODELS.get(trial.model.name)
         if trial.attack.name != attack or trial.defense.name != "none" or trial.adaptive:
             continue
-        if trial.source is not None:  # a transfer trial: its images were crafted on another model
+        if trial.sources:  # a transfer trial: its images were crafted on other models
             continue
         if not cls.features_from_extractor or (models and trial.model.name not in models):
             continue

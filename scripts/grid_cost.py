@@ -107,9 +107,12 @@ def count_work(
         if paths.attack not in seen:
             seen.add(paths.attack)
             n = size.cold * attack_steps(trial, size, expa_steps)
-            anet = network_of(trial.crafted_on(), attack_side=True)  # a transfer: the source's
-            work[anet, size.image, "attack"] += n
-            jobs.append((anet, size.image, "attack", n))
+            # a transfer: the source's network; an ensemble: each of its models' at every step
+            # (listed as one job per model, so the longest job is a little short for it)
+            for crafted in trial.crafted_on_each() or (trial,):
+                anet = network_of(crafted, attack_side=True)
+                work[anet, size.image, "attack"] += n
+                jobs.append((anet, size.image, "attack", n))
         # the trial scores clean and attacked cold images (and clean ones undefended)
         defended = trial.defense.name != "none"
         work[net, size.image, "forward"] += size.cold * (3 if defended else 2)

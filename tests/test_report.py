@@ -14,7 +14,7 @@ from mlflow.tracking import MlflowClient
 from PIL import Image
 
 from aipray.report import main
-from aipray.report.common import model_name, prepare, row_label, setting_text
+from aipray.report.common import MISSING, model_name, prepare, row_label, setting_text
 from aipray.report.runs import Source, load_runs
 from aipray.report.tables import choose_eps, table4
 
@@ -1004,6 +1004,45 @@ def test_transfer_matrix_source_by_target(tmp_path, capsys):
     csv = pd.read_csv(out / "tables" / "transfer.csv")
     diagonal = csv[csv["direct"]]
     assert sorted(diagonal["hr_at_5"]) == pytest.approx([0.3, 0.7])
+
+
+def test_transfer_matrix_has_a_row_per_ensemble_beside_the_single_models(tmp_path):
+    """An ensemble source (``dvbpr+vbpr``, as the sweep logs it) is a row below the single
+    models', its models' row labels joined by +, with a cell on each target it ran on."""
+    import pandas as pd
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    exp_id = client.create_experiment(SWEEP, artifact_location=(tmp_path / "artifacts").as_uri())
+    parent = client.create_run(
+        exp_id, run_name=SWEEP, tags={"aipray.role": "sweep", "aipray.sweep": SWEEP}
+    ).info.run_id
+    alexrank = model_name("alexrank")
+    # target, source (None: direct), adversarial HR@5
+    insa = [
+        ("vbpr", None, 0.30),
+        ("dvbpr", None, 0.70),
+        ("alexrank", None, 0.20),
+        ("alexrank", "vbpr", 0.03),
+        ("alexrank", "dvbpr+vbpr", 0.09),
+    ]
+    for target, source, adv in insa:
+        extra = {"source": source or target, "attack.source": source}
+        metrics = _metrics(0.01, adv, 0.02, 0.02, 0.02, 1, 0.01)
+        _child(client, exp_id, parent, _params(target, 20, "insa", 32, **extra), metrics)
+    out = tmp_path / "report"
+    assert main([SWEEP, "--tracking-uri", uri, "--out", str(out), "--no-log"]) == 0
+    text = (out / "report.md").read_text()
+    section = text.split("## Transfer: source × target", 1)[1].split("\n## ", 1)[0]
+    lines = [line.strip("|").split(" | ") for line in section.splitlines() if line[:1] == "|"]
+    cells = {line[3].strip(): [c.strip() for c in line[4:]] for line in lines[2:]}
+    assert [c.strip() for c in lines[0][4:]] == [VBPR, DVBPR, alexrank]
+    assert list(cells)[-1] == f"{DVBPR} + {VBPR}"  # below the single models
+    assert cells[f"{DVBPR} + {VBPR}"] == [MISSING, MISSING, "0.0900"]
+    assert cells[VBPR] == ["0.3000", MISSING, "0.0300"]
+    csv = pd.read_csv(out / "tables" / "transfer.csv")
+    row = csv[(csv["source"] == f"{DVBPR} + {VBPR}") & (csv["target"] == alexrank)]
+    assert row["hr_at_5"].tolist() == pytest.approx([0.09]) and not row["direct"].any()
 
 
 def test_detection_table_oblivious_and_adaptive(tmp_path):

@@ -71,6 +71,14 @@ class TransferConfig(AdaptiveConfig):
     direct (white-box) attack. A grid axis: ``[vbpr, dvbpr]`` crafts on each. The images made on
     a model are one stored set whichever model evaluates them, so a transfer trial reuses the
     direct trial's. Left out of the store key at its default, like ``adaptive``.
+
+    An ensemble (Liu et al., ICLR 2017) is several models joined by ``+``: ``vbpr+dvbpr``
+    crafts one set against both at once (:mod:`aipray.attacks.ensemble`), evaluated on models
+    outside it. A string rather than a YAML list, because a list is already the axis:
+    ``source: [vbpr, vbpr+dvbpr]`` is one single-model and one ensemble trial, where a list
+    inside the list would be easy to misread; and because the value stays what a label, an
+    MLflow param and the report's row already are, a string (``+`` never occurs in a model's
+    label). The order of the models changes neither the set nor the trial's key.
     """
 
     source: str | None = param(None, axis=True, keyed_at_default=False)

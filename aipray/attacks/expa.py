@@ -10,6 +10,12 @@ the steps each image used are reported (``attack_steps``).
 
 Adaptive (``adaptive: true``), it pulls Φ of the defended image onto Φ of the defended hook
 (the platform defends the hook's image too).
+
+Against an :class:`~aipray.attacks.ensemble.Ensemble` of source models each has its own Φ and
+so its own target, Φ_k of the hook: the ensemble minimises the mean of the sources' EXPA
+losses, each relative to the norm of its hook features, ``(1/K) Σ_k ‖Φ_k(X + δ) − Φ_k(X_hook)‖
+/ ‖Φ_k(X_hook)‖`` (unit-free: the extractor's fc7 and DVBPR's embedding have unrelated
+scales). With ``patience`` the early stop watches that mean.
 """
 
 from __future__ import annotations
@@ -23,10 +29,12 @@ from aipray.attacks.base import (
     Attack,
     AttackInputs,
     AttackResult,
+    Objective,
     Plateau,
     TransferConfig,
     linf_ascent,
 )
+from aipray.attacks.ensemble import ensemble_objective, members, positive
 from aipray.models.base import Recommender
 from aipray.params import param
 
@@ -62,13 +70,7 @@ class EXPA(Attack):
         return self.run(images, item_ids).images
 
     def run(self, images: torch.Tensor, item_ids: torch.Tensor | None = None) -> AttackResult:
-        hook = self.inputs.hook_image.to(images.device).unsqueeze(0)
-        with torch.no_grad():
-            target = self.model.feature_network(self.served(hook))  # [1, F]
-
-        def objective(x_adv: torch.Tensor, step: int) -> torch.Tensor:
-            return -(self.model.feature_network(x_adv) - target).norm(dim=1)
-
+        objective = self.objective(images.device)
         cfg = self.config
         plateau = None if cfg.patience is None else Plateau(cfg.patience, cfg.tol)
         used = torch.zeros(images.shape[0], dtype=torch.long)
@@ -82,3 +84,26 @@ class EXPA(Attack):
             steps_taken=used,
         )
         return AttackResult(adv, used.numpy())
+
+    def objective(self, device: torch.device) -> Objective:
+        """What EXPA maximises (before any defence): minus the distance of Φ(X + δ) to Φ of the
+        (served) hook; against an ensemble, the mean over its models of that distance in each
+        one's features, each divided by the norm of its hook features."""
+        hook = self.inputs.hook_image.to(device).unsqueeze(0)
+        models = members(self.model)
+        objectives, scales = [], []
+        for model in models:
+            with torch.no_grad():
+                target = model.feature_network(self.served(hook))  # [1, F]
+            objectives.append(closeness_to(model, target))
+            scales.append(positive(target.norm()) if len(models) > 1 else 1)
+        return ensemble_objective(objectives, scales)
+
+
+def closeness_to(model: Recommender, target: torch.Tensor) -> Objective:
+    """``model``'s EXPA objective: minus the distance of Φ(X + δ) to ``target`` ``[1, F]``."""
+
+    def closeness(x_adv: torch.Tensor, step: int) -> torch.Tensor:
+        return -(model.feature_network(x_adv) - target).norm(dim=1)
+
+    return closeness

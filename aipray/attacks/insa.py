@@ -10,6 +10,12 @@ any ranker that implements the interface can be attacked.
 Like the paper, each Adam step uses one batch of users; ``epochs`` passes over all users.
 Adaptive (``adaptive: true``), it maximises the preference of the defended image, through the
 ranker the platform serves under the defence.
+
+Against an :class:`~aipray.attacks.ensemble.Ensemble` of source models (a transfer attack
+whose ``source`` names several), it maximises the mean of the sources' preferences, each
+divided by the norm of its gradient at the hook image for the first batch of users
+(:meth:`INSA.scale`): a per-model constant that makes the sources' pulls on the pixels equally
+strong at a real product image, whatever the units of each model's scores.
 """
 
 from __future__ import annotations
@@ -18,7 +24,15 @@ from dataclasses import dataclass
 
 import torch
 
-from aipray.attacks.base import ATTACKS, Attack, AttackInputs, TransferConfig, linf_ascent
+from aipray.attacks.base import (
+    ATTACKS,
+    Attack,
+    AttackInputs,
+    Objective,
+    TransferConfig,
+    linf_ascent,
+)
+from aipray.attacks.ensemble import ensemble_objective, members, positive
 from aipray.models.base import Recommender
 from aipray.params import param
 
@@ -60,18 +74,50 @@ class INSA(Attack):
 
     def __call__(self, images: torch.Tensor, item_ids: torch.Tensor | None = None) -> torch.Tensor:
         cfg = self.config
-        device = images.device
+        batches = self.user_batches(images.device)
+        lr = cfg.lr if cfg.lr is not None else default_lr(self.model, cfg.eps, len(batches))
+        objective = self.objective(batches, images.device)
+        return linf_ascent(
+            images, self.through_defense(objective), eps=cfg.eps, steps=len(batches), lr=lr
+        )
+
+    def user_batches(self, device: torch.device) -> list[torch.Tensor]:
+        """The batch of users of each step: ``epochs`` seeded permutations of all users."""
+        cfg = self.config
         gen = torch.Generator().manual_seed(cfg.seed)
         batches: list[torch.Tensor] = []
         for _ in range(cfg.epochs):
             perm = torch.randperm(self.model.n_users, generator=gen)
             batches.extend(perm.split(cfg.user_batch))
-        batches = [b.to(device) for b in batches]
-        lr = cfg.lr if cfg.lr is not None else default_lr(self.model, cfg.eps, len(batches))
+        return [b.to(device) for b in batches]
 
-        def objective(x_adv: torch.Tensor, step: int) -> torch.Tensor:
-            return self.model.preference(batches[step], x_adv)
+    def objective(self, batches: list[torch.Tensor], device: torch.device) -> Objective:
+        """What INSA maximises at step ``t`` (before any defence): the model's preference of
+        ``batches[t]``; against an ensemble, the mean of its models' preferences, each divided
+        by its :meth:`scale`."""
+        models = members(self.model)
+        objectives = [preference_of(model, batches) for model in models]
+        scales = [self.scale(m, batches, device) for m in models] if len(models) > 1 else [1]
+        return ensemble_objective(objectives, scales)
 
-        return linf_ascent(
-            images, self.through_defense(objective), eps=cfg.eps, steps=len(batches), lr=lr
-        )
+    def scale(
+        self, model: Recommender, batches: list[torch.Tensor], device: torch.device
+    ) -> torch.Tensor:
+        """A source's scale in an ensemble: the L2 norm of the gradient of its preference (first
+        batch of users) with respect to the pixels of the hook image, the popular item the
+        attacker knows. Scaling a model's scores scales it alike, so the ratio is unit-free."""
+        if self.inputs.hook_image is None:
+            raise ValueError("an ensemble INSA needs the hook item's image to scale its sources")
+        hook = self.inputs.hook_image.to(device).unsqueeze(0).detach().requires_grad_(True)
+        with torch.enable_grad():
+            (grad,) = torch.autograd.grad(model.preference(batches[0], hook).sum(), hook)
+        return positive(grad.norm())
+
+
+def preference_of(model: Recommender, batches: list[torch.Tensor]) -> Objective:
+    """``model``'s INSA objective: its preference of the step's batch of users."""
+
+    def preference(x_adv: torch.Tensor, step: int) -> torch.Tensor:
+        return model.preference(batches[step], x_adv)
+
+    return preference

@@ -19,9 +19,11 @@ import torch
 from PIL import Image, ImageDraw
 
 from aipray.attacks.base import ATTACKS
+from aipray.attacks.ensemble import Ensemble
 from aipray.attacks.sema import STORED_SET
 from aipray.data.catalog import Catalog
 from aipray.defenses import make_defense
+from aipray.grid import ENSEMBLE
 from aipray.metrics.ranking import (
     CandidateScores,
 )
@@ -158,10 +160,11 @@ class ColdItems(Protocol):
         # an adaptive attack optimises against the ranker the platform serves under the defence
         adaptive = getattr(config, "adaptive", False)
         attacked = served if adaptive else ranker
-        if paths.source is not None:  # a transfer attack: crafted against its source model
-            attacked = load_recommender(paths.source, device)
+        if paths.source is not None or paths.ensemble:  # a transfer attack: on its sources
+            sources = [load_recommender(p, device) for p in paths.ensemble or (paths.source,)]
             if adaptive:
-                attacked = attacked.under_defense(defense, catalog.images)
+                sources = [m.under_defense(defense, catalog.images) for m in sources]
+            attacked = Ensemble(sources) if paths.ensemble else sources[0]
         return ColdItemEvaluator(
             ranker,
             attack_cls(config, attacked, inputs),
@@ -223,9 +226,10 @@ def colluding(plan: TrialPlan, rows: pd.DataFrame, device: torch.device) -> dict
 def provenance(plan: TrialPlan, images: Path, n_items: int) -> dict[str, Any]:
     """How a stored image set was made: the attack (settings, algorithm version, what it knew),
     the stage outputs it was made against (dataset, extractor, ranker: a transfer attack's
-    source model, not the model that evaluated it; the defence and its
-    stage only for an adaptive attack, as an oblivious attack's images serve every defence),
-    the seed, the set's store key, the code, and the SHA-256 of the images' file."""
+    source model, not the model that evaluated it, an ensemble's models joined by ``+``; the
+    defence and its stage only for an adaptive attack, as an oblivious attack's images serve
+    every defence), the seed, the set's store key, the code, and the SHA-256 of the images'
+    file."""
     cls = ATTACKS.get(plan.attack.name)
     adaptive = bool(getattr(plan.attack.config, "adaptive", False))
     paths = plan.paths
@@ -237,7 +241,7 @@ def provenance(plan: TrialPlan, images: Path, n_items: int) -> dict[str, Any]:
         "knowledge": cls.knowledge,
         "dataset": paths.dataset.name,
         "extractor": paths.extractor.name,
-        "model": (paths.source or paths.model).name,
+        "model": ENSEMBLE.join(p.name for p in paths.ensemble or (paths.source or paths.model,)),
         "defense": plan.defense.label if adaptive else None,
         "defense_stage": paths.defense.name if adaptive and paths.defense is not None else None,
         "seed": plan.seed,

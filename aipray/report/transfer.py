@@ -5,7 +5,9 @@ A transfer trial (an attack with ``source``) evaluates the very images its sourc
 direct trial stored, so a column is the target's ranker facing every source's images; the
 target's cooperative row is the clean baseline. Images crafted against what every model
 shares have one source row: the extractor's classifier (FGSM, PGD, C&W) or the extractor's
-features (EXPA on AlexRank, VBPR, AMR, FREEDOM).
+features (EXPA on AlexRank, VBPR, AMR, FREEDOM). An ensemble source (``vbpr+dvbpr``: images
+crafted against several models at once) is a row of its own below the single models', with a
+cell on each target outside it.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import math
 
 import pandas as pd
 
+from aipray.grid import ENSEMBLE
 from aipray.report.common import (
     MISSING,
     Table,
@@ -44,7 +47,10 @@ COOPERATIVE = "cooperative (clean)"
 def source_label(source: str, labels: dict[str, str]) -> str:
     """A source's row label: what every model shares (:data:`SHARED`), the report's label of
     the source model's direct trials (``labels``: the ``source`` param of a direct run → its
-    row), else the model's display name with its settings."""
+    row), else the model's display name with its settings; an ensemble's (``vbpr+dvbpr``, its
+    models in the canonical order the sweep logged) is its models' labels joined by `` + ``."""
+    if ENSEMBLE in source:
+        return " + ".join(source_label(part, labels) for part in source.split(ENSEMBLE))
     if source in SHARED:
         return SHARED[source]
     if source in labels:
@@ -107,7 +113,8 @@ def transfer_table(frame: pd.DataFrame) -> Table | None:
                         "ε": MISSING if math.isnan(e) else fmt_num(e),
                         "defence": defence,
                     }
-                    for source in [COOPERATIVE, *sources]:
+                    made = set(runs["source_row"])
+                    for source in [COOPERATIVE, *(s for s in sources if s in made)]:
                         cells = {**head, "source ↓ / target →": source}
                         for target in cols:
                             on = select(runs, row=target)
@@ -139,6 +146,7 @@ def transfer_table(frame: pd.DataFrame) -> Table | None:
         "in brackets where logged. The diagonal is the direct (white-box) attack; `cooperative` "
         "is the target's clean items. Images crafted against what every model shares are one "
         "row: the extractor's classifier (FGSM, PGD, C&W) or its features (EXPA on the rankers "
-        "built on them; DVBPR's own CNN is a row of its own)."
+        "built on them; DVBPR's own CNN is a row of its own). A row of models joined by + is "
+        "an ensemble: images crafted against all of them at once, evaluated on the others."
     )
     return Table("transfer", "Transfer: source × target", note, blocks, pd.DataFrame(data))
