@@ -42,6 +42,7 @@ from aipray.data.surrogate import SurrogateConfig
 from aipray.models import MODELS
 from aipray.models.dvbpr import DVBPR
 from aipray.models.extractor import IN_PROCESS, build_extractor, make_spec
+from aipray.models.extractor.pretrain import in_process_spec
 from aipray.params import without_file_checks
 from aipray.pipeline.stages import stage_paths
 
@@ -154,14 +155,8 @@ def build(network: str, image: int, sweep: SweepConfig, device: torch.device) ->
     if network == "extractor":
         ext = sweep.extractor
         if ext.weights in IN_PROCESS:
-            spec = make_spec(
-                ext.arch,
-                SurrogateConfig().n_classes if ext.weights == "surrogate" else 8,
-                layout="aipray" if ext.arch == "alexnet" else "torchvision",
-                input_size=ext.input_size or image,
-                image_size=ext.input_size or image,
-                width=ext.width,
-            )
+            n_classes = SurrogateConfig().n_classes if ext.weights == "surrogate" else 8
+            spec = in_process_spec(ext, n_classes, (image, image))
         else:
             spec = make_spec(ext.arch, 1000, input_size=ext.input_size or 224)
         net = build_extractor(spec)

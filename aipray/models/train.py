@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import logging
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -346,6 +347,29 @@ def fit_with(
     return model, dataclasses.asdict(result)
 
 
+def classifier_optimizer(
+    model: nn.Module, *, lr: float, weight_decay: float, warmup_steps: int, total_steps: int
+) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler | None]:
+    """Adam, or AdamW (Loshchilov & Hutter, ICLR 2019) when ``weight_decay`` > 0; with
+    ``warmup_steps`` > 0 a per-step schedule that rises linearly to ``lr`` over them and then
+    decays to zero along a cosine until ``total_steps`` (``None``: a constant ``lr``)."""
+    params = model.parameters()
+    if weight_decay > 0:
+        opt: torch.optim.Optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    else:
+        opt = torch.optim.Adam(params, lr=lr)
+    if warmup_steps <= 0:
+        return opt, None
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        done = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, done)))
+
+    return opt, torch.optim.lr_scheduler.LambdaLR(opt, factor)
+
+
 def fit_classifier(
     model: nn.Module,
     images: np.ndarray,
@@ -357,8 +381,11 @@ def fit_classifier(
     device: torch.device,
     seed: int = 0,
     holdout: float = 0.1,
+    weight_decay: float = 0.0,
+    warmup: int = 0,
 ) -> TrainResult:
-    """Cross-entropy training on uint8 images ``[N, 3, H, W]``; keeps the best held-out accuracy."""
+    """Cross-entropy training on uint8 images ``[N, 3, H, W]``; keeps the best held-out accuracy.
+    ``weight_decay`` and ``warmup`` (epochs): :func:`classifier_optimizer`."""
     start = time.perf_counter()
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
@@ -367,7 +394,14 @@ def fit_classifier(
     hold, train = order[:n_hold], order[n_hold:]
     x = torch.as_tensor(np.asarray(images))
     y = torch.as_tensor(labels)
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    per_epoch = math.ceil(train.size / batch_size)
+    opt, schedule = classifier_optimizer(
+        model,
+        lr=lr,
+        weight_decay=weight_decay,
+        warmup_steps=warmup * per_epoch,
+        total_steps=epochs * per_epoch,
+    )
     best_state, best = copy.deepcopy(model.state_dict()), -1.0
     result = TrainResult(best_epoch=0, best_score=-1.0)
     for epoch in range(1, epochs + 1):
@@ -382,6 +416,8 @@ def fit_classifier(
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+            if schedule is not None:
+                schedule.step()
         model.eval()
         with torch.no_grad():
             hold_t = torch.as_tensor(hold)

@@ -2,10 +2,12 @@
 
 AIP (Liu & Larson, WWW 2021) takes VBPR's and AlexRank's item features from a pretrained AlexNet
 (fc7 after ReLU, 4096-d); Perceptual-Rec (Anelli et al.) uses a ResNet50 (pooled, 2048-d), also in
-adversarially trained versions. TAaMR's FGSM/PGD baselines attack the same network's classifier
-head. An :class:`Extractor` is that network as one differentiable map from pixels: it takes float
-images ``[B, 3, H, W]`` in ``[0, 1]`` of any size, resizes them to the network's input size and
-normalises them with the ImageNet statistics inside, so attacks always work in pixel space.
+adversarially trained versions; ``arch: vit`` is a ViT tower (torchvision's VisionTransformer,
+its class token before the head, 768-d for ``vit_b_16``). TAaMR's FGSM/PGD baselines attack the
+same network's classifier head. An :class:`Extractor` is that network as one differentiable map
+from pixels: it takes float images ``[B, 3, H, W]`` in ``[0, 1]`` of any size, resizes them to
+the network's input size and normalises them with the ImageNet statistics inside, so attacks
+always work in pixel space.
 
 Where the weights come from (``ExtractorConfig.weights``: ``pretrain``, ``imagenet`` or a
 checkpoint path) is told in :mod:`~aipray.models.extractor.weights`.

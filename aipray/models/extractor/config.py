@@ -13,7 +13,7 @@ from typing import Any
 from aipray.params import Settings, param
 from aipray.store import file_sha256
 
-ARCHS = ("alexnet", "resnet50")
+ARCHS = ("alexnet", "resnet50", "vit")
 TRAININGS = ("standard", "adversarial", "free")
 SPEC_VERSION = 1
 CHECKPOINT_FORMAT = "aipray-extractor"
@@ -29,17 +29,29 @@ META_FILE = "model.json"
 class ExtractorConfig(Settings):
     """The feature extractor of the sweep YAML's ``extractor`` section.
 
-    ``arch``: network layout. ``weights``: ``pretrain`` (train on the item categories in-process),
-    ``imagenet`` (torchvision's ImageNet weights) or the path of a local checkpoint (file or
-    folder written by :func:`save_extractor`, a torchvision state dict, or one of the published
-    robust ResNet50s: MadryLab's ``imagenet_linf_4.pt``, Free-AT's ``model_best.pth.tar``).
+    ``arch``: network layout: ``alexnet`` (features: fc7 after ReLU), ``resnet50`` (the global
+    average pool) or ``vit`` (torchvision's ``VisionTransformer``; features: the class token after
+    the encoder's last layer norm, before the classification head: the pre-logits). ``weights``:
+    ``pretrain`` (train on the item categories in-process), ``surrogate`` (on the surrogate
+    "ImageNet", :mod:`aipray.data.surrogate`), ``imagenet`` (torchvision's ImageNet weights)
+    or the path of a local checkpoint (file or folder written by :func:`save_extractor`, a
+    torchvision state dict, or one of the published robust ResNet50s: MadryLab's
+    ``imagenet_linf_4.pt``, Free-AT's ``model_best.pth.tar``).
     ``download``: whether missing ImageNet weights may be downloaded into torch's hub cache.
     ``input_size``: side the extractor resizes images to (0: 224 for ImageNet weights and
     torchvision checkpoints, the catalog's image size, i.e. no resizing, for ``pretrain``).
     ``preprocess``: ``resize`` stretches the whole image to the input size; ``resize_crop`` is
     torchvision's evaluation preset (shorter side to 256/224 of the input size, then the centre
-    crop). ``width``: layer-width multiplier of the pretrained AlexNet layout; ``epochs``, ``lr``,
-    ``batch_size``: in-process pretraining.
+    crop). ``width``: layer-width multiplier of an in-process network: AlexNet's layers, or
+    ViT-B/16's widths with the head size kept at 64 (``round(12·width)`` heads, at least one; hidden
+    size 64 per head, MLP 4× hidden: 0.25 is DeiT-Ti's 192, 0.5 DeiT-S's 384, 0.125 two heads and
+    128). ``vit_patch``, ``vit_depth``: patch side in pixels (it must divide the image side) and
+    number of encoder blocks of an in-process ViT. With ``weights: imagenet`` or a torchvision
+    checkpoint, ``vit`` is torchvision's ``vit_b_16`` (768-d features, input 224 px only).
+    ``epochs``, ``lr``, ``batch_size``: in-process pretraining; ``weight_decay`` > 0 trains with
+    AdamW (decoupled weight decay, Loshchilov & Hutter, ICLR 2019) instead of Adam, ``warmup`` > 0
+    raises the learning rate linearly over that many epochs and then decays it to zero along a
+    cosine (0: a constant learning rate); both 0 is the recipe of before the settings.
 
     ``training`` (a sweep axis: Perceptual-Rec's defended extractors, Anelli et al.):
     ``standard`` (cross-entropy on clean images), ``adversarial`` (Madry et al., ICLR 2018: PGD
@@ -66,6 +78,10 @@ class ExtractorConfig(Settings):
     epochs: int = param(10, min=1)
     lr: float = param(1e-3, min=0)
     batch_size: int = param(64, min=1)
+    weight_decay: float = param(0.0, min=0, doc="> 0: AdamW with this decoupled weight decay")
+    warmup: int = param(0, min=0, doc="epochs of linear warm-up, then cosine decay; 0: constant")
+    vit_patch: int = param(4, min=1, doc="patch side of an in-process ViT, in pixels")
+    vit_depth: int = param(6, min=1, doc="encoder blocks of an in-process ViT")
     training: str = param("standard", choices=TRAININGS, axis=True)
     adv_eps: float = param(4.0, min=0, max=255, doc="L∞ bound in 0..255 pixel units")
     adv_steps: int = param(7, min=1)
@@ -96,6 +112,19 @@ class ExtractorConfig(Settings):
         bad: list[tuple[str, object, str]] = []
         if 0 < self.input_size < 16:
             bad.append(("input_size", self.input_size, "0 (automatic) or an integer in 16..1024"))
+        if (
+            self.arch == "vit"
+            and self.weights not in IN_PROCESS
+            and self.input_size not in (0, 224)
+        ):
+            bad.append(
+                (
+                    "input_size",
+                    self.input_size,
+                    "0 or 224 with arch vit and ImageNet or checkpoint weights (vit_b_16's "
+                    "position embeddings are for 224 px)",
+                )
+            )
         if self.weights == "imagenet" and self.training != "standard":
             bad.append(
                 (
@@ -139,6 +168,13 @@ class ExtractorConfig(Settings):
         out.update(input_size=self.input_size, preprocess=self.preprocess)
         if self.weights in IN_PROCESS:
             out.update(width=self.width, epochs=self.epochs, lr=self.lr, batch_size=self.batch_size)
+            # Keys that existed before are kept as they were: new ones only where they matter.
+            if self.weight_decay:
+                out["weight_decay"] = self.weight_decay
+            if self.warmup:
+                out["warmup"] = self.warmup
+            if self.arch == "vit":
+                out.update(vit_patch=self.vit_patch, vit_depth=self.vit_depth)
         if self.weights == "surrogate":
             out.update(
                 surrogate_per_class=self.surrogate_per_class,
@@ -171,19 +207,25 @@ def make_spec(
     labels: str = "unknown",
     class_names: Sequence[str] | None = None,
     factors: Sequence[int] | None = None,
+    patch_size: int = 4,
+    depth: int = 6,
 ) -> dict[str, Any]:
     """The JSON-able description from which :func:`build_extractor` rebuilds an extractor.
 
     Args:
-        arch: ``alexnet`` or ``resnet50``.
+        arch: ``alexnet``, ``resnet50`` or ``vit``.
         num_classes: outputs of the classifier head.
-        layout: ``torchvision`` (the published network) or ``aipray`` (the width-scaled
-            :class:`~aipray.models.nets.AlexNetClassifier`; ``arch`` must be ``alexnet``).
+        layout: ``torchvision`` (the published network; for ``vit`` ``vit_b_16``, whose input
+            size must be 224) or ``aipray`` (the width-scaled network for in-process weights:
+            :class:`~aipray.models.nets.AlexNetClassifier` for ``alexnet``, a small torchvision
+            ``VisionTransformer`` for ``vit``; not for ``resnet50``).
         input_size: ``S`` or ``(H, W)`` the module resizes every input to; ``None``: no resizing.
         preprocess: ``resize`` (stretch to the input size) or ``resize_crop`` (torchvision's
             evaluation preset: shorter side to ``256/224·S``, then the centre ``S × S`` crop).
-        image_size: image side the ``aipray`` layout is adapted to (first convolution, pooling).
-        width: layer-width multiplier of the ``aipray`` layout.
+        image_size: image side the ``aipray`` layout is adapted to (AlexNet's first convolution
+            and pooling; the ViT's position embeddings, for inputs of exactly this side).
+        width: layer-width multiplier of the ``aipray`` layout (for ``vit``: see
+            :class:`ExtractorConfig`).
         labels: what the classes are: ``imagenet1k``, ``surrogate`` (the fine classes of the
             surrogate pretraining set, :mod:`aipray.data.surrogate`), ``categories`` (catalog
             item categories, named by ``class_names``) or ``unknown``.
@@ -191,6 +233,8 @@ def make_spec(
         factors: the ``aipray`` layout's classifier is a
             :class:`~aipray.models.nets.FactorisedHead` over attributes of these sizes (their
             product is ``num_classes``); ``None``: one linear layer.
+        patch_size, depth: the ``aipray`` ViT's patch side (it must divide ``image_size``) and
+            number of encoder blocks; ignored otherwise.
     """
     if isinstance(input_size, int):
         input_size = (input_size, input_size)
@@ -206,8 +250,10 @@ def make_spec(
     }
     if layout == "aipray":
         if image_size is None:
-            raise ValueError("the aipray AlexNet layout needs image_size")
+            raise ValueError(f"the aipray {arch} layout needs image_size")
         spec.update(image_size=int(image_size), width=float(width))
+        if arch == "vit":
+            spec.update(patch_size=int(patch_size), depth=int(depth))
     if factors is not None:
         spec["factors"] = [int(f) for f in factors]
     _check_spec(spec)
@@ -223,8 +269,10 @@ def _check_spec(spec: dict[str, Any]) -> None:
         raise ValueError(
             f"extractor spec: layout {spec.get('layout')!r}; allowed: torchvision, aipray"
         )
-    if spec["layout"] == "aipray" and spec["arch"] != "alexnet":
-        raise ValueError("extractor spec: the aipray layout exists only for arch alexnet")
+    if spec["layout"] == "aipray" and spec["arch"] == "resnet50":
+        raise ValueError("extractor spec: the aipray layout exists only for arch alexnet and vit")
+    if spec["arch"] == "vit":
+        _check_vit_spec(spec)
     if int(spec.get("num_classes", 0)) < 1:
         raise ValueError(f"extractor spec: num_classes {spec.get('num_classes')!r}; expected >= 1")
     if spec.get("preprocess") not in ("resize", "resize_crop"):
@@ -242,3 +290,22 @@ def _check_spec(spec: dict[str, Any]) -> None:
         raise ValueError(
             f"extractor spec: {len(names)} class names for {spec['num_classes']} classes"
         )
+
+
+def _check_vit_spec(spec: dict[str, Any]) -> None:
+    """A ViT reads inputs of exactly the side its position embeddings were made for."""
+    side = 224 if spec["layout"] == "torchvision" else int(spec.get("image_size", 0))
+    size = spec.get("input_size")
+    if (size is not None and list(size) != [side, side]) or (size is None and side == 224):
+        raise ValueError(
+            f"extractor spec: input_size {size!r}; a {spec['layout']} vit reads {side}×{side} "
+            "inputs only"
+        )
+    if spec["layout"] == "aipray":
+        patch, depth = int(spec.get("patch_size", 0)), int(spec.get("depth", 0))
+        if patch < 1 or depth < 1 or side % patch:
+            raise ValueError(
+                f"extractor spec: vit patch_size {patch} and depth {depth}; expected a patch side "
+                f"that divides the image side {side} and at least one block "
+                "(extractor.vit_patch, extractor.vit_depth)"
+            )

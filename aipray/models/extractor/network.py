@@ -29,7 +29,34 @@ def imagenet_weights(arch: str) -> Any:
     return {
         "alexnet": torchvision.models.AlexNet_Weights.IMAGENET1K_V1,
         "resnet50": torchvision.models.ResNet50_Weights.IMAGENET1K_V1,
+        "vit": torchvision.models.ViT_B_16_Weights.IMAGENET1K_V1,
     }[arch]
+
+
+def vit_widths(width: float) -> tuple[int, int, int]:
+    """``(heads, hidden size, MLP size)`` of the in-process ViT of layer-width multiplier
+    ``width``: ViT-B/16's 12 heads of 64 scaled by ``width`` (at least one), MLP 4× hidden."""
+    heads = max(1, round(12 * width))
+    return heads, 64 * heads, 4 * 64 * heads
+
+
+def _vit(spec: dict[str, Any], num_classes: int) -> nn.Module:
+    """torchvision's ``vit_b_16`` (``torchvision`` layout) or a small ``VisionTransformer`` of
+    the spec's image size, patch, depth and width (``aipray`` layout), randomly initialised."""
+    import torchvision
+
+    if spec["layout"] == "torchvision":
+        return torchvision.models.vit_b_16(weights=None, num_classes=num_classes)
+    heads, hidden, mlp = vit_widths(spec["width"])
+    return torchvision.models.VisionTransformer(
+        image_size=spec["image_size"],
+        patch_size=spec["patch_size"],
+        num_layers=spec["depth"],
+        num_heads=heads,
+        hidden_dim=hidden,
+        mlp_dim=mlp,
+        num_classes=num_classes,
+    )
 
 
 class Extractor(nn.Module):
@@ -37,8 +64,10 @@ class Extractor(nn.Module):
 
     ``features(x)``: ``[B, 3, H, W]`` float in ``[0, 1]`` → ``[B, feature_dim]``: AlexNet fc7
     after ReLU (4096-d at full width; AIP's AlexRank and VBPR feature), ResNet50 global average
-    pool (2048-d). ``forward(x)`` → logits ``[B, num_classes]`` of the classifier head (ImageNet
-    classes or the catalog's categories), the target of TAaMR's FGSM/PGD baselines.
+    pool (2048-d), ViT's class token after the encoder's final layer norm, the input of its
+    classification head (Dosovitskiy et al., ICLR 2021; the pre-logits: 768-d for ``vit_b_16``,
+    64 per head in-process). ``forward(x)`` → logits ``[B, num_classes]`` of the classifier head
+    (ImageNet classes or the catalog's categories), the target of TAaMR's FGSM/PGD baselines.
 
     Resizing (bilinear with antialiasing, skipped when the size already matches) and ImageNet
     normalisation are part of the module and differentiable; the input is never modified.
@@ -63,7 +92,12 @@ class Extractor(nn.Module):
         self.preprocess: str = spec["preprocess"]
         self.normalize = Normalize(IMAGENET_MEAN, IMAGENET_STD)
         net: nn.Module
-        if self.layout == "aipray":
+        if self.arch == "vit":
+            net = _vit(spec, self.num_classes)
+            if spec.get("factors"):
+                net.heads.head = FactorisedHead(net.hidden_dim, tuple(spec["factors"]))
+            self.feature_dim = int(net.hidden_dim)
+        elif self.layout == "aipray":
             net = AlexNetClassifier(self.num_classes, spec["image_size"], width=spec["width"])
             net.normalize = nn.Identity()  # normalisation happens once, in this module
             if spec.get("factors"):
@@ -85,6 +119,8 @@ class Extractor(nn.Module):
     def head(self) -> nn.Module:
         """The classifier's last layer, ``[B, feature_dim]`` → ``[B, num_classes]`` (linear, or
         a :class:`~aipray.models.nets.FactorisedHead`)."""
+        if self.arch == "vit":
+            return self.net.heads.head
         if self.layout == "aipray":
             return self.net.classifier
         if self.arch == "alexnet":
@@ -110,6 +146,10 @@ class Extractor(nn.Module):
 
     def _backbone(self, x: torch.Tensor) -> torch.Tensor:
         net = self.net
+        if self.arch == "vit":  # VisionTransformer.forward up to its heads
+            x = net._process_input(x)
+            x = torch.cat([net.class_token.expand(x.shape[0], -1, -1), x], dim=1)
+            return net.encoder(x)[:, 0]
         if self.layout == "aipray":
             return net.fc(net.conv(x))
         if self.arch == "alexnet":

@@ -63,18 +63,7 @@ def _pretrain(
         # Batch norm cannot train on a last batch of one image: drop an image if that would happen.
         keep = keep[: _size_without_single_batch(keep.size, config.batch_size)]
         labels = labels[: keep.size]
-    spec = make_spec(
-        config.arch,
-        n_classes,
-        layout="aipray" if config.arch == "alexnet" else "torchvision",
-        input_size=config.input_size or (h, w),
-        preprocess=config.preprocess,
-        image_size=config.input_size or min(h, w),
-        width=config.width,
-        labels=kind,
-        class_names=names,
-        factors=factors if config.arch == "alexnet" else None,
-    )
+    spec = in_process_spec(config, n_classes, (h, w), labels=kind, names=names, factors=factors)
     torch.manual_seed(seed)
     extractor = build_extractor(spec).to(device)
     if config.training == "standard":
@@ -87,6 +76,8 @@ def _pretrain(
             lr=config.lr,
             device=device,
             seed=seed,
+            weight_decay=config.weight_decay,
+            warmup=config.warmup,
         )
     else:
         result = fit_robust_classifier(
@@ -103,6 +94,8 @@ def _pretrain(
             lr=config.lr,
             device=device,
             seed=seed,
+            weight_decay=config.weight_decay,
+            warmup=config.warmup,
         )
     counts = np.bincount(labels, minlength=n_classes)
     info: dict[str, Any] = {
@@ -133,6 +126,39 @@ def _pretrain(
         result.seconds,
     )
     return extractor, info
+
+
+def in_process_spec(
+    config: ExtractorConfig,
+    n_classes: int,
+    size: tuple[int, int],
+    *,
+    labels: str = "unknown",
+    names: Sequence[str] | None = None,
+    factors: Sequence[int] | None = None,
+) -> dict[str, Any]:
+    """The spec of the network ``config`` trains in-process on ``size`` ``(H, W)`` images:
+    the ``aipray`` layout (width-scaled AlexNet, small ViT) with the factorised head if
+    ``factors``, or torchvision's ResNet50 with a linear head."""
+    h, w = size
+    side = config.input_size or min(h, w)
+    if config.arch == "vit" and not config.input_size and h != w:
+        raise ValueError(f"extractor.arch: vit needs square images or an input_size, got {h}×{w}")
+    own = config.arch != "resnet50"
+    return make_spec(
+        config.arch,
+        n_classes,
+        layout="aipray" if own else "torchvision",
+        input_size=config.input_size or (h, w),
+        preprocess=config.preprocess,
+        image_size=side,
+        width=config.width,
+        labels=labels,
+        class_names=names,
+        factors=factors if own else None,
+        patch_size=config.vit_patch,
+        depth=config.vit_depth,
+    )
 
 
 def _category_labels(

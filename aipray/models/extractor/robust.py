@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from aipray.linf import linf_ascent
-from aipray.models.train import TrainResult
+from aipray.models.train import TrainResult, classifier_optimizer
 from aipray.pixels import to_float
 
 log = logging.getLogger(__package__)
@@ -146,6 +146,8 @@ def fit_robust_classifier(
     device: torch.device | str,
     seed: int = 0,
     holdout: float = 0.1,
+    weight_decay: float = 0.0,
+    warmup: int = 0,
 ) -> TrainResult:
     """Adversarial training of the classifier ``model`` on uint8 images ``[N, 3, H, W]`` with
     Adam, keeping the epoch of the best held-out clean accuracy.
@@ -176,8 +178,9 @@ def fit_robust_classifier(
         steps: PGD steps of Madry training and of the held-out check.
         step_size: PGD step in pixel units; ``None`` = 2.5·ε/steps.
         replays: Free-AT's ``m``.
-        epochs, batch_size, lr: as :func:`~aipray.models.train.fit_classifier` (``epochs`` is
-            divided by ``m`` for ``free``).
+        epochs, batch_size, lr, weight_decay, warmup: as
+            :func:`~aipray.models.train.fit_classifier` (``epochs`` is divided by ``m`` for
+            ``free``, whose schedule counts each replay as a step).
         device: where to train.
         seed: seed of the held-out split, batch order, flips and PGD's random starts.
         holdout: share of the images held out (at least one).
@@ -214,8 +217,15 @@ def fit_robust_classifier(
         )
         return _correct(model, batches, eps=eps, steps=steps, step_size=step) / hold.size
 
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
     n_epochs = math.ceil(epochs / replays) if method == "free" else epochs
+    per_epoch = math.ceil(train.size / batch_size) * (replays if method == "free" else 1)
+    opt, schedule = classifier_optimizer(
+        model,
+        lr=lr,
+        weight_decay=weight_decay,
+        warmup_steps=warmup * per_epoch,
+        total_steps=n_epochs * per_epoch,
+    )
     delta: torch.Tensor | None = None  # Free-AT's perturbation, carried between minibatches
     bound = eps / 255.0
     best_state, best = copy.deepcopy(model.state_dict()), (-1.0, -1.0)
@@ -253,6 +263,8 @@ def fit_robust_classifier(
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
+                if schedule is not None:
+                    schedule.step()
                 total, count = total + float(loss.detach()) * yb.numel(), count + yb.numel()
             else:
                 if delta is None or delta.shape[1:] != xb.shape[1:]:
@@ -265,6 +277,8 @@ def fit_robust_classifier(
                     with torch.no_grad():
                         delta[: xb.shape[0]] = (d + bound * d.grad.sign()).clamp(-bound, bound)
                     opt.step()
+                    if schedule is not None:
+                        schedule.step()
                     total, count = total + float(loss.detach()) * yb.numel(), count + yb.numel()
         model.eval()
         acc, robust = holdout_accuracy(0.0), holdout_accuracy(eps)

@@ -6,13 +6,16 @@ Where the weights come from (``ExtractorConfig.weights``):
 - ``pretrain`` (default, used on synthetic data): trained in-process on the catalog's item
   categories, standing in for ImageNet pretraining. ``arch: alexnet`` is the project's small
   width-scaled :class:`~aipray.models.nets.AlexNetClassifier`, adapted to the image size;
-  ``arch: resnet50`` is torchvision's ResNet50 with one output per category.
+  ``arch: resnet50`` is torchvision's ResNet50 with one output per category; ``arch: vit`` a
+  small torchvision ``VisionTransformer`` of the catalog's image size (``width``, ``vit_patch``,
+  ``vit_depth``).
 - ``surrogate`` (the synthetic sweeps): trained in-process on the surrogate "ImageNet" of
   :mod:`aipray.data.surrogate` (192 fine classes of shape × colour family × texture, drawn in
   clutter, knowing nothing of the marketplace), with a factorised classifier head; the catalog's
   images only give the input size.
-- ``imagenet``: torchvision's ``IMAGENET1K_V1`` weights, read from torch's hub cache
-  (``torch.hub.get_dir()/checkpoints``) and downloaded there only if ``download`` is true.
+- ``imagenet``: torchvision's ``IMAGENET1K_V1`` weights (``vit``: ``vit_b_16``'s), read from
+  torch's hub cache (``torch.hub.get_dir()/checkpoints``) and downloaded there only if
+  ``download`` is true.
 - a path: a torchvision state dict of ``arch`` (any number of classes), a ``model.pt`` written by
   :func:`save_extractor`, or the folder :func:`save_extractor` wrote (e.g. an adversarially
   trained extractor). The published robust ResNet50s of Perceptual-Rec's defences load as they
@@ -61,7 +64,11 @@ from aipray.store import file_sha256
 log = logging.getLogger(__package__)  # "aipray.models.extractor", as before the split
 
 # Name of the classifier head's weight in a torchvision state dict of each architecture.
-_TORCHVISION_HEAD = {"alexnet": "classifier.6.weight", "resnet50": "fc.weight"}
+_TORCHVISION_HEAD = {
+    "alexnet": "classifier.6.weight",
+    "resnet50": "fc.weight",
+    "vit": "heads.head.weight",
+}
 
 
 def imagenet_weights_file(arch: str) -> Path:
