@@ -639,3 +639,14 @@ def test_perceptual_rec_presets(folder: Path) -> None:
     message = config_error({"folder": {"path": str(folder), "expected_counts": "amazon_men"}})
     assert "datasets.folder.expected_counts: 'amazon_men' is not allowed" in message
     assert "amazon_men_5core" in message
+
+
+def test_folder_titles_reach_the_catalog(folder: Path, tmp_path: Path) -> None:
+    (folder / "titles.tsv").write_text("A\tred disc\nC\tnavy box\nQ\tnot an item\n")
+    out = tmp_path / "out"
+    out.mkdir()
+    cat = load_folder(folder_config(folder, titles="titles.tsv"), "folder", out, workers=1)
+    assert cat.titles == ("red disc", "", "navy box", "", "")
+    assert folder_config(folder, titles="missing.tsv").file_checks()[0][0] == "titles"
+    cat.save(out)
+    assert Catalog.load(out).titles == cat.titles
