@@ -165,7 +165,7 @@ def _known_class_names(ext: ExtractorConfig, grids: list[Grid]) -> list[str] | N
 
     if ext.weights == "imagenet":
         return imagenet_class_names(ext.arch)
-    if ext.weights == "surrogate":
+    if ext.weights in ("surrogate", "clip"):
         from aipray.data.surrogate import SurrogateConfig
 
         return list(SurrogateConfig().class_names())
