@@ -127,7 +127,8 @@ def cold_hit_rates(model, catalog: Catalog, paths, device) -> dict[str, float]:
     top_c, whole = [], []
     for start in range(0, catalog.cold_items.size, 64):
         ids = catalog.cold_items[start : start + 64]
-        scores = model.score_images(users, to_float(catalog.images[ids], device))
+        pixels = to_float(catalog.images[ids], device)
+        scores = model.score_images(users, pixels, torch.as_tensor(ids, device=device))
         top_c.append(hit_rates(injected_ranks(context, scores), (10,))[10])
         whole.append(hit_rates(injected_ranks(full, scores), (50,))[50])
     return {

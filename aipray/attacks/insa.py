@@ -70,7 +70,7 @@ class INSA(Attack):
         lr = cfg.lr if cfg.lr is not None else default_lr(self.model, cfg.eps, len(batches))
 
         def objective(x_adv: torch.Tensor, step: int) -> torch.Tensor:
-            return self.model.preference(batches[step], x_adv)
+            return self.model.preference(batches[step], x_adv, item_ids)
 
         return linf_ascent(
             images, self.through_defense(objective), eps=cfg.eps, steps=len(batches), lr=lr

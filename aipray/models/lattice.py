@@ -426,15 +426,19 @@ class LATTICE(GraphRanker):
         learned = normalised(learned, tables.learned_rowsum)
         return (1 - self.lambda_coeff) * learned + self.lambda_coeff * initial
 
-    def image_codes(self, images: torch.Tensor, relax: float | None = None) -> torch.Tensor:
+    def image_codes(
+        self, images: torch.Tensor, items: torch.Tensor | None = None, relax: float | None = None
+    ) -> torch.Tensor:
         """Codes ``[B, D]`` of cold items from their images: ``h_c/‖h_c‖`` with
         ``h_c = S_c · reach`` (:meth:`cold_rows`); no collaborative term."""
         return F.normalize(self.cold_rows(images, relax) @ self.tables().reach, dim=1)
 
-    def preference(self, users: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+    def preference(
+        self, users: torch.Tensor, images: torch.Tensor, items: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """INSA's objective on the relaxed top-k, linear in the code: ``(Σ_u u)·code``, one
         forward pass for the users of the batch. The hard score's sum as ``relax → 0``."""
-        return self.image_codes(images, self.relax) @ self.user_vectors(users).sum(0)
+        return self.image_codes(images, relax=self.relax) @ self.user_vectors(users).sum(0)
 
     def warm_codes(self) -> torch.Tensor:
         return self.tables().items
