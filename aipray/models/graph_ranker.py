@@ -65,10 +65,8 @@ class GraphRanker(Recommender):
             codes = codes.index_put(rows, self.image_codes(images[outside], items[outside]))
         return codes
 
-    def score_images(
-        self, users: torch.Tensor, images: torch.Tensor, items: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        return self.score_codes(users, self.image_codes(images, items))
+    def encode_cold(self, images: torch.Tensor, items: torch.Tensor | None = None) -> torch.Tensor:
+        return self.image_codes(images, items)
 
     def feature_network(self, images: torch.Tensor) -> torch.Tensor:
         # the extractor's features: they decide the neighbours, and EXPA's images are shared by
