@@ -135,3 +135,14 @@ def test_the_text_model_round_trips_through_save_and_load(catalog, model, tmp_pa
         torch.testing.assert_close(
             loaded.score_images(users, images, ids), model.score_images(users, images, ids)
         )
+
+
+def test_a_defence_trains_on_attacks_against_the_text_model(catalog, model):
+    from aipray.defenses.denoiser import DenoiserConfig, training_perturbations
+
+    config = DenoiserConfig(train_eps=16, attack_epochs=1, user_batch=40, pgd_steps=2, batch_size=3)
+    ids = torch.as_tensor(catalog.warm_mask().nonzero()[0][:6])
+    clean = to_float(catalog.images[ids.numpy()])
+    adv = training_perturbations(config, model, clean, 0, ids)
+    assert adv.shape == clean.shape and (adv - clean).abs().amax() > 0
+    assert (adv - clean).abs().amax() <= 16 / 255 + 1e-6
