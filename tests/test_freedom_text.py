@@ -146,3 +146,21 @@ def test_a_defence_trains_on_attacks_against_the_text_model(catalog, model):
     adv = training_perturbations(config, model, clean, 0, ids)
     assert adv.shape == clean.shape and (adv - clean).abs().amax() > 0
     assert (adv - clean).abs().amax() <= 16 / 255 + 1e-6
+
+
+def test_a_sweep_that_reads_titles_without_them_fails_before_any_work(tmp_path):
+    from pathlib import Path
+
+    from aipray.config import load_sweep
+    from aipray.params import ConfigError
+
+    text = (Path(__file__).resolve().parents[1] / "sweeps/text_synthetic.yaml").read_text()
+    assert load_sweep(Path(__file__).resolve().parents[1] / "sweeps/text_synthetic.yaml")
+    for old, new, message in (
+        ("    titles: true\n", "", "has none; allowed: titles: true"),
+        ("weights: clip", "weights: surrogate", "has no text tower; allowed: clip"),
+    ):
+        path = tmp_path / "text.yaml"
+        path.write_text(text.replace(old, new))
+        with pytest.raises(ConfigError, match=message):
+            load_sweep(path)

@@ -99,12 +99,6 @@ class FREEDOMConfig(Settings):
     ``image_weight``: the image graph's share of the item–item graph (MMRec's
     ``mm_image_weight``); below 1 it needs titles and an extractor with a text tower."""
 
-    def resolved_weight(self, has_text: bool) -> float:
-        """``image_weight``, or its default: the authors' 0.1 with text, 1.0 without."""
-        if self.image_weight is not None:
-            return self.image_weight
-        return DEFAULT_IMAGE_WEIGHT if has_text else 1.0
-
     dim: int = param(64, axis=True, min=1)
     knn_k: int = param(10, axis=True, min=1)
     mm_layers: int = param(1, min=1)
@@ -125,6 +119,16 @@ class FREEDOMConfig(Settings):
         doc="weight of the image graph in S (the rest: the text graph); null: 0.1 with text, "
         "1.0 without",
     )
+
+    def resolved_weight(self, has_text: bool) -> float:
+        """``image_weight``, or its default: the authors' 0.1 with text, 1.0 without."""
+        if self.image_weight is not None:
+            return self.image_weight
+        return DEFAULT_IMAGE_WEIGHT if has_text else 1.0
+
+    def needs_text(self) -> bool:
+        """Whether these settings read titles whatever the data (checked before any work)."""
+        return self.image_weight is not None and self.image_weight < 1.0
 
 
 @MODELS.register("freedom")

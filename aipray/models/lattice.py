@@ -131,6 +131,10 @@ class LATTICEConfig(Settings):
         doc="read titles too; null: when the catalog has titles and the extractor a text tower",
     )
 
+    def needs_text(self) -> bool:
+        """Whether these settings read titles whatever the data (checked before any work)."""
+        return self.text is True
+
 
 class Tables(NamedTuple):
     """What scoring reads, computed from the weights (:meth:`LATTICE.tables`): ``users [U, D]``
