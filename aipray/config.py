@@ -32,6 +32,7 @@ from aipray.grid_checks import (
     check_perceptual,
     check_pretrain_possible,
     check_sources,
+    check_text_readable,
     check_transfer,
 )
 from aipray.metrics.perceptual import LPIPSConfig
@@ -275,6 +276,8 @@ def parse_sweep(raw: Any, source: Path | str = "<sweep>") -> SweepConfig:
     check_sources(all_grids, models, f"{where}: attacks")
     if any(c.weights == "pretrain" for c in extractor_configs):
         check_pretrain_possible(all_grids, where, force=protocol == "perceptual")
+    for extractor_config in extractor_configs:
+        check_text_readable(all_grids, extractor_config, where)
     pushes: tuple[Component, ...] = ()
     if protocol == "perceptual":
         push_configs, _ = build_dataclass(

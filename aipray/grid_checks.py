@@ -106,6 +106,26 @@ def check_pretrain_possible(grids: list[Grid], where: str, force: bool = False) 
             )
 
 
+def check_text_readable(grids: list[Grid], extractor: ExtractorConfig, where: str) -> None:
+    """A ranker whose settings read titles (``needs_text``) needs a dataset with titles and an
+    extractor with a text tower (``weights: clip``, or a checkpoint that may hold one)."""
+    for trial in (t for grid in grids for t in grid.trials()):
+        needs = getattr(trial.model.config, "needs_text", None)
+        if needs is None or not needs():
+            continue
+        if not getattr(trial.dataset.config, "titles", None):
+            raise ConfigError(
+                f"{where}: models.{trial.model.name} reads titles, but "
+                f"datasets.{trial.dataset.name} has none; allowed: titles: true (synthetic) or a "
+                "titles file (folder), or the model's image-only setting"
+            )
+        if extractor.weights in ("pretrain", "surrogate", "imagenet"):
+            raise ConfigError(
+                f"{where}: models.{trial.model.name} reads titles, but extractor.weights: "
+                f"{extractor.weights!r} has no text tower; allowed: clip"
+            )
+
+
 def check_perceptual(
     grids: list[Grid], pushes: list[PerceptualConfig], extractors: list[ExtractorConfig], where: str
 ) -> None:
@@ -169,7 +189,7 @@ def _known_class_names(ext: ExtractorConfig, grids: list[Grid]) -> list[str] | N
 
     if ext.weights == "imagenet":
         return imagenet_class_names(ext.arch)
-    if ext.weights == "surrogate":
+    if ext.weights in ("surrogate", "clip"):
         from aipray.data.surrogate import SurrogateConfig
 
         return list(SurrogateConfig().class_names())

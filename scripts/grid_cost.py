@@ -41,7 +41,7 @@ from aipray.config import SweepConfig, TrialSpec, load_sweep
 from aipray.data.surrogate import SurrogateConfig
 from aipray.models import MODELS
 from aipray.models.dvbpr import DVBPR
-from aipray.models.extractor import IN_PROCESS, build_extractor, make_spec
+from aipray.models.extractor import IN_PROCESS, ON_SURROGATE, build_extractor, make_spec
 from aipray.models.extractor.pretrain import in_process_spec
 from aipray.params import without_file_checks
 from aipray.pipeline.stages import stage_paths
@@ -144,7 +144,7 @@ def pretraining_passes(config, warm_items: int) -> int:
     if config.weights not in IN_PROCESS:
         return 0
     images = warm_items
-    if config.weights == "surrogate":
+    if config.weights in ON_SURROGATE:
         images = SurrogateConfig().n_classes * config.surrogate_per_class
     factor = config.adv_steps + 1 if config.training == "adversarial" else 1
     return images * config.epochs * factor
@@ -155,7 +155,7 @@ def build(network: str, image: int, sweep: SweepConfig, device: torch.device) ->
     if network == "extractor":
         ext = sweep.extractor
         if ext.weights in IN_PROCESS:
-            n_classes = SurrogateConfig().n_classes if ext.weights == "surrogate" else 8
+            n_classes = SurrogateConfig().n_classes if ext.weights in ON_SURROGATE else 8
             spec = in_process_spec(ext, n_classes, (image, image))
         else:
             spec = make_spec(ext.arch, 1000, input_size=ext.input_size or 224)

@@ -1,7 +1,8 @@
 #!/usr/bin/env python
 """How much of a sweep's result is its training seed: run (or resume) the sweep once per seed and
-print, per trial, HR@5 under attack for every seed with the mean and the range, and each ranker's
-full-ranking HR@10 per seed.
+print, per trial, HR@5 under attack and the prediction shift (the mean score gain, which still
+moves where no item reaches a top 5) for every seed with the mean and the range, and each
+ranker's full-ranking HR@10 per seed.
 
     python scripts/seed_spread.py sweeps/quick.yaml --seeds 0 1 2 [--defense none]
 
@@ -31,6 +32,7 @@ from aipray.sweep import run_sweep, with_seed
 COLUMNS = {
     "adversarial/hr_at_5": "adv@5",
     "cooperative/hr_at_5": "coop@5",
+    "prediction_shift": "shift",
     "ranker/full_hr_at_10": "ranker full HR@10",
 }
 
@@ -80,6 +82,8 @@ def main(argv: list[str] | None = None) -> int:
         for column in ("adv@5", "coop@5"):
             print(f"\nHR@5 {column.split('@')[0]} per seed")
             print(spread(tables, column).to_string(float_format=lambda v: f"{v:.3f}"))
+        print("\nprediction shift per seed")
+        print(spread(tables, "shift").to_string(float_format=lambda v: f"{v:+.3f}"))
         print("\nranker full-ranking HR@10 per seed")
         print(rankers(tables).to_string(float_format=lambda v: f"{v:.3f}"))
     return 0

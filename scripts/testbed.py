@@ -11,7 +11,8 @@ stage, the extractor and the sweep's rankers (``--models``: only those named), a
 
 - **what the features carry**: held-out accuracy of linear probes that read each item's shape,
   hue (in sixths of the hue circle) and texture off the extractor's features (a fifth of the
-  items held out; majority class beside it);
+  items held out; majority class beside it); with titles and a CLIP-style extractor, the same
+  probes on the text tower's features of the titles (``probe/<attribute>_text``);
 - **the rankers against the baselines**: HR@10 (``full/``) and HR@50 (``full50/``) of each
   user's *test* item over the full ranking of warm items, with the HR@10's standard error over
   users and a random ranking's level, for every visual ranker of the sweep, the first-stage BPR,
@@ -135,7 +136,8 @@ def cold_hit_rates(
     top_c, whole, ranks = [], [], []
     for start in range(0, catalog.cold_items.size, 64):
         ids = catalog.cold_items[start : start + 64]
-        scores = model.score_images(users, to_float(catalog.images[ids], device))
+        pixels = to_float(catalog.images[ids], device)
+        scores = model.score_images(users, pixels, torch.as_tensor(ids, device=device))
         top_c.append(hit_rates(injected_ranks(context, scores), (10,))[10])
         ranks.append(injected_ranks(full, scores))
         whole.append(hit_rates(ranks[-1], (50,))[50])
@@ -164,17 +166,33 @@ def robust_extractor(sweep, trial, paths, device, training: str) -> Path:
 
 
 def rankers(sweep, names: list[str] | None = None) -> dict[str, object]:
-    """The sweep's rankers by name, each with its first trial, in the sweep's order; only those
-    in ``names`` unless it is ``None`` (a name the sweep lacks is an error that lists them)."""
-    visual = {}
+    """The sweep's rankers, each with its first trial, in the sweep's order, by name (a ranker
+    the sweep trains with several settings once per setting, ``name[key=value]`` with the
+    settings that differ); only those named in ``names`` unless it is ``None`` (a name the
+    sweep lacks is an error that lists them)."""
+    by_config: dict[str, dict[str, object]] = {}
     for trial in sweep.trials():
-        visual.setdefault(trial.model.name, trial)
-    if names is None:
-        return visual
-    unknown = sorted(set(names) - set(visual))
+        by_config.setdefault(trial.model.name, {}).setdefault(trial.model.label, trial)
+    unknown = sorted(set(names or ()) - set(by_config))
     if unknown:
-        raise SystemExit(f"--models {' '.join(unknown)}: not in the sweep; it has {sorted(visual)}")
-    return {name: trial for name, trial in visual.items() if name in names}
+        raise SystemExit(
+            f"--models {' '.join(unknown)}: not in the sweep; it has {sorted(by_config)}"
+        )
+    visual = {}
+    for name, trials in by_config.items():
+        if names is not None and name not in names:
+            continue
+        configs = [dataclasses.asdict(t.model.config) for t in trials.values()]
+        differ = [k for k in configs[0] if len({repr(c[k]) for c in configs}) > 1]
+        for trial, config in zip(trials.values(), configs, strict=True):
+            tag = ",".join(f"{k}={config[k]}" for k in differ)
+            visual[f"{name}[{tag}]" if tag else name] = trial
+    return visual
+
+
+def titled(extractor, catalog: Catalog) -> bool:
+    """Whether the extractor has a text tower and the catalog titles for it to read."""
+    return bool(getattr(extractor, "has_text", False)) and catalog.titles is not None
 
 
 def measure(
@@ -192,9 +210,13 @@ def measure(
     catalog = Catalog.load(paths.dataset)
     extractor = load_extractor(paths.extractor, device)
     features = extract_features(extractor, catalog.images, device=device)
+    with torch.no_grad():
+        text = extractor.text_features(catalog.titles) if titled(extractor, catalog) else None
     for name, labels in style_labels(first.dataset.config).items():
         row[f"probe/{name}"] = probe_accuracy(features, labels)
         row[f"probe/{name}_majority"] = np.bincount(labels).max() / labels.size
+        if text is not None:  # what the titles' features carry, by the same probe
+            row[f"probe/{name}_text"] = probe_accuracy(text, labels)
 
     replayed, *buyers = cold_buyers(first.dataset.config)
     if not np.array_equal(replayed.cold_items, catalog.cold_items):
@@ -306,13 +328,14 @@ def targets(table: pd.DataFrame) -> list[tuple[str, bool, str]]:
         out.append(("DVBPR - first-stage BPR (reported)", True, f"gaps {_fmt(gap, True)}"))
     for name, label in GRAPH_RANKERS.items():
         for kind, at in (("full", ""), ("full50", " (HR@50)")):
-            if f"{kind}/{name}" not in table:
-                continue
-            for ref in ("popularity", "bpr_first_stage", "bpr_same_size", "vbpr"):
-                if f"{kind}/{ref}" in table:
-                    gap = table[f"{kind}/{name}"] - table[f"{kind}/{ref}"]
-                    ok = bool((gap > 0).all())
-                    out.append((f"{label} > {ref}{at}", ok, f"gaps {_fmt(gap, True)}"))
+            # one column per setting the sweep trains the ranker with (``name[key=value]``)
+            for column in (c for c in table if c.split("[")[0] == f"{kind}/{name}"):
+                shown = label + column[len(f"{kind}/{name}") :]
+                for ref in ("popularity", "bpr_first_stage", "bpr_same_size", "vbpr"):
+                    if f"{kind}/{ref}" in table:
+                        gap = table[column] - table[f"{kind}/{ref}"]
+                        ok = bool((gap > 0).all())
+                        out.append((f"{shown} > {ref}{at}", ok, f"gaps {_fmt(gap, True)}"))
     cold_kinds = {
         "cold": "HR@10 among top-C",
         "cold_full": "HR@50 over the full ranking",

@@ -703,3 +703,14 @@ def test_the_mmrec_presets_name_mmrecs_files_and_counts() -> None:
         assert config.interactions == f"{name}.inter"
         assert config.columns == "userID,itemID,timestamp" and config.k_core == 5
         assert config.expected_counts == f"mmrec_{name}"
+
+
+def test_folder_titles_reach_the_catalog(folder: Path, tmp_path: Path) -> None:
+    (folder / "titles.tsv").write_text("A\tred disc\nC\tnavy box\nQ\tnot an item\n")
+    out = tmp_path / "out"
+    out.mkdir()
+    cat = load_folder(folder_config(folder, titles="titles.tsv"), "folder", out, workers=1)
+    assert cat.titles == ("red disc", "", "navy box", "", "")
+    assert folder_config(folder, titles="missing.tsv").file_checks()[0][0] == "titles"
+    cat.save(out)
+    assert Catalog.load(out).titles == cat.titles

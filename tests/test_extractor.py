@@ -111,7 +111,7 @@ def test_config_cross_checks_and_fingerprint(tmp_path):
     message = str(err.value)
     assert "\n" not in message
     assert message.startswith("sweep.yaml: extractor.weights: ")
-    assert "pretrain, surrogate, imagenet or the path of an existing checkpoint" in message
+    assert "pretrain, surrogate, clip, imagenet or the path of an existing checkpoint" in message
     with pytest.raises(ConfigError, match=r"extractor\.arch"):
         build_dataclass(ExtractorConfig, {"arch": "vgg16"}, "sweep.yaml: extractor")
 

@@ -98,7 +98,7 @@ def test_the_item_graph_mixes_the_learned_and_initial_graphs_as_specified():
 
 def test_a_cold_items_row_is_built_as_a_warm_row_from_warm_items_only():
     model, features = hand_model()
-    model.modality_features = lambda x: {"image": x}  # the "images" are the features here
+    model.modality_features = lambda x, *_: {"image": x}  # the "images" are the features here
     row = model.cold_rows(features[5:])[0]
     # item 5 sits on item 0: its raw top-2 are items 0 and 1 (cosines 1, .976), its projected
     # top-2 items 0 and 1 too (1, .9998); it is not a neighbour of itself
@@ -226,7 +226,7 @@ def test_its_cold_items_rank_above_random_for_the_users_who_like_them(catalog, e
     objective = LATTICELoss(model, config.reg_weight)
     fit_with(model, catalog, config, groups, device="cpu", seed=0, reg=0.0, objective=objective)
     model.eval().requires_grad_(False)
-    model.modality_features = lambda x: {"image": x}  # the "images" are the features here
+    model.modality_features = lambda x, *_: {"image": x}  # the "images" are the features here
     users = torch.arange(catalog.n_users)
     with torch.no_grad():
         table = model.score_codes(users, model.tables().items).numpy()

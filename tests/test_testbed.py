@@ -118,3 +118,17 @@ def test_models_picks_the_named_rankers_of_the_sweep_in_its_order():
         r"\['alexrank', 'dvbpr', 'freedom', 'lattice', 'vbpr'\]",
     ):
         rankers(sweep, ["vbpr", "bm3"])
+
+
+def test_a_ranker_trained_with_several_settings_is_measured_once_per_setting():
+    testbed = _testbed()
+    sweep = load_sweep(ROOT / "sweeps" / "text_synthetic.yaml")
+    picked = testbed.rankers(sweep, ["freedom"])
+    assert list(picked) == ["freedom[image_weight=1.0]", "freedom[image_weight=0.1]"]
+    assert picked["freedom[image_weight=0.1]"].model.config.image_weight == 0.1
+    table = pd.DataFrame(
+        {0: _row(**{"full/freedom[image_weight=0.1]": 0.55, "full/freedom[image_weight=1.0]": 0.3})}
+    ).T
+    verdict = {name: ok for name, ok, _ in testbed.targets(table)}
+    assert verdict["FREEDOM[image_weight=0.1] > vbpr"]
+    assert not verdict["FREEDOM[image_weight=1.0] > vbpr"]

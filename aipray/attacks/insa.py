@@ -76,7 +76,7 @@ class INSA(Attack):
         cfg = self.config
         batches = self.user_batches(images.device)
         lr = cfg.lr if cfg.lr is not None else default_lr(self.model, cfg.eps, len(batches))
-        objective = self.objective(batches, images.device)
+        objective = self.objective(batches, images.device, item_ids)
         return linf_ascent(
             images, self.through_defense(objective), eps=cfg.eps, steps=len(batches), lr=lr
         )
@@ -91,12 +91,18 @@ class INSA(Attack):
             batches.extend(perm.split(cfg.user_batch))
         return [b.to(device) for b in batches]
 
-    def objective(self, batches: list[torch.Tensor], device: torch.device) -> Objective:
+    def objective(
+        self,
+        batches: list[torch.Tensor],
+        device: torch.device,
+        item_ids: torch.Tensor | None = None,
+    ) -> Objective:
         """What INSA maximises at step ``t`` (before any defence): the model's preference of
-        ``batches[t]``; against an ensemble, the mean of its models' preferences, each divided
-        by its :meth:`scale`."""
+        ``batches[t]`` for the items ``item_ids`` (a ranker that reads titles needs them);
+        against an ensemble, the mean of its models' preferences, each divided by its
+        :meth:`scale`."""
         models = members(self.model)
-        objectives = [preference_of(model, batches) for model in models]
+        objectives = [preference_of(model, batches, item_ids) for model in models]
         scales = [self.scale(m, batches, device) for m in models] if len(models) > 1 else [1]
         return ensemble_objective(objectives, scales)
 
@@ -114,10 +120,13 @@ class INSA(Attack):
         return positive(grad.norm())
 
 
-def preference_of(model: Recommender, batches: list[torch.Tensor]) -> Objective:
-    """``model``'s INSA objective: its preference of the step's batch of users."""
+def preference_of(
+    model: Recommender, batches: list[torch.Tensor], item_ids: torch.Tensor | None = None
+) -> Objective:
+    """``model``'s INSA objective: its preference of the step's batch of users for the items
+    ``item_ids``."""
 
     def preference(x_adv: torch.Tensor, step: int) -> torch.Tensor:
-        return model.preference(batches[step], x_adv)
+        return model.preference(batches[step], x_adv, item_ids)
 
     return preference

@@ -9,6 +9,9 @@ from typing import Any
 
 import numpy as np
 
+#: the file of a stored catalog's titles (a JSON list, one string per item)
+TITLES_FILE = "titles.json"
+
 
 @dataclass(frozen=True)
 class Catalog:
@@ -23,6 +26,8 @@ class Catalog:
         images: ``[n_items, 3, H, W]`` uint8 RGB (may be a read-only memmap; a real dataset's
             is a memmap of ``images.npy`` in the folder it is being prepared in).
         category_names: name of each category id.
+        titles: one short title per item (the text modality), or ``None`` when the dataset has
+            none; saved in ``titles.json``.
         info: how the catalog was made (source counts, excluded images, the cold-item rule and
             seed); JSON-able, saved in ``catalog.json`` and merged into :func:`summary`.
     """
@@ -37,6 +42,13 @@ class Catalog:
     images: np.ndarray
     category_names: tuple[str, ...] = ()
     info: dict[str, Any] = field(default_factory=dict)
+    titles: tuple[str, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if self.titles is not None:
+            object.__setattr__(self, "titles", tuple(str(t) for t in self.titles))
+            if len(self.titles) != self.n_items:
+                raise ValueError(f"{len(self.titles)} titles for {self.n_items} items")
 
     @property
     def n_users(self) -> int:
@@ -93,6 +105,8 @@ class Catalog:
             "info": self.info,
         }
         (directory / "catalog.json").write_text(json.dumps(meta, indent=2))
+        if self.titles is not None:
+            (directory / TITLES_FILE).write_text(json.dumps(list(self.titles)))
 
     @classmethod
     def load(cls, directory: Path | str) -> Catalog:
@@ -101,11 +115,13 @@ class Catalog:
         with np.load(directory / "interactions.npz") as arrays:
             parts = {k: arrays[k] for k in arrays.files}
         images = np.load(directory / "images.npy", mmap_mode="r")
+        titles = directory / TITLES_FILE
         return cls(
             name=meta["name"],
             images=images,
             category_names=tuple(meta["category_names"]),
             info=meta.get("info", {}),
+            titles=tuple(json.loads(titles.read_text())) if titles.is_file() else None,
             **parts,
         )
 

@@ -27,6 +27,10 @@ Preparation, deterministic given the config:
 Users and items are numbered in the sorted order of their ids; ``source_ids.npz`` in the output
 maps catalog ids back to the ids of the file.
 
+A ``titles`` file (``item<TAB>title`` lines, tab-separated, an optional ``item<TAB>title`` header)
+gives the items a second modality, read by multimodal rankers with a text tower; items it does not
+name get the empty title.
+
 The Perceptual-Rec datasets have presets (:class:`AmazonMen5CoreConfig`,
 :class:`AmazonWomen10CoreConfig`): k-core 5 / 10, time-aware leave-one-out, no cold items, counts
 checked against the paper's. So do the Amazon datasets of the multimodal recommenders (MMRec:
@@ -115,6 +119,11 @@ class FolderConfig(Settings):
     on_count_mismatch: str = param(
         "warn", choices=ON_MISMATCH, doc="when expected_counts differ: log a warning or fail"
     )
+    titles: str = param(
+        "",
+        keyed_at_default=False,
+        doc="item titles file inside path (item<TAB>title lines); empty: the items have none",
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -140,6 +149,8 @@ class FolderConfig(Settings):
                 bad.append(("columns", self.columns, allowed))
         if not (root / IMAGE_DIR).is_dir():
             bad.append(("path", self.path, f"{layout}, but it has no {IMAGE_DIR}/ folder"))
+        if self.titles and not (root / self.titles).is_file():
+            bad.append(("titles", self.titles, f"the name of a file in {self.path}, or empty"))
         return bad
 
 
@@ -344,6 +355,29 @@ def k_core(frame: pd.DataFrame, k: int) -> pd.DataFrame:
         frame = frame[keep]
 
 
+def read_titles(path: Path, items: np.ndarray) -> tuple[str, ...]:
+    """The title of each of ``items`` (source ids, in catalog order) from ``path``: one
+    ``item<TAB>title`` line per item (a first line ``item<TAB>title`` is a header); an item
+    without a line gets the empty title, a repeated item keeps its first line."""
+    frame = pd.read_csv(
+        path,
+        sep="\t",
+        header=None,
+        names=["item", "title"],
+        dtype=str,
+        keep_default_na=False,
+        quoting=3,
+    )
+    if len(frame) and frame["item"].iloc[0].strip().lower() in ITEM_HEADERS:
+        frame = frame.iloc[1:]
+    titles = frame.drop_duplicates("item").set_index("item")["title"]
+    found = titles.reindex(pd.Index(items.astype(str))).fillna("")
+    missing = int((found == "").sum())
+    if missing:
+        log.warning("%s: %d of %d items have no title", path.name, missing, items.size)
+    return tuple(found.str.strip().tolist())
+
+
 def load_folder(
     config: FolderConfig, name: str, workdir: Path, *, workers: int | None = None
 ) -> Catalog:
@@ -462,6 +496,7 @@ def load_folder(
         images=open_images(image_path),
         category_names=(),
         info=info,
+        titles=read_titles(root / config.titles, items) if config.titles else None,
     )
     log.info(
         "%s: %d users, %d items (%d cold), %d training interactions; %d missing and %d corrupt "

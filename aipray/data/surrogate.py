@@ -1,6 +1,7 @@
 """A surrogate "ImageNet" for the synthetic marketplace's extractor: many fine classes of
 procedurally drawn objects, in clutter, under varied light and scale, that know nothing of the
-marketplace's users.
+marketplace's users; with titles (:func:`surrogate_titles`) it is also the image–title pairs of
+CLIP-style pretraining.
 
 On real data AIP and Perceptual-Rec take their features from a CNN pretrained on ImageNet: a task
 of a thousand fine classes whose solution carries shape, colour and texture, none of which was
@@ -27,9 +28,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from aipray.data.synthetic import CATEGORY_NAMES, TEXTURES, _shape_mask, _texture
+from aipray.data.titles import COLOUR_FAMILIES, TITLE_DROP, colour_family, make_titles
 from aipray.params import Settings, param
-
-COLOUR_FAMILIES = ("red", "yellow", "green", "cyan", "blue", "magenta")
 
 
 @dataclass(frozen=True)
@@ -63,8 +63,7 @@ class SurrogateConfig(Settings):
 
 def class_of(shape: np.ndarray, hue: np.ndarray, texture: np.ndarray) -> np.ndarray:
     """The surrogate class of objects with these attributes (hue in ``[0, 1)``)."""
-    family = np.floor(np.asarray(hue) * len(COLOUR_FAMILIES)).astype(np.int64)
-    family %= len(COLOUR_FAMILIES)
+    family = colour_family(hue)
     return (np.asarray(shape) * len(COLOUR_FAMILIES) + family) * len(TEXTURES) + np.asarray(texture)
 
 
@@ -120,3 +119,20 @@ def make_surrogate(config: SurrogateConfig) -> tuple[np.ndarray, np.ndarray]:
         ]
     )
     return images, labels.astype(np.int64)
+
+
+def surrogate_titles(
+    config: SurrogateConfig, labels: np.ndarray, *, drop: float = TITLE_DROP
+) -> tuple[str, ...]:
+    """A title per surrogate image from its class (shape, colour family, texture), with the noise
+    of :func:`aipray.data.titles.make_titles`; seeded by the set's own seed, apart from the
+    images' generator, so the images are the same with or without titles."""
+    labels = np.asarray(labels, dtype=np.int64)
+    n_families, n_textures = len(COLOUR_FAMILIES), len(TEXTURES)
+    return make_titles(
+        labels // (n_families * n_textures),
+        (labels // n_textures) % n_families,
+        labels % n_textures,
+        np.random.default_rng([config.seed, 7]),
+        drop=drop,
+    )

@@ -10,7 +10,8 @@ pictures beats a random ranker, and a hook item for EXPA exists.
 Cold items are picked by a seeded uniform draw and all their interactions are removed; users left
 with fewer than three interactions are dropped. The remaining interactions are split per user
 leave-one-out (one random validation item, one random test item, the rest for training).
-Everything is deterministic given the config.
+Everything is deterministic given the config. With ``titles: true`` every item also gets a short
+title built from its attributes, with noise (:mod:`aipray.data.titles`): a second modality.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from aipray.data.catalog import Catalog
+from aipray.data.titles import TITLE_DROP, colour_family, make_titles
 from aipray.params import Settings, param
 
 CATEGORY_NAMES = (
@@ -52,6 +54,10 @@ class SyntheticConfig(Settings):
     popularity_weight: float = param(1.0, min=0)
     popularity_spread: float = param(2.0, min=0)
     hook_boost: float = param(40.0, min=1)
+    titles: bool = param(False, keyed_at_default=False, doc="give every item a short title")
+    title_drop: float = param(
+        TITLE_DROP, min=0, max=0.95, keyed_at_default=False, doc="share of title words left out"
+    )
     seed: int = 0
 
     def category_names(self) -> tuple[str, ...]:
@@ -164,9 +170,24 @@ def style_labels(config: SyntheticConfig) -> dict[str, np.ndarray]:
     styles = item_styles(config)
     return {
         "shape": styles.categories,
-        "hue": np.floor(styles.hues * 6).astype(np.int64) % 6,
+        "hue": colour_family(styles.hues),
         "texture": styles.textures,
     }
+
+
+def item_titles(config: SyntheticConfig, styles: ItemStyles | None = None) -> tuple[str, ...]:
+    """Every item's title (:mod:`aipray.data.titles`) from its shape, hue sixth and texture,
+    with the title noise of ``config``; drawn from a generator of its own seeded by the
+    marketplace's seed, so the images and interactions are the same with or without titles."""
+    styles = item_styles(config) if styles is None else styles
+    rng = np.random.default_rng([config.seed, 7])
+    return make_titles(
+        styles.categories,
+        colour_family(styles.hues),
+        styles.textures,
+        rng,
+        drop=config.title_drop,
+    )
 
 
 @dataclass(frozen=True)
@@ -303,5 +324,6 @@ def _generate(
         categories=categories.astype(np.int64),
         images=images,
         category_names=config.category_names(),
+        titles=item_titles(config, styles) if config.titles else None,
     )
     return catalog, tastes, styles, kept_users, held_out

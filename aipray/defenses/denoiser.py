@@ -171,7 +171,7 @@ class Denoiser(Defense):
         ids = np.sort(rng.choice(warm, size=min(config.train_items, warm.size), replace=False))
         clean = to_float(catalog.images[ids], device)
         ranker = ranker.to(device).eval()
-        adv = training_perturbations(config, ranker, clean, seed)
+        adv = training_perturbations(config, ranker, clean, seed, as_ids(ids, device))
         torch.manual_seed(seed)
         net = UNet(config.width).to(device)
         opt = torch.optim.Adam(net.parameters(), lr=config.lr)
@@ -223,13 +223,23 @@ class Denoiser(Defense):
         return out
 
 
+def as_ids(ids: np.ndarray, device: torch.device | str) -> torch.Tensor:
+    """Item ids as a tensor on ``device``."""
+    return torch.as_tensor(np.asarray(ids), device=device)
+
+
 def training_perturbations(
-    config: Any, ranker: Recommender, clean: torch.Tensor, seed: int
+    config: Any,
+    ranker: Recommender,
+    clean: torch.Tensor,
+    seed: int,
+    items: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Adversarial images of ``clean`` against ``ranker`` at ``train_eps``: INSA on the first
     half, PGD on INSA's objective over all users on the second, in batches. ``config``: the
     denoiser's or the detector's (``train_eps``, ``attack_epochs``, ``user_batch``,
-    ``pgd_steps``, ``batch_size``)."""
+    ``pgd_steps``, ``batch_size``); ``items``: the images' item ids (for a ranker that reads
+    titles, whose are fixed)."""
     from aipray.attacks import ATTACKS, AttackInputs, linf_ascent
 
     insa_cls = ATTACKS.get("insa")
@@ -247,14 +257,19 @@ def training_perturbations(
     half = len(clean) // 2
     step = 2.5 * config.train_eps / config.pgd_steps / 255.0  # Madry et al.'s default
 
-    def preference(images: torch.Tensor, step: int) -> torch.Tensor:
-        return ranker.preference(users, images)
+    def batches(start: int, stop: int):
+        for i in range(start, stop, config.batch_size):
+            end = min(stop, i + config.batch_size)
+            yield clean[i:end], None if items is None else items[i:end]
 
-    def pgd(x: torch.Tensor) -> torch.Tensor:
+    def pgd(x: torch.Tensor, batch: torch.Tensor | None) -> torch.Tensor:
+        def preference(images: torch.Tensor, step: int) -> torch.Tensor:
+            return ranker.preference(users, images, batch)
+
         return linf_ascent(
             x, preference, eps=config.train_eps, steps=config.pgd_steps, lr=step, method="sign"
         )
 
-    out = [insa(x) for x in clean[:half].split(config.batch_size)]
-    out += [pgd(x) for x in clean[half:].split(config.batch_size)]
+    out = [insa(x, batch) for x, batch in batches(0, half)]
+    out += [pgd(x, batch) for x, batch in batches(half, len(clean))]
     return torch.cat(out)

@@ -42,7 +42,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from aipray.defenses.base import DEFENSES, Defense
-from aipray.defenses.denoiser import training_perturbations
+from aipray.defenses.denoiser import as_ids, training_perturbations
 from aipray.metrics.detection import flagged_rate, roc_auc, threshold_at_recall
 from aipray.params import Settings, param
 from aipray.pixels import to_float
@@ -212,7 +212,7 @@ class Detector(Defense):
         held_ids, train_ids = np.sort(ids[:n_held]), np.sort(ids[n_held:])
         ranker = ranker.to(device).eval()
         held = to_float(catalog.images[held_ids], device)
-        held_adv = perturbations(config, ranker, held, seed + 1)
+        held_adv = perturbations(config, ranker, held, seed + 1, as_ids(held_ids, device))
         info: dict[str, Any]
         if config.checkpoint:
             net = DetectorNet(config.width)
@@ -229,7 +229,7 @@ class Detector(Defense):
             info = {"source": "checkpoint"}
         else:
             clean = to_float(catalog.images[train_ids], device)
-            adv = perturbations(config, ranker, clean, seed)
+            adv = perturbations(config, ranker, clean, seed, as_ids(train_ids, device))
             net = train_detector(config, clean, adv, seed)
             info = {"source": "trained", "items": int(train_ids.size)}
             with torch.no_grad():
@@ -275,14 +275,24 @@ class Detector(Defense):
 
 
 def perturbations(
-    config: DetectorConfig, ranker: Recommender, clean: torch.Tensor, seed: int
+    config: DetectorConfig,
+    ranker: Recommender,
+    clean: torch.Tensor,
+    seed: int,
+    items: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Adversarial images of ``clean`` against ``ranker``: consecutive equal shares at each of
-    the config's :attr:`~DetectorConfig.levels`, each share half INSA, half PGD
-    (:func:`~aipray.defenses.denoiser.training_perturbations`)."""
+    """Adversarial images of ``clean`` (of the items ``items``) against ``ranker``: consecutive
+    equal shares at each of the config's :attr:`~DetectorConfig.levels`, each share half INSA,
+    half PGD (:func:`~aipray.defenses.denoiser.training_perturbations`)."""
     shares = np.array_split(np.arange(len(clean)), len(config.levels))
     out = [
-        training_perturbations(replace(config, train_eps=eps), ranker, clean[idx], seed)
+        training_perturbations(
+            replace(config, train_eps=eps),
+            ranker,
+            clean[idx],
+            seed,
+            None if items is None else items[idx],
+        )
         for eps, idx in zip(config.levels, shares, strict=True)
         if idx.size
     ]

@@ -151,7 +151,9 @@ class AlexRank(Recommender):
     def training_encoder(self, images: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
         raise NotImplementedError("AlexRank has nothing to train")
 
-    def preference(self, users: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+    def preference(
+        self, users: torch.Tensor, images: torch.Tensor, items: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """AIP eq. 6 for AlexRank, ``Σ_u mean_{j∈I_u} −‖Φ_f(X) − Φ_f(X_j)‖``, as the weighted sum
         ``−Σ_j w_j ‖Φ_f(X) − Φ_f(X_j)‖`` (:meth:`profile_weights`): one distance per profile
         item instead of one per (user, item) pair."""

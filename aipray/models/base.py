@@ -49,7 +49,10 @@ class Recommender(nn.Module):
     ``encode_items`` turns items (their images ``[B, 3, H, W]`` in [0, 1] and, for warm items,
     their ids ``[B]``) into codes ``[B, D]``, and ``score_codes`` scores codes for users
     ``[U]`` → ``[U, B]``. For the dot-product models here ``score = user_vectors(users) @ codes.T``.
-    Cold items are encoded with ``items=None``: only the image counts.
+    Cold items are encoded with ``items=None``: only the image counts. A ranker that also reads
+    what an attacker of the pixels cannot change (an item's title) is given the cold items' ids
+    where they are scored or attacked (``items`` of :meth:`encode_cold`, :meth:`score_images` and
+    :meth:`preference`); the others ignore them.
 
     The arguments a subclass's constructor was called with are kept in ``self.init_args``
     (captured by :meth:`__init_subclass__`, JSON-able values only), so that checkpoints rebuild
@@ -128,15 +131,27 @@ class Recommender(nn.Module):
         list, drawn from a shared table of ``Q`` codes ``[Q, D]``."""
         return self.score_codes(users, codes).gather(1, index)
 
-    def score_images(self, users: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
-        """``[U, B]`` differentiable scores of cold items shown by ``images``."""
-        return self.score_codes(users, self.encode_items(images))
+    def encode_cold(self, images: torch.Tensor, items: torch.Tensor | None = None) -> torch.Tensor:
+        """Codes ``[B, D]`` of items scored as cold items, from their ``images``; ``items``
+        ``[B]`` their ids, for a ranker that also reads what an attacker of the pixels cannot
+        change (their titles); the others ignore them."""
+        return self.encode_items(images)
+
+    def score_images(
+        self, users: torch.Tensor, images: torch.Tensor, items: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """``[U, B]`` differentiable scores of cold items shown by ``images`` (``items``: as in
+        :meth:`encode_cold`)."""
+        return self.score_codes(users, self.encode_cold(images, items))
 
     # --- what attacks use ------------------------------------------------------------------------
-    def preference(self, users: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+    def preference(
+        self, users: torch.Tensor, images: torch.Tensor, items: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """INSA's objective (AIP eq. 6) for one batch of ``users``: ``[B]``, per image, the sum
-        of the users' scores of it. Models override it with an equivalent, cheaper form."""
-        return self.score_images(users, images).sum(0)
+        of the users' scores of it (``items``: as in :meth:`score_images`). Models override it
+        with an equivalent, cheaper form."""
+        return self.score_images(users, images, items).sum(0)
 
     def feature_network(self, images: torch.Tensor) -> torch.Tensor:
         """Φ of the paper: the image → feature/embedding map EXPA pulls towards the hook."""

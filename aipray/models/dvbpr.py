@@ -84,7 +84,9 @@ class DVBPR(Recommender):
 
         return encode
 
-    def preference(self, users: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+    def preference(
+        self, users: torch.Tensor, images: torch.Tensor, items: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """AIP eq. 6 for DVBPR is ``Σ_u exp(θ_u·Φ_e(X))``; its logarithm (``logsumexp``) is
         maximised instead, which does not overflow. For one batch of users the two have the same
         maximiser, but the gradient of the logarithm is the gradient of the sum divided by the

@@ -13,6 +13,13 @@ Two graphs, as in the authors' code (enoche/FREEDOM, also MMRec's ``freedom.py``
   edges is kept, sampled without replacement with probability ∝ ``1/√(d_u d_i)``, and the kept
   graph is normalised again. Evaluation uses the whole graph.
 
+**Two modalities.** With titles in the catalog and a text tower in the extractor
+(``extractor.weights: clip``), ``S`` is, as in the authors' code, the weighted sum of the two
+modalities' kNN graphs, each built and normalised as above: ``S = w S_image + (1 − w) S_text``
+(``image_weight`` ``w``; MMRec's ``mm_image_weight``, 0.1 in its config, the default here when
+text is there; 1.0, the image graph alone, when it is not). The alignment term then has a text
+half too (``reg_weight ×`` BPR with the items' projected text features), as in their loss.
+
 Scores: ``p(u, i) = u·(h_i + S^{L_mm} E)_i`` where ``u, h_i`` are the LightGCN embeddings and
 ``E`` the item ID embeddings. Training: BPR on those scores plus ``reg_weight ×`` the same BPR
 loss with the items replaced by their projected image features ``W f_i`` (FREEDOM's alignment of
@@ -29,7 +36,10 @@ What the papers leave open, and what is chosen here:
   sum is k, as every row's). Its own ID embedding was never trained, so unlike a warm item it is
   not its own neighbour, and it has no user–item edges: its score is ``u·Σ_j S_cj (S^{L_mm−1}
   E)_j``, from the image alone. Warm items' rows are frozen and never list a cold item, so
-  injecting an item changes no other item's score (AIP's fixed candidate scores hold).
+  injecting an item changes no other item's score (AIP's fixed candidate scores hold). With
+  text its row is ``w ×`` its image's row ``+ (1 − w) ×`` its title's: the title's top-k warm
+  items by the text features' cosine, fixed when the model is built (the attacker changes only
+  pixels; a cold item's clean title is read once, like a warm item's).
 - **Warm items' images.** The graph is frozen, so a warm item's score does not depend on the
   image it is shown with (an input defence changes only cold items' neighbours).
 - **Features.** The authors' code fine-tunes its table of stored features inside the alignment
@@ -42,7 +52,9 @@ What the papers leave open, and what is chosen here:
   and ``τ = relax ×`` the mean gap between the 2k largest similarities (both held fixed within
   a step, recomputed at every step). As ``relax → 0`` this is the hard top-k score; the gradient
   reaches the pixels through the encoder and those weights, pulling items that users like into
-  the set and pushing the others out.
+  the set and pushing the others out. The title's half of a cold row is a constant: through it
+  no gradient flows, and however the image moves, ``1 − w`` of the row stays where the title
+  put it.
 """
 
 from __future__ import annotations
@@ -72,6 +84,9 @@ from aipray.models.graphs import (
 )
 from aipray.params import Settings, param
 
+#: the image graph's weight with text (MMRec's FREEDOM config: ``mm_image_weight: 0.1``)
+DEFAULT_IMAGE_WEIGHT = 0.1
+
 
 @dataclass(frozen=True)
 class FREEDOMConfig(Settings):
@@ -80,7 +95,9 @@ class FREEDOMConfig(Settings):
     (share of user–item edges pruned each epoch), ``reg_weight`` (weight of the image alignment
     term), Adam ``lr``, ``batch_size``; ``epochs`` is the most it trains: it stops once validation
     HR@10 has not improved for ``patience`` epochs (MMRec: 20 on Recall@20). ``relax`` sets the
-    temperature of the relaxed top-k that INSA differentiates (see the module docstring)."""
+    temperature of the relaxed top-k that INSA differentiates (see the module docstring).
+    ``image_weight``: the image graph's share of the item–item graph (MMRec's
+    ``mm_image_weight``); below 1 it needs titles and an extractor with a text tower."""
 
     dim: int = param(64, axis=True, min=1)
     knn_k: int = param(10, axis=True, min=1)
@@ -102,6 +119,25 @@ class FREEDOMConfig(Settings):
         keyed_at_default=False,
         doc="what a cold item's kNN row reads: graph (the ID embeddings) or neighbours",
     )
+    image_weight: float | None = param(
+        None,
+        axis=True,
+        min=0,
+        max=1,
+        keyed_at_default=False,
+        doc="weight of the image graph in S (the rest: the text graph); null: 0.1 with text, "
+        "1.0 without",
+    )
+
+    def resolved_weight(self, has_text: bool) -> float:
+        """``image_weight``, or its default: the authors' 0.1 with text, 1.0 without."""
+        if self.image_weight is not None:
+            return self.image_weight
+        return DEFAULT_IMAGE_WEIGHT if has_text else 1.0
+
+    def needs_text(self) -> bool:
+        """Whether these settings read titles whatever the data (checked before any work)."""
+        return self.image_weight is not None and self.image_weight < 1.0
 
 
 @MODELS.register("freedom")
@@ -112,7 +148,10 @@ class FREEDOM(GraphRanker):
     Buffers (saved with the model): ``edges [2, n_edges]`` the training interactions,
     ``neighbours [n_items, knn_k]`` each warm item's kNN row (item ids; ``-1`` for items outside
     the graph), ``in_graph [n_items]`` and ``unit_features [n_items, F]`` the warm items'
-    normalised features, which cold images are compared with.
+    normalised features, which cold images are compared with. With text (``text_dim > 0``,
+    ``image_weight < 1``): ``text_features [n_items, text_dim]`` every item's title features
+    and ``text_neighbours [n_items, knn_k]`` every item's top-k warm items by them (a cold
+    item's included: its title is fixed).
     """
 
     Config = FREEDOMConfig
@@ -130,10 +169,13 @@ class FREEDOM(GraphRanker):
         ui_layers: int = 2,
         relax: float = 1.0,
         cold_code: str = "graph",
+        text_dim: int = 0,
+        image_weight: float = 1.0,
     ) -> None:
         super().__init__()
         self.knn_k, self.mm_layers, self.ui_layers = knn_k, mm_layers, ui_layers
         self.relax, self.cold_code = float(relax), cold_code
+        self.image_weight = float(image_weight) if text_dim > 0 else 1.0
         self.extractor = build_extractor(extractor_spec)
         self.extractor.eval().requires_grad_(False)
         feature_dim = self.extractor.feature_dim
@@ -146,7 +188,18 @@ class FREEDOM(GraphRanker):
         self.register_buffer("neighbours", torch.full((n_items, knn_k), -1, dtype=torch.long))
         self.register_buffer("in_graph", torch.zeros(n_items, dtype=torch.bool))
         self.register_buffer("unit_features", torch.zeros(n_items, feature_dim))
+        if text_dim > 0:
+            self.text_trs = nn.Linear(text_dim, dim)  # the text half of the alignment term
+            self.register_buffer("text_features", torch.zeros(n_items, text_dim))
+            self.register_buffer(
+                "text_neighbours", torch.full((n_items, knn_k), -1, dtype=torch.long)
+            )
         self._cache: tuple[tuple, tuple[torch.Tensor, ...]] | None = None
+
+    @property
+    def reads_text(self) -> bool:
+        """Whether the item–item graph mixes in the titles' (``image_weight < 1``)."""
+        return self.image_weight < 1.0
 
     @classmethod
     def on(
@@ -159,9 +212,21 @@ class FREEDOM(GraphRanker):
         """An untrained model on ``catalog`` with its graphs built: the frozen item–item graph
         from ``extractor``'s features of the warm items (its weights copied in; ``features``
         ``[n_items, F]`` if they are at hand) and the user–item graph from the training
-        interactions."""
+        interactions; with text, the titles' kNN graph mixed in (module docstring)."""
         n = catalog.n_items
         keys = np.unique(catalog.train_users.astype(np.int64) * n + catalog.train_items)
+        has_text = bool(getattr(extractor, "has_text", False)) and catalog.titles is not None
+        weight = config.resolved_weight(has_text)
+        if weight < 1.0 and not has_text:
+            raise ValueError(
+                f"freedom.image_weight {weight} mixes in a text graph: it needs item titles "
+                "(datasets.synthetic.titles: true, or a folder's titles file) and an extractor "
+                "with a text tower (extractor.weights: clip); 1.0 reads images alone"
+            )
+        text = None
+        if weight < 1.0:
+            with torch.no_grad():
+                text = extractor.text_features(catalog.titles)
         model = cls(
             catalog.n_users,
             catalog.n_items,
@@ -173,6 +238,8 @@ class FREEDOM(GraphRanker):
             ui_layers=config.ui_layers,
             relax=config.relax,
             cold_code=config.cold_code,
+            text_dim=0 if text is None else int(text.shape[1]),
+            image_weight=weight,
         )
         model.extractor.load_state_dict(extractor.state_dict())
         device = next(extractor.parameters()).device
@@ -183,6 +250,8 @@ class FREEDOM(GraphRanker):
         else:
             features = features[warm]
         model.set_graph(warm, features)
+        if text is not None:
+            model.set_text_graph(warm, text.to(device))
         edges = torch.as_tensor(np.stack([keys // n, keys % n]))
         model.edges.copy_(edges)
         return model
@@ -199,6 +268,15 @@ class FREEDOM(GraphRanker):
         local = knn_neighbours(features, features, self.knn_k)
         self.neighbours[warm] = warm[local]
 
+    @torch.no_grad()
+    def set_text_graph(self, warm: torch.Tensor, features: torch.Tensor) -> None:
+        """The titles' kNN rows from every item's text features ``[n_items, T]``: each item's
+        top-k among the items ``warm`` ``[M]`` (a warm item is its own neighbour, as in the
+        image graph; a cold item's row is fixed by its title)."""
+        self.text_features.copy_(features)
+        local = knn_neighbours(features, features[warm], self.knn_k)
+        self.text_neighbours.copy_(warm[local])
+
     def train(self, mode: bool = True) -> FREEDOM:
         super().train(mode)
         self.extractor.eval()  # the pretrained extractor never trains here
@@ -206,9 +284,16 @@ class FREEDOM(GraphRanker):
 
     # --- propagation ------------------------------------------------------------------------
     def item_graph(self) -> Graph:
-        """The frozen item–item graph ``S`` (:func:`knn_adjacency`) over the items in it."""
+        """The frozen item–item graph ``S`` (:func:`knn_adjacency`) over the items in it; with
+        text, ``w S_image + (1 − w) S_text``."""
         rows = self.in_graph.nonzero().flatten()
-        return csr_pair(knn_adjacency(rows, self.neighbours[rows], self.in_graph.numel()))
+        n = self.in_graph.numel()
+        image = knn_adjacency(rows, self.neighbours[rows], n)
+        if not self.reads_text:
+            return csr_pair(image)
+        text = knn_adjacency(rows, self.text_neighbours[rows], n)
+        w = self.image_weight
+        return csr_pair((image * w + text * (1.0 - w)).coalesce())
 
     def propagate(self, ui: Graph, graph: Graph) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(users [U, D], items [N, D], reach [N, D])`` over the user–item graph ``ui``
@@ -263,30 +348,63 @@ class FREEDOM(GraphRanker):
         return sims.masked_fill(~self.in_graph, -torch.inf)
 
     def row_reads(self) -> torch.Tensor:
-        """``[N, D]`` what a cold item's kNN row averages (``cold_code``): ``reach`` (the
+        """``[N, D]`` what a cold item's kNN rows average (``cold_code``): ``reach`` (the
         ID embeddings the item–item graph propagates) or ``neighbours`` (the warm items' whole
         codes, the collaborative term included)."""
         _, items, reach = self.tables()
         return items if self.cold_code == "neighbours" else reach
 
-    def image_codes(self, images: torch.Tensor) -> torch.Tensor:
-        """Codes ``[B, D]`` of cold items from their images: the image's top-k warm neighbours'
+    def visual_codes(self, images: torch.Tensor) -> torch.Tensor:
+        """The image's half of cold items' codes ``[B, D]``: the image's top-k warm neighbours'
         :meth:`row_reads`, each weighted ``1/k`` (FREEDOM's normalisation of a row of k)."""
         top = self.similarities(images).topk(self.knn_k, dim=1).indices
         return self.row_reads()[top].mean(1)
 
-    def relaxed_codes(self, images: torch.Tensor) -> torch.Tensor:
+    def text_codes(self, items: torch.Tensor | None) -> torch.Tensor:
+        """The title's half of the codes ``[B, D]`` of the items ``items`` ``[B]``: the mean of
+        :meth:`row_reads` over their titles' top-k warm items (fixed)."""
+        if items is None:
+            raise ValueError(
+                f"{self.display_name} with a text graph scores an item outside its graph by its "
+                "title too: give the items' ids (items=...)"
+            )
+        return self.row_reads()[self.text_neighbours[items]].mean(1)
+
+    def mixed(self, visual: torch.Tensor, items: torch.Tensor | None) -> torch.Tensor:
+        """``w × visual + (1 − w) ×`` the items' :meth:`text_codes`; ``visual`` alone without
+        text."""
+        if not self.reads_text:
+            return visual
+        w = self.image_weight
+        return w * visual + (1.0 - w) * self.text_codes(items)
+
+    def image_codes(self, images: torch.Tensor, items: torch.Tensor | None = None) -> torch.Tensor:
+        """Codes ``[B, D]`` of cold items: their row of ``S`` times ``reach`` (module
+        docstring): the image's top-k (:meth:`visual_codes`), mixed with the title's when the
+        graph has text (``items`` ``[B]``: their ids)."""
+        return self.mixed(self.visual_codes(images), items)
+
+    def item_embedding(self, images: torch.Tensor) -> torch.Tensor:
+        """A cold item's code from its image alone (the image's half with text)."""
+        return self.visual_codes(images)
+
+    def relaxed_codes(
+        self, images: torch.Tensor, items: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Codes ``[B, D]`` under the relaxed top-k (module docstring): every warm item weighted
-        ``σ((s_j − t)/τ)``, normalised; differentiable in the pixels through the similarities."""
+        ``σ((s_j − t)/τ)``, normalised; differentiable in the pixels through the similarities;
+        the title's half (with text) fixed."""
         sims = self.similarities(images)
         weights = soft_top_k(sims, self.knn_k, self.relax, int(self.in_graph.sum()))
         weights = weights / weights.sum(1, keepdim=True)
-        return weights @ self.row_reads()
+        return self.mixed(weights @ self.row_reads(), items)
 
-    def preference(self, users: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+    def preference(
+        self, users: torch.Tensor, images: torch.Tensor, items: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """INSA's objective on the relaxed top-k, linear in the code: ``(Σ_u u)·code``, one
         forward pass for the users of the batch. The hard score's sum as ``relax → 0``."""
-        return self.relaxed_codes(images) @ self.user_vectors(users).sum(0)
+        return self.relaxed_codes(images, items) @ self.user_vectors(users).sum(0)
 
     def warm_codes(self) -> torch.Tensor:
         return self.tables()[1]
@@ -303,7 +421,8 @@ class FREEDOMLoss:
     the user–item graph is pruned (degree-sensitive, ``dropout`` of the edges dropped) and
     normalised again; each batch propagates it once and pays BPR on the scores plus
     ``reg_weight ×`` BPR with the items' projected image features ``W f`` in place of the items'
-    embeddings (``features [n_items, F]``, the frozen extractor's)."""
+    embeddings (``features [n_items, F]``, the frozen extractor's), and with text the same with
+    the items' projected title features (the authors' ``mf_t_loss``)."""
 
     def __init__(
         self, model: FREEDOM, features: torch.Tensor, reg_weight: float, dropout: float
@@ -333,6 +452,9 @@ class FREEDOMLoss:
         if self.reg_weight:
             visual = self.model.image_trs(self.features[torch.cat([pos, neg])])
             loss = loss + self.reg_weight * bpr(u, visual[: pos.numel()], visual[pos.numel() :])
+            if self.model.reads_text:
+                text = self.model.text_trs(self.model.text_features[torch.cat([pos, neg])])
+                loss = loss + self.reg_weight * bpr(u, text[: pos.numel()], text[pos.numel() :])
         return loss
 
 

@@ -1,6 +1,7 @@
 """What the graph multimodal rankers (FREEDOM, LATTICE) share on the
 :class:`~aipray.models.base.Recommender` interface: items in the graph are scored by id, items
-outside it (cold ones) by their image's features; EXPA's feature network is the frozen
+outside it (cold ones) by their image's features (and their titles' for a ranker that reads
+text); EXPA's feature network is the frozen
 extractor's; training runs :func:`~aipray.models.train.fit_with` with the model's own batch
 objective. A subclass provides :meth:`GraphRanker.warm_codes`, :meth:`GraphRanker.image_codes`,
 ``on(extractor, catalog, config, features)`` and :meth:`GraphRanker.objective`."""
@@ -38,8 +39,9 @@ class GraphRanker(Recommender):
         """``[n_items, D]`` codes of the items in the graph (rows of others are not used)."""
         raise NotImplementedError
 
-    def image_codes(self, images: torch.Tensor) -> torch.Tensor:
-        """``[B, D]`` codes of items outside the graph, from their images."""
+    def image_codes(self, images: torch.Tensor, items: torch.Tensor | None = None) -> torch.Tensor:
+        """``[B, D]`` codes of items outside the graph, from their images (and, for a ranker
+        that reads titles too, from the items' ids ``[B]``)."""
         raise NotImplementedError
 
     @classmethod
@@ -66,8 +68,11 @@ class GraphRanker(Recommender):
                     "none given"
                 )
             rows = (outside.nonzero().flatten(),)
-            codes = codes.index_put(rows, self.image_codes(images[outside]))
+            codes = codes.index_put(rows, self.image_codes(images[outside], items[outside]))
         return codes
+
+    def encode_cold(self, images: torch.Tensor, items: torch.Tensor | None = None) -> torch.Tensor:
+        return self.image_codes(images, items)
 
     def feature_network(self, images: torch.Tensor) -> torch.Tensor:
         # the extractor's features: they decide the neighbours, and EXPA's images are shared by

@@ -33,11 +33,14 @@ The recipe's defaults are the authors': k = 10, λ = 0.9, one item–item layer,
 layers, 64 dimensions, Adam lr 5e-4, batch 1024 (MMRec: 2048), reg_weight 1e-5 (the grid's
 ``{0, 1e-5, 1e-4, 1e-3}``). Their learning-rate decay (×0.96 every 50 epochs) is left out.
 
-**One modality now, more later.** The synthetic data has images only, so :data:`MODALITIES` is
-``("image",)``; every per-modality piece (the raw-feature buffers, the initial graph, the
-projection, the softmax weight) is keyed by modality, and :meth:`LATTICE.modality_features` is
-the one place that maps an item's inputs to each modality's features: a text modality adds its
-name there and its encoder.
+**Modalities.** Images always; titles too (:data:`MODALITIES`, the authors' visual and textual
+features) when the catalog has them and the extractor a text tower (``extractor.weights:
+clip``), unless ``text: false``. Every per-modality piece (the raw-feature buffers, the initial
+graph, the projection, the softmax weight ``α``, initialised equal as in the reference codes) is
+keyed by modality, and :meth:`LATTICE.modality_features` is the one place that maps an item's
+inputs to each modality's features: the image's from its pixels, the title's from the text
+tower's features of every item's title, stored with the model (a cold item's included: the
+attacker changes only pixels, so a cold row's text parts are fixed by its clean title).
 
 What the papers leave open, and what is chosen here:
 
@@ -94,8 +97,8 @@ from aipray.models.graphs import (
 )
 from aipray.params import Settings, param
 
-#: the modalities the model reads; each has its raw features, initial graph and projection
-MODALITIES: tuple[str, ...] = ("image",)
+#: the modalities the model can read; each has its raw features, initial graph and projection
+MODALITIES: tuple[str, ...] = ("image", "text")
 
 
 @dataclass(frozen=True)
@@ -106,7 +109,8 @@ class LATTICEConfig(Settings):
     (item–item layers), ``ui_layers`` (user–item layers), ``reg_weight``, Adam ``lr``,
     ``batch_size``; ``epochs`` is the most it trains: it stops once validation HR@10 has not
     improved for ``patience`` epochs (MMRec: 20 on Recall@20). ``relax`` sets the temperature
-    of the relaxed top-k that INSA differentiates (see the module docstring)."""
+    of the relaxed top-k that INSA differentiates (see the module docstring). ``text``: whether
+    the titles are a second modality (``true`` needs titles and a text tower)."""
 
     dim: int = param(64, axis=True, min=1)
     feat_dim: int = param(64, min=1, doc="length of the projected features of the learned graph")
@@ -129,6 +133,16 @@ class LATTICEConfig(Settings):
         keyed_at_default=False,
         doc="what a cold item's row reads: graph (the ID embeddings, normalised) or neighbours",
     )
+    text: bool | None = param(
+        None,
+        axis=True,
+        keyed_at_default=False,
+        doc="read titles too; null: when the catalog has titles and the extractor a text tower",
+    )
+
+    def needs_text(self) -> bool:
+        """Whether these settings read titles whatever the data (checked before any work)."""
+        return self.text is True
 
 
 class Tables(NamedTuple):
@@ -156,7 +170,8 @@ class LATTICE(GraphRanker):
     ``in_graph [n_items]``, and per modality ``m``: ``{m}_features [n_items, F_m]`` the warm
     items' raw features (zero rows elsewhere), ``{m}_initial [n_items, knn_k]`` each warm item's
     initial kNN row (item ids; ``-1`` outside the graph), ``{m}_initial_values`` its normalised
-    values and ``{m}_initial_rowsum [n_items]`` the row sums before normalisation.
+    values and ``{m}_initial_rowsum [n_items]`` the row sums before normalisation; the text
+    modality's ``text_features`` hold every item's title features (cold ones too).
     """
 
     Config = LATTICEConfig
@@ -176,11 +191,14 @@ class LATTICE(GraphRanker):
         ui_layers: int = 2,
         relax: float = 1.0,
         cold_code: str = "graph",
+        text_dim: int = 0,
     ) -> None:
         super().__init__()
         self.knn_k, self.mm_layers, self.ui_layers = knn_k, mm_layers, ui_layers
         self.lambda_coeff, self.relax = float(lambda_coeff), float(relax)
         self.cold_code = cold_code
+        self.text_dim = int(text_dim)
+        self.modalities = MODALITIES if text_dim > 0 else MODALITIES[:1]
         self.extractor = build_extractor(extractor_spec)
         self.extractor.eval().requires_grad_(False)
         self.user_id = nn.Embedding(n_users, dim)
@@ -188,11 +206,11 @@ class LATTICE(GraphRanker):
         nn.init.xavier_uniform_(self.user_id.weight)
         nn.init.xavier_uniform_(self.item_id.weight)
         dims = self.feature_dims()
-        self.projections = nn.ModuleDict({m: nn.Linear(dims[m], feat_dim) for m in MODALITIES})
-        self.modal_weight = nn.Parameter(torch.full((len(MODALITIES),), 0.5))
+        self.projections = nn.ModuleDict({m: nn.Linear(dims[m], feat_dim) for m in self.modalities})
+        self.modal_weight = nn.Parameter(torch.full((len(self.modalities),), 0.5))
         self.register_buffer("edges", torch.zeros(2, n_edges, dtype=torch.long))
         self.register_buffer("in_graph", torch.zeros(n_items, dtype=torch.bool))
-        for m in MODALITIES:
+        for m in self.modalities:
             self.register_buffer(f"{m}_features", torch.zeros(n_items, dims[m]))
             self.register_buffer(f"{m}_initial", torch.full((n_items, knn_k), -1))
             self.register_buffer(f"{m}_initial_values", torch.zeros(n_items, knn_k))
@@ -202,12 +220,26 @@ class LATTICE(GraphRanker):
     # --- the modalities ---------------------------------------------------------------------
     def feature_dims(self) -> dict[str, int]:
         """Each modality's raw feature length."""
-        return {"image": self.extractor.feature_dim}
+        return {"image": self.extractor.feature_dim, "text": self.text_dim}
 
-    def modality_features(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Each modality's raw features ``[B, F_m]`` of items shown by ``images``,
-        differentiable in the pixels."""
-        return {"image": self.extractor.features(images)}
+    def modality_features(
+        self,
+        images: torch.Tensor,
+        items: torch.Tensor | None = None,
+        modalities: tuple[str, ...] | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """Each modality's (of ``modalities``, all by default) raw features ``[B, F_m]`` of the
+        items ``items`` ``[B]`` shown by ``images``: the image's differentiable in the pixels,
+        the title's stored (its ids are needed when the model reads text)."""
+        out = {"image": self.extractor.features(images)}
+        if "text" in (self.modalities if modalities is None else modalities):
+            if items is None:
+                raise ValueError(
+                    f"{self.display_name} with titles scores an item outside its graph by its "
+                    "title too: give the items' ids (items=...)"
+                )
+            out["text"] = self.buffer("text")[items]
+        return out
 
     def buffer(self, modality: str, what: str = "features") -> torch.Tensor:
         name = f"{modality}_features" if what == "features" else f"{modality}_{what}"
@@ -223,9 +255,20 @@ class LATTICE(GraphRanker):
     ) -> LATTICE:
         """An untrained model on ``catalog`` with its initial graphs built from ``extractor``'s
         features of the warm items (its weights copied in; ``features`` ``[n_items, F]`` if they
-        are at hand) and its user–item edges from the training interactions."""
+        are at hand) and its user–item edges from the training interactions; with text, the
+        titles' initial graph from the text tower's features."""
         n = catalog.n_items
         keys = np.unique(catalog.train_users.astype(np.int64) * n + catalog.train_items)
+        has_text = bool(getattr(extractor, "has_text", False)) and catalog.titles is not None
+        if config.text and not has_text:
+            raise ValueError(
+                "lattice.text: true needs item titles (datasets.synthetic.titles: true, or a "
+                "folder's titles file) and an extractor with a text tower (extractor.weights: clip)"
+            )
+        text = None
+        if has_text and config.text is not False:
+            with torch.no_grad():
+                text = extractor.text_features(catalog.titles)
         model = cls(
             catalog.n_users,
             catalog.n_items,
@@ -239,6 +282,7 @@ class LATTICE(GraphRanker):
             ui_layers=config.ui_layers,
             relax=config.relax,
             cold_code=config.cold_code,
+            text_dim=0 if text is None else int(text.shape[1]),
         )
         model.extractor.load_state_dict(extractor.state_dict())
         device = next(extractor.parameters()).device
@@ -248,7 +292,12 @@ class LATTICE(GraphRanker):
             features = extract_features(model.extractor, catalog.images, items=warm.cpu().numpy())
         else:
             features = features[warm]
-        model.set_graph(warm, {"image": features})
+        raw = {"image": features}
+        if text is not None:
+            raw["text"] = text.to(device)[warm]
+        model.set_graph(warm, raw)
+        if text is not None:  # every item's title, a cold item's too
+            model.buffer("text").copy_(text)
         model.edges.copy_(torch.as_tensor(np.stack([keys // n, keys % n])))
         return model
 
@@ -259,7 +308,7 @@ class LATTICE(GraphRanker):
         included), valued by cosine, normalised ``D^{-1/2} A D^{-1/2}``."""
         self.in_graph.zero_()
         self.in_graph[warm] = True
-        for m in MODALITIES:
+        for m in self.modalities:
             raw = features[m].to(self.buffer(m))
             self.buffer(m).zero_()
             self.buffer(m)[warm] = raw
@@ -295,7 +344,7 @@ class LATTICE(GraphRanker):
         rows = self.in_graph.nonzero().flatten()
         alpha = self.modal_weights()
         parts, units = [], []
-        for index, m in enumerate(MODALITIES):
+        for index, m in enumerate(self.modalities):
             projected = self.projections[m](self.buffer(m)[rows])
             unit = F.normalize(projected, dim=1)
             local = knn_neighbours(projected.detach(), projected.detach(), self.knn_k)
@@ -315,12 +364,12 @@ class LATTICE(GraphRanker):
         """``Ŝ = Σ_m α_m Ŝ_m`` over the warm items (differentiable in ``α``)."""
         rows = self.in_graph.nonzero().flatten()
         alpha = self.modal_weights()
-        src = torch.cat([rows.repeat_interleave(self.knn_k) for _ in MODALITIES])
-        dst = torch.cat([self.buffer(m, "initial")[rows].flatten() for m in MODALITIES])
+        src = torch.cat([rows.repeat_interleave(self.knn_k) for _ in self.modalities])
+        dst = torch.cat([self.buffer(m, "initial")[rows].flatten() for m in self.modalities])
         values = torch.cat(
             [
                 alpha[i] * self.buffer(m, "initial_values")[rows].flatten()
-                for i, m in enumerate(MODALITIES)
+                for i, m in enumerate(self.modalities)
             ]
         )
         return EdgeList(src, dst, values, self.in_graph.numel())
@@ -380,7 +429,9 @@ class LATTICE(GraphRanker):
     def compute_tables(self) -> Tables:
         graph, learned, rowsum = self.item_graph()
         users, items, reach = self.propagate(self.full_graph(), graph)
-        initial = tuple(F.normalize(self.buffer(m), dim=1) for m in MODALITIES)
+        initial = tuple(
+            F.normalize(self.buffer(m), dim=1) * self.in_graph[:, None] for m in self.modalities
+        )
         return Tables(users, items, reach, initial, learned, rowsum)
 
     def tables(self) -> Tables:
@@ -404,16 +455,24 @@ class LATTICE(GraphRanker):
     def user_vectors(self, users: torch.Tensor) -> torch.Tensor:
         return self.tables().users[users]
 
-    def cold_rows(self, images: torch.Tensor, relax: float | None = None) -> torch.Tensor:
+    def cold_rows(
+        self,
+        images: torch.Tensor,
+        relax: float | None = None,
+        items: torch.Tensor | None = None,
+        modalities: tuple[str, ...] | None = None,
+    ) -> torch.Tensor:
         """``[B, N]`` the item-graph rows of items shown by ``images`` as cold items: their
         top-k warm items (hard, or with ``relax`` the relaxed top-k) on each modality's raw and
         projected features, valued by cosine, normalised as a warm row (its own row sum and
         each neighbour's) and mixed ``(1 − λ) Ã_c + λ Σ_m α_m Ŝ_{m,c}``. Differentiable in the
-        pixels through the values (and, relaxed, the memberships)."""
+        pixels through the values (and, relaxed, the memberships). ``items`` ``[B]``: their ids
+        (read for the titles); ``modalities``: only these modalities' parts (all by default)."""
         tables = self.tables()
         alpha = self.modal_weights()
         available = int(self.in_graph.sum())
-        features = self.modality_features(images)
+        only = self.modalities if modalities is None else modalities
+        features = self.modality_features(images, items, only)
 
         def part(sims: torch.Tensor) -> torch.Tensor:
             sims = sims.masked_fill(~self.in_graph, -torch.inf)
@@ -428,7 +487,9 @@ class LATTICE(GraphRanker):
             return adjacency * inv_sqrt(adjacency.sum(1))[:, None] * inv_sqrt(rowsum)[None, :]
 
         initial, learned = 0.0, 0.0
-        for index, m in enumerate(MODALITIES):
+        for index, m in enumerate(self.modalities):
+            if m not in only:
+                continue
             raw = features[m]
             sims = F.normalize(raw, dim=1) @ tables.initial[index].T
             rowsum = self.buffer(m, "initial_rowsum")
@@ -438,19 +499,29 @@ class LATTICE(GraphRanker):
         learned = normalised(learned, tables.learned_rowsum)
         return (1 - self.lambda_coeff) * learned + self.lambda_coeff * initial
 
-    def image_codes(self, images: torch.Tensor, relax: float | None = None) -> torch.Tensor:
-        """Codes ``[B, D]`` of cold items from their images (:meth:`cold_rows` ``S_c``): with
-        ``cold_code: graph`` ``h_c/‖h_c‖``, ``h_c = S_c · reach``, no collaborative term; with
-        ``neighbours`` ``S_c · items``, the row over the warm items' whole codes."""
-        rows, tables = self.cold_rows(images, relax), self.tables()
+    def image_codes(
+        self, images: torch.Tensor, items: torch.Tensor | None = None, relax: float | None = None
+    ) -> torch.Tensor:
+        """Codes ``[B, D]`` of cold items from their images (and titles: ``items`` ``[B]``),
+        by their rows ``S_c`` (:meth:`cold_rows`): with ``cold_code: graph`` ``h_c/‖h_c‖``,
+        ``h_c = S_c · reach``, no collaborative term; with ``neighbours`` ``S_c · items``, the
+        row over the warm items' whole codes."""
+        rows, tables = self.cold_rows(images, relax, items), self.tables()
         if self.cold_code == "neighbours":
             return rows @ tables.items
         return F.normalize(rows @ tables.reach, dim=1)
 
-    def preference(self, users: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+    def item_embedding(self, images: torch.Tensor) -> torch.Tensor:
+        """A cold item's code from its image alone (the image's parts of its row, with text)."""
+        rows = self.cold_rows(images, modalities=("image",))
+        return F.normalize(rows @ self.tables().reach, dim=1)
+
+    def preference(
+        self, users: torch.Tensor, images: torch.Tensor, items: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """INSA's objective on the relaxed top-k, linear in the code: ``(Σ_u u)·code``, one
         forward pass for the users of the batch. The hard score's sum as ``relax → 0``."""
-        return self.image_codes(images, self.relax) @ self.user_vectors(users).sum(0)
+        return self.image_codes(images, items, self.relax) @ self.user_vectors(users).sum(0)
 
     def warm_codes(self) -> torch.Tensor:
         return self.tables().items

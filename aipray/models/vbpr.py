@@ -157,7 +157,9 @@ class VBPR(Recommender):
         """``E f``: the visual item representation."""
         return self.E(self.visual_features(images))
 
-    def preference(self, users: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+    def preference(
+        self, users: torch.Tensor, images: torch.Tensor, items: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """AIP eq. 6 for VBPR, linear in the features: ``Σ_u θ_u·(E f) = (Σ_u θ_u)·(E f)``, plus
         ``|users|·β′·f`` when the model has the visual bias (part of every user's score). A cold
         item's γ_i and β_i are zero. One forward pass for all users of the batch."""

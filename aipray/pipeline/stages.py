@@ -29,6 +29,7 @@ from aipray.models import MODELS, load_recommender
 from aipray.models.base import model_meta
 from aipray.models.extractor import (
     IN_PROCESS,
+    ON_SURROGATE,
     class_names,
     load_extractor,
     make_extractor,
@@ -107,7 +108,7 @@ def train_extractor(
     warm = np.flatnonzero(catalog.warm_mask())
     pretrain = cfg.weights in IN_PROCESS
     # the surrogate set brings its own images: of the catalog's it needs one, for their size
-    rows = warm[:1] if cfg.weights == "surrogate" else warm
+    rows = warm[:1] if cfg.weights in ON_SURROGATE else warm
     extractor, info = make_extractor(
         cfg,
         np.asarray(catalog.images[rows]) if pretrain else None,

@@ -142,10 +142,11 @@ class ColdItemEvaluator:
             adv = adversarial.to(self.device)
             seconds = np.full(clean.shape[0], np.nan)
             steps = None
+        ids = torch.as_tensor(np.asarray(item_ids), device=self.device)
         with torch.no_grad():
-            coop = self.served.score_images(self.users, self.defense(clean))  # [U, B]
-            attacked = self.served.score_images(self.users, self.defense(adv))
-            bare = self.model.score_images(self.users, clean) if self.defended else coop
+            coop = self.served.score_images(self.users, self.defense(clean), ids)  # [U, B]
+            attacked = self.served.score_images(self.users, self.defense(adv), ids)
+            bare = self.model.score_images(self.users, clean, ids) if self.defended else coop
             screened = self.screen(clean, adv) if self.screens else {}
             out: dict[str, np.ndarray] = {
                 "item_id": np.asarray(item_ids),
@@ -255,6 +256,7 @@ def collusion_metrics(
     sizes: Sequence[int],
     defense: ImageMap | None = None,
     chunk: int = 64,
+    items: torch.Tensor | None = None,
 ) -> dict[str, float]:
     """AIP's open question, "the simultaneous presence of multiple adversarial items": the cold
     items (``clean``/``adversarial [n, 3, H, W]``, in item order) form merchants of ``k``
@@ -273,7 +275,8 @@ def collusion_metrics(
     - ``random/hr_at_N``, ``random_merchant/hr_at_N`` and ``groups``.
 
     Images are scored by ``served`` after ``defense``, as :class:`ColdItemEvaluator` scores
-    them (an upload a screen rejects is never shown)."""
+    them (an upload a screen rejects is never shown); ``items`` ``[n]`` are the items' ids (for a
+    ranker that reads their titles)."""
     defense = no_defense() if defense is None else defense
     device = context.sorted_scores.device
     users = torch.arange(served.n_users, device=device)
@@ -282,7 +285,8 @@ def collusion_metrics(
         parts = []
         for i in range(0, images.shape[0], chunk):
             batch = images[i : i + chunk].to(device)
-            s = served.score_images(users, defense(batch))
+            ids = None if items is None else items[i : i + chunk].to(device)
+            s = served.score_images(users, defense(batch), ids)
             if defense.screens:  # a rejected upload is never shown, as in the evaluator
                 s = s.masked_fill(defense.rejects(batch)[None, :], -torch.inf)
             parts.append(s)

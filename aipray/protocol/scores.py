@@ -84,16 +84,17 @@ def served_scores(
 ) -> ScoresOf:
     """``users → [U, n_items]`` scores by ``served`` of every warm item, each encoded from its
     (defended) image and id as the fixed candidates are, or with ``as_cold`` from its image
-    alone, as a cold item is; cold items' columns are left at zero codes (the full-ranking
-    metrics mask them)."""
+    alone, as a cold item is (its title too, for a ranker that reads titles); cold items' columns
+    are left at zero codes (the full-ranking metrics mask them)."""
     defense = no_defense() if defense is None else defense
     warm = np.flatnonzero(catalog.warm_mask())
     codes = []
     for start in range(0, warm.size, 256):
         ids = warm[start : start + 256]
         images = to_float(catalog.images[ids], device)
-        items = None if as_cold else torch.as_tensor(ids, device=device)
-        codes.append(served.encode_items(defense(images), items))
+        items = torch.as_tensor(ids, device=device)
+        encode = served.encode_cold if as_cold else served.encode_items
+        codes.append(encode(defense(images), items))
     warm_codes = torch.cat(codes)
     table = warm_codes.new_zeros(catalog.n_items, warm_codes.shape[1])
     table[torch.as_tensor(warm, device=device)] = warm_codes

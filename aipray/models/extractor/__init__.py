@@ -24,7 +24,10 @@ The package, one module per job (everything public is re-exported here):
   :func:`build_extractor` and class names.
 - :mod:`~aipray.models.extractor.weights`: ImageNet weights in torch's hub cache, local
   checkpoints, and :func:`make_extractor`.
-- :mod:`~aipray.models.extractor.pretrain`: in-process pretraining on the item categories.
+- :mod:`~aipray.models.extractor.pretrain`: in-process pretraining on the item categories, the
+  surrogate set's classes, or CLIP-style on its image–title pairs
+  (:mod:`~aipray.models.extractor.clip`).
+- :mod:`~aipray.models.extractor.text`: the text tower, CLIP's zero-shot head and loss.
 - :mod:`~aipray.models.extractor.checkpoint`: :func:`save_extractor`, :func:`load_extractor`,
   :func:`read_extractor_info`.
 - :mod:`~aipray.models.extractor.inference`: batched :func:`extract_features`,
@@ -39,6 +42,7 @@ from aipray.models.extractor.config import (
     IN_PROCESS,
     META_FILE,
     MODEL_FILE,
+    ON_SURROGATE,
     SPEC_VERSION,
     ExtractorConfig,
     make_spec,
@@ -58,6 +62,7 @@ __all__ = [
     "IN_PROCESS",
     "META_FILE",
     "MODEL_FILE",
+    "ON_SURROGATE",
     "SPEC_VERSION",
     "Extractor",
     "ExtractorConfig",

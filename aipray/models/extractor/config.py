@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from aipray.data.titles import TITLE_DROP
 from aipray.params import Settings, param
 from aipray.store import file_sha256
 
@@ -19,9 +20,14 @@ SPEC_VERSION = 1
 CHECKPOINT_FORMAT = "aipray-extractor"
 MODEL_FILE = "model.pt"
 #: weights trained in this process: on the catalog's categories, or on the surrogate "ImageNet"
-IN_PROCESS = ("pretrain", "surrogate")
+#: (its classes, or CLIP-style on its image–title pairs)
+IN_PROCESS = ("pretrain", "surrogate", "clip")
+#: the in-process weights trained on the surrogate set
+ON_SURROGATE = ("surrogate", "clip")
 #: bumped when the surrogate pretraining set's drawing changes
 SURROGATE_VERSION = 1
+#: bumped when what CLIP-style pretraining does changes
+CLIP_VERSION = 1
 META_FILE = "model.json"
 
 
@@ -33,10 +39,12 @@ class ExtractorConfig(Settings):
     average pool) or ``vit`` (torchvision's ``VisionTransformer``; features: the class token after
     the encoder's last layer norm, before the classification head: the pre-logits). ``weights``:
     ``pretrain`` (train on the item categories in-process), ``surrogate`` (on the surrogate
-    "ImageNet", :mod:`aipray.data.surrogate`), ``imagenet`` (torchvision's ImageNet weights)
-    or the path of a local checkpoint (file or folder written by :func:`save_extractor`, a
-    torchvision state dict, or one of the published robust ResNet50s: MadryLab's
-    ``imagenet_linf_4.pt``, Free-AT's ``model_best.pth.tar``).
+    "ImageNet"'s classes, :mod:`aipray.data.surrogate`), ``clip`` (CLIP-style on the surrogate
+    set's image–title pairs, with a text tower: :mod:`~aipray.models.extractor.text`; ``text_dim``
+    the shared space, ``text_width`` the token embeddings, ``title_drop`` the titles' noise),
+    ``imagenet`` (torchvision's ImageNet weights) or the path of a local checkpoint (file or
+    folder written by :func:`save_extractor`, a torchvision state dict, or one of the published
+    robust ResNet50s: MadryLab's ``imagenet_linf_4.pt``, Free-AT's ``model_best.pth.tar``).
     ``download``: whether missing ImageNet weights may be downloaded into torch's hub cache.
     ``input_size``: side the extractor resizes images to (0: 224 for ImageNet weights and
     torchvision checkpoints, the catalog's image size, i.e. no resizing, for ``pretrain``).
@@ -70,7 +78,7 @@ class ExtractorConfig(Settings):
     """
 
     arch: str = param("alexnet", choices=ARCHS)
-    weights: str = param("pretrain", doc="pretrain, surrogate, imagenet or a checkpoint path")
+    weights: str = param("pretrain", doc="pretrain, surrogate, clip, imagenet or a checkpoint path")
     download: bool = param(True)
     input_size: int = param(0, min=0, max=1024)
     preprocess: str = param("resize", choices=("resize", "resize_crop"))
@@ -89,6 +97,11 @@ class ExtractorConfig(Settings):
     free_replays: int = param(4, min=1)
     surrogate_per_class: int = param(30, min=2, doc="images per class of the surrogate set")
     surrogate_clutter: int = param(3, min=0, doc="most distractor blobs per surrogate image")
+    text_dim: int = param(64, min=1, keyed_at_default=False, doc="clip: the shared space")
+    text_width: int = param(64, min=1, keyed_at_default=False, doc="clip: token embeddings")
+    title_drop: float = param(
+        TITLE_DROP, min=0, max=0.95, keyed_at_default=False, doc="clip: title words left out"
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -98,7 +111,7 @@ class ExtractorConfig(Settings):
 
     @property
     def weights_path(self) -> Path | None:
-        """The checkpoint path, or ``None`` for ``pretrain``, ``surrogate`` and ``imagenet``."""
+        """The checkpoint path, or ``None`` for in-process weights and ``imagenet``."""
         return None if self.weights in (*IN_PROCESS, "imagenet") else Path(self.weights)
 
     def adv_step(self) -> float:
@@ -135,6 +148,8 @@ class ExtractorConfig(Settings):
                     "path of a robust checkpoint such as imagenet_linf_4.pt)",
                 )
             )
+        if self.weights == "clip" and self.training != "standard":
+            bad.append(("training", self.training, "standard with weights: clip"))
         if self.weights in IN_PROCESS and self.training != "standard" and self.adv_eps == 0:
             bad.append(
                 ("adv_eps", self.adv_eps, f"a number in (0, 255] with {self.training} training")
@@ -146,7 +161,7 @@ class ExtractorConfig(Settings):
         bad: list[tuple[str, object, str]] = []
         path = self.weights_path
         expected = (
-            "pretrain, surrogate, imagenet or the path of an existing checkpoint file or "
+            "pretrain, surrogate, clip, imagenet or the path of an existing checkpoint file or "
             "extractor folder"
         )
         if not self.weights:
@@ -175,11 +190,18 @@ class ExtractorConfig(Settings):
                 out["warmup"] = self.warmup
             if self.arch == "vit":
                 out.update(vit_patch=self.vit_patch, vit_depth=self.vit_depth)
-        if self.weights == "surrogate":
+        if self.weights in ON_SURROGATE:
             out.update(
                 surrogate_per_class=self.surrogate_per_class,
                 surrogate_clutter=self.surrogate_clutter,
                 surrogate_version=SURROGATE_VERSION,
+            )
+        if self.weights == "clip":
+            out.update(
+                text_dim=self.text_dim,
+                text_width=self.text_width,
+                title_drop=self.title_drop,
+                clip_version=CLIP_VERSION,
             )
         # Standard training adds nothing, so that existing cache keys stay valid.
         if self.training != "standard":
@@ -209,6 +231,7 @@ def make_spec(
     factors: Sequence[int] | None = None,
     patch_size: int = 4,
     depth: int = 6,
+    text: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The JSON-able description from which :func:`build_extractor` rebuilds an extractor.
 
@@ -235,6 +258,9 @@ def make_spec(
             product is ``num_classes``); ``None``: one linear layer.
         patch_size, depth: the ``aipray`` ViT's patch side (it must divide ``image_size``) and
             number of encoder blocks; ignored otherwise.
+        text: the ``aipray`` layout's classifier is a CLIP head with a text tower
+            (:class:`~aipray.models.extractor.text.ClipHead`): ``vocab``, ``width``, ``dim``,
+            ``max_len`` and ``class_titles`` (one title per class, its zero-shot prompt).
     """
     if isinstance(input_size, int):
         input_size = (input_size, input_size)
@@ -256,6 +282,14 @@ def make_spec(
             spec.update(patch_size=int(patch_size), depth=int(depth))
     if factors is not None:
         spec["factors"] = [int(f) for f in factors]
+    if text is not None:
+        spec["text"] = {
+            "vocab": [str(w) for w in text["vocab"]],
+            "width": int(text["width"]),
+            "dim": int(text["dim"]),
+            "max_len": int(text["max_len"]),
+            "class_titles": [str(t) for t in text.get("class_titles") or []],
+        }
     _check_spec(spec)
     return spec
 
@@ -284,6 +318,15 @@ def _check_spec(spec: dict[str, Any]) -> None:
             raise ValueError(
                 f"extractor spec: factors {factors!r} need the aipray layout and a product of "
                 f"num_classes = {spec['num_classes']}"
+            )
+    text = spec.get("text")
+    if text is not None:
+        titles = text.get("class_titles") or []
+        if spec["layout"] != "aipray" or factors is not None:
+            raise ValueError("extractor spec: a text tower needs the aipray layout and no factors")
+        if len(titles) != int(spec["num_classes"]):
+            raise ValueError(
+                f"extractor spec: {len(titles)} class titles for {spec['num_classes']} classes"
             )
     names = spec.get("class_names")
     if names is not None and len(names) != spec["num_classes"]:

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from aipray.models.extractor.config import _check_spec
+from aipray.models.extractor.text import ClipHead
 from aipray.models.nets import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -62,6 +63,9 @@ def _vit(spec: dict[str, Any], num_classes: int) -> nn.Module:
 class Extractor(nn.Module):
     """Feature extractor Φ_f with its classifier head, from pixels.
 
+    A CLIP-style extractor (``weights: clip``) also has a text tower in its head:
+    :meth:`text_features` embeds titles (:mod:`~aipray.models.extractor.text`).
+
     ``features(x)``: ``[B, 3, H, W]`` float in ``[0, 1]`` → ``[B, feature_dim]``: AlexNet fc7
     after ReLU (4096-d at full width; AIP's AlexRank and VBPR feature), ResNet50 global average
     pool (2048-d), ViT's class token after the encoder's final layer norm, the input of its
@@ -102,6 +106,8 @@ class Extractor(nn.Module):
             net.normalize = nn.Identity()  # normalisation happens once, in this module
             if spec.get("factors"):
                 net.classifier = FactorisedHead(net.feature_dim, tuple(spec["factors"]))
+            if spec.get("text"):
+                net.classifier = ClipHead(net.feature_dim, spec["text"])
             self.feature_dim = int(net.feature_dim)
         elif self.arch == "alexnet":
             import torchvision
@@ -126,6 +132,25 @@ class Extractor(nn.Module):
         if self.arch == "alexnet":
             return self.net.classifier[6]
         return self.net.fc
+
+    @property
+    def has_text(self) -> bool:
+        """Whether the extractor has a text tower (CLIP-style pretraining)."""
+        return isinstance(self.head, ClipHead)
+
+    def text_features(self, titles: Sequence[str], batch_size: int = 4096) -> torch.Tensor:
+        """``[len(titles), dim]`` the text tower's embedding of each title (the text modality's
+        item features), on the extractor's device. Needs a text tower (:attr:`has_text`)."""
+        if not self.has_text:
+            raise ValueError(
+                "this extractor has no text tower: pretrain it with extractor.weights: clip"
+            )
+        head = self.head
+        parts = [
+            head.embed_text(head.tokens(titles[i : i + batch_size]))
+            for i in range(0, len(titles), batch_size)
+        ]
+        return torch.cat(parts) if parts else torch.zeros(0, head.image_projection.out_features)
 
     @property
     def class_names(self) -> list[str]:

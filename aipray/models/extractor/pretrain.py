@@ -1,9 +1,11 @@
 """In-process pretraining: the extractor's classifier is trained on the catalog's item categories
 (``extractor.weights: pretrain``) or on the surrogate "ImageNet" of many fine classes
 (``surrogate``, :mod:`aipray.data.surrogate`: knows nothing of the marketplace's users and
-items), standing in for ImageNet pretraining, with cross-entropy on
-clean images (``training: standard``) or adversarially (``adversarial``, ``free``: see
-:mod:`~aipray.models.extractor.robust`)."""
+items), standing in for ImageNet pretraining; or, ``clip``, the image network and a text tower
+learn together from the surrogate images and their titles (:mod:`~aipray.models.extractor.clip`),
+standing in for CLIP's pretraining on image–caption pairs. Classifiers are trained with
+cross-entropy on clean images (``training: standard``) or adversarially (``adversarial``,
+``free``: see :mod:`~aipray.models.extractor.robust`)."""
 
 from __future__ import annotations
 
@@ -15,8 +17,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from aipray.data.surrogate import SurrogateConfig, make_surrogate
-from aipray.models.extractor.config import ExtractorConfig, make_spec
+from aipray.data.surrogate import SurrogateConfig, make_surrogate, surrogate_titles
+from aipray.data.titles import VOCABULARY, canonical_title
+from aipray.models.extractor.clip import fit_clip
+from aipray.models.extractor.config import ON_SURROGATE, ExtractorConfig, make_spec
 from aipray.models.extractor.network import Extractor, build_extractor
 from aipray.models.extractor.robust import fit_robust_classifier
 from aipray.models.train import fit_classifier
@@ -38,7 +42,8 @@ def _pretrain(
         )
     h, w = int(images.shape[2]), int(images.shape[3])
     factors: tuple[int, ...] | None = None
-    if config.weights == "surrogate":
+    text: dict[str, Any] | None = None
+    if config.weights in ON_SURROGATE:
         surrogate = SurrogateConfig(
             per_class=config.surrogate_per_class,
             image_size=config.input_size or min(h, w),
@@ -50,6 +55,15 @@ def _pretrain(
         n_classes, names, kind = surrogate.n_classes, list(surrogate.class_names()), "surrogate"
         factors = surrogate.factors
         h = w = surrogate.image_size
+        if config.weights == "clip":
+            titles = surrogate_titles(surrogate, labels, drop=config.title_drop)
+            text = {
+                "vocab": VOCABULARY,
+                "width": config.text_width,
+                "dim": config.text_dim,
+                "max_len": 4,  # a filler word and three attribute words
+                "class_titles": [canonical_title(*_attributes(c)) for c in range(n_classes)],
+            }
         log.info(
             "surrogate pretraining set: %d images of %d classes (%.0fs)",
             labels.size,
@@ -63,10 +77,24 @@ def _pretrain(
         # Batch norm cannot train on a last batch of one image: drop an image if that would happen.
         keep = keep[: _size_without_single_batch(keep.size, config.batch_size)]
         labels = labels[: keep.size]
-    spec = in_process_spec(config, n_classes, (h, w), labels=kind, names=names, factors=factors)
+    spec = in_process_spec(
+        config, n_classes, (h, w), labels=kind, names=names, factors=factors, text=text
+    )
     torch.manual_seed(seed)
     extractor = build_extractor(spec).to(device)
-    if config.training == "standard":
+    if text is not None:
+        result = fit_clip(
+            extractor,
+            images[keep],
+            titles,
+            labels,
+            epochs=config.epochs,
+            batch_size=config.batch_size,
+            lr=config.lr,
+            device=device,
+            seed=seed,
+        )
+    elif config.training == "standard":
         result = fit_classifier(
             extractor,
             images[keep],
@@ -108,6 +136,10 @@ def _pretrain(
         "seconds": float(result.seconds),
         "n_images": int(keep.size),
     }
+    if text is not None:
+        best = result.history[result.best_epoch - 1]
+        info["holdout_retrieval"] = float(best["holdout_retrieval"])
+        info["temperature"] = float(best["scale"])
     if config.training != "standard":
         best = result.history[result.best_epoch - 1]
         info["robust_holdout_accuracy"] = float(best["robust_holdout_accuracy"])
@@ -136,10 +168,12 @@ def in_process_spec(
     labels: str = "unknown",
     names: Sequence[str] | None = None,
     factors: Sequence[int] | None = None,
+    text: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The spec of the network ``config`` trains in-process on ``size`` ``(H, W)`` images:
     the ``aipray`` layout (width-scaled AlexNet, small ViT) with the factorised head if
-    ``factors``, or torchvision's ResNet50 with a linear head."""
+    ``factors``, or with ``text`` a CLIP head (``weights: clip``), or torchvision's ResNet50
+    with a linear head."""
     h, w = size
     side = config.input_size or min(h, w)
     if config.arch == "vit" and not config.input_size and h != w:
@@ -155,9 +189,20 @@ def in_process_spec(
         width=config.width,
         labels=labels,
         class_names=names,
-        factors=factors if own else None,
+        factors=factors if own and text is None else None,
         patch_size=config.vit_patch,
         depth=config.vit_depth,
+        text=text,
+    )
+
+
+def _attributes(label: int) -> tuple[int, int, int]:
+    """``(shape, colour family, texture)`` of a surrogate class (row-major over its factors)."""
+    n_families, n_textures = SurrogateConfig().factors[1:]
+    return (
+        label // (n_families * n_textures),
+        (label // n_textures) % n_families,
+        label % n_textures,
     )
 
 
