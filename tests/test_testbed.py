@@ -108,10 +108,19 @@ def test_lattice_is_judged_beside_freedom_by_the_same_targets():
 def test_models_picks_the_named_rankers_of_the_sweep_in_its_order():
     rankers = _testbed().rankers
     sweep = load_sweep(ROOT / "sweeps" / "multimodal_synthetic.yaml")
-    assert list(rankers(sweep)) == ["alexrank", "dvbpr", "vbpr", "freedom", "lattice"]
+    # the graph rankers are trained with both cold paths (and FREEDOM at a second relaxation):
+    # one entry per setting, named by the settings that differ
+    freedom = [
+        "freedom[relax=1.0,cold_code=graph]",
+        "freedom[relax=1.0,cold_code=neighbours]",
+        "freedom[relax=25.0,cold_code=neighbours]",
+    ]
+    lattice = ["lattice[cold_code=graph]", "lattice[cold_code=neighbours]"]
+    assert list(rankers(sweep)) == ["alexrank", "dvbpr", "vbpr", *freedom, *lattice]
     picked = rankers(sweep, ["freedom", "vbpr"])
-    assert list(picked) == ["vbpr", "freedom"]
-    assert picked["freedom"].model.name == "freedom"
+    assert list(picked) == ["vbpr", *freedom]
+    assert picked[freedom[0]].model.name == "freedom"
+    assert picked[freedom[1]].model.config.cold_code == "neighbours"
     with pytest.raises(
         SystemExit,
         match=r"bm3: not in the sweep; it has "
