@@ -261,3 +261,17 @@ def test_its_config_fails_at_parse_time_in_one_line():
     assert "\n" not in str(error.value)
     with pytest.raises(SettingError, match="knn_k"):
         LATTICEConfig(knn_k=0)
+
+
+def test_knn_values_chunk_by_chunk_equal_the_whole_product_and_keep_the_gradient():
+    from aipray.models.graphs import knn_values
+
+    torch.manual_seed(0)
+    unit = torch.nn.functional.normalize(torch.randn(11, 5), dim=1).requires_grad_(True)
+    neighbours = torch.randint(0, 11, (11, 3))
+    whole = (unit[:, None, :] * unit[neighbours]).sum(-1)
+    chunked = knn_values(unit, unit, neighbours, chunk=4)
+    torch.testing.assert_close(chunked, whole)
+    (grad,) = torch.autograd.grad(chunked.sum(), unit)
+    (expected,) = torch.autograd.grad(whole.sum(), unit)
+    torch.testing.assert_close(grad, expected)

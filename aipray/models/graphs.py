@@ -186,8 +186,18 @@ def inv_sqrt(rowsum: torch.Tensor) -> torch.Tensor:
 
 
 def knn_values(
-    unit: torch.Tensor, candidates: torch.Tensor, neighbours: torch.Tensor
+    unit: torch.Tensor, candidates: torch.Tensor, neighbours: torch.Tensor, chunk: int = 4096
 ) -> torch.Tensor:
     """``[M, k]`` cosine similarity of each row of ``unit`` ``[M, F]`` to its neighbours' rows of
-    ``candidates`` ``[C, F]`` (both unit length), differentiable in both."""
-    return (unit[:, None, :] * candidates[neighbours]).sum(-1)
+    ``candidates`` ``[C, F]`` (both unit length), differentiable in both. Chunk by chunk of
+    rows: the gathered neighbour rows take ``chunk × k × F`` memory, not ``M × k × F`` (at
+    Amazon Men's 110k items and 512-d features that was 2.3 GB per copy), when no gradient is
+    recorded; with one, autograd keeps every chunk's rows (the learned graph's ``F`` is small)."""
+    parts = [
+        torch.bmm(
+            unit[start : start + chunk, None, :],
+            candidates[neighbours[start : start + chunk]].transpose(1, 2),
+        ).squeeze(1)
+        for start in range(0, unit.shape[0], chunk)
+    ]
+    return torch.cat(parts) if parts else unit.new_zeros(0, neighbours.shape[1])
