@@ -606,7 +606,9 @@ def test_folder_counts_checked_when_loading(
     )
     out = tmp_path / "ok"
     out.mkdir()
-    preset = folder_mod.AmazonMen5CoreConfig(
+    from aipray.data.presets import AmazonMen5CoreConfig
+
+    preset = AmazonMen5CoreConfig(
         path=str(root), k_core=3, image_size=SIZE, on_count_mismatch="fail"
     )
     cat = load_folder(preset, "amazon_men_5core", out, workers=1)

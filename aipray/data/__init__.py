@@ -7,14 +7,13 @@ from typing import Any, ClassVar
 
 from aipray.data.catalog import Catalog
 from aipray.data.dvbpr import AmazonMenConfig, DVBPRConfig, TradesyConfig, load_dvbpr
-from aipray.data.folder import (
+from aipray.data.folder import FolderConfig, load_folder
+from aipray.data.presets import (
     AmazonMen5CoreConfig,
     AmazonWomen10CoreConfig,
-    FolderConfig,
     MMRecBabyConfig,
     MMRecClothingConfig,
     MMRecSportsConfig,
-    load_folder,
 )
 from aipray.data.synthetic import SyntheticConfig, make_synthetic
 from aipray.registry import Registry

@@ -31,10 +31,10 @@ A ``titles`` file (``item<TAB>title`` lines, tab-separated, an optional ``item<T
 gives the items a second modality, read by multimodal rankers with a text tower; items it does not
 name get the empty title.
 
-The Perceptual-Rec datasets have presets (:class:`AmazonMen5CoreConfig`,
-:class:`AmazonWomen10CoreConfig`): k-core 5 / 10, time-aware leave-one-out, no cold items, counts
+The Perceptual-Rec datasets have presets (:mod:`aipray.data.presets`: ``AmazonMen5CoreConfig``,
+``AmazonWomen10CoreConfig``): k-core 5 / 10, time-aware leave-one-out, no cold items, counts
 checked against the paper's. So do the Amazon datasets of the multimodal recommenders (MMRec:
-:class:`MMRecBabyConfig`, :class:`MMRecSportsConfig`, :class:`MMRecClothingConfig`): MMRec's
+``MMRecBabyConfig``, ``MMRecSportsConfig``, ``MMRecClothingConfig``): MMRec's
 ``<name>.inter`` read by its column names (``columns``: ``userID``, ``itemID``, ``timestamp``),
 5-core, counts checked against MMRec's; ``scripts/mmrec_folder.py`` lays out their images.
 """
@@ -154,66 +154,6 @@ class FolderConfig(Settings):
         return bad
 
 
-@dataclass(frozen=True)
-class AmazonMen5CoreConfig(FolderConfig):
-    """Perceptual-Rec's Amazon Men: 5-core, time-aware leave-one-out, no cold items; checked
-    against 24,379 users, 7,371 items, 89,020 interactions (set ``n_cold`` to run AIP on it)."""
-
-    path: str = param("data/amazon_men", doc="the sisinflab Amazon Men folder")
-    k_core: int = param(5, min=1, doc="k-core filter: users and items keep >= k interactions")
-    n_cold: int = param(0, min=0, doc="cold items (Perceptual-Rec: none)")
-    expected_counts: str = param(
-        "amazon_men_5core", choices=COUNT_CHOICES, doc="counts checked (EXPECTED_COUNTS)"
-    )
-
-
-@dataclass(frozen=True)
-class AmazonWomen10CoreConfig(FolderConfig):
-    """Perceptual-Rec's Amazon Women: 10-core, time-aware leave-one-out, no cold items; checked
-    against 16,668 users, 2,981 items, 54,473 interactions (set ``n_cold`` to run AIP on it)."""
-
-    path: str = param("data/amazon_women", doc="the sisinflab Amazon Women folder")
-    k_core: int = param(10, min=1, doc="k-core filter: users and items keep >= k interactions")
-    n_cold: int = param(0, min=0, doc="cold items (Perceptual-Rec: none)")
-    expected_counts: str = param(
-        "amazon_women_10core", choices=COUNT_CHOICES, doc="counts checked (EXPECTED_COUNTS)"
-    )
-
-
-@dataclass(frozen=True)
-class MMRecBabyConfig(FolderConfig):
-    """MMRec's Amazon Baby (``baby.inter``, its images laid out by ``scripts/mmrec_folder.py``):
-    5-core, time-aware leave-one-out; checked against 19,445 users, 7,050 items, 160,792
-    interactions."""
-
-    path: str = param("data/mmrec/baby", doc="the folder scripts/mmrec_folder.py writes")
-    interactions: str = param("baby.inter", doc="interactions file name inside path")
-    columns: str = param("userID,itemID,timestamp", doc="MMRec's column names")
-    expected_counts: str = param("mmrec_baby", choices=COUNT_CHOICES, doc="counts checked")
-
-
-@dataclass(frozen=True)
-class MMRecSportsConfig(FolderConfig):
-    """MMRec's Amazon Sports (``sports.inter``): as :class:`MMRecBabyConfig`; checked against
-    35,598 users, 18,357 items, 296,337 interactions."""
-
-    path: str = param("data/mmrec/sports", doc="the folder scripts/mmrec_folder.py writes")
-    interactions: str = param("sports.inter", doc="interactions file name inside path")
-    columns: str = param("userID,itemID,timestamp", doc="MMRec's column names")
-    expected_counts: str = param("mmrec_sports", choices=COUNT_CHOICES, doc="counts checked")
-
-
-@dataclass(frozen=True)
-class MMRecClothingConfig(FolderConfig):
-    """MMRec's Amazon Clothing (``clothing.inter``): as :class:`MMRecBabyConfig`; checked
-    against 39,387 users, 23,033 items, 278,677 interactions."""
-
-    path: str = param("data/mmrec/clothing", doc="the folder scripts/mmrec_folder.py writes")
-    interactions: str = param("clothing.inter", doc="interactions file name inside path")
-    columns: str = param("userID,itemID,timestamp", doc="MMRec's column names")
-    expected_counts: str = param("mmrec_clothing", choices=COUNT_CHOICES, doc="counts checked")
-
-
 def check_counts(
     found: Mapping[str, int],
     expected: str,
@@ -290,15 +230,20 @@ def _parse_times(values: pd.Series) -> np.ndarray | None:
     return (times - pd.Timestamp(0, tz="UTC")).dt.total_seconds().to_numpy(np.float64)
 
 
+#: how the interactions TSV is read: strings as they are (quoting 3 = csv.QUOTE_NONE: ids are
+#: taken literally), no NaN for empty fields
+TSV: dict[str, Any] = dict(
+    sep="\t", dtype=str, keep_default_na=False, skip_blank_lines=True, quoting=3
+)
+
+
 def read_interactions(path: Path, columns: str = "") -> pd.DataFrame:
     """The TSV as ``user`` (str), ``item`` (str), ``time`` (float64, NaN without timestamps) in
     file order, header skipped; with ``columns`` (``"user,item[,time]"`` header names) those
     columns of a file with a header row, whatever else it holds."""
     if columns:
         names = [c.strip() for c in columns.split(",")]
-        frame = pd.read_csv(
-            path, sep="\t", dtype=str, keep_default_na=False, skip_blank_lines=True, quoting=3
-        )
+        frame = pd.read_csv(path, **TSV)
         missing = [n for n in names if n not in frame.columns]
         if missing or len(names) not in (2, 3):
             raise ValueError(
@@ -307,15 +252,7 @@ def read_interactions(path: Path, columns: str = "") -> pd.DataFrame:
             )
         frame = frame[names].set_axis(range(len(names)), axis=1)
         return _as_interactions(path, frame)
-    frame = pd.read_csv(
-        path,
-        sep="\t",
-        header=None,
-        dtype=str,
-        keep_default_na=False,
-        skip_blank_lines=True,
-        quoting=3,  # csv.QUOTE_NONE: ids are taken literally
-    )
+    frame = pd.read_csv(path, header=None, **TSV)
     if frame.shape[1] not in (2, 3):
         raise ValueError(
             f"{path}: {frame.shape[1]} columns; expected 2 or 3 tab-separated columns "

@@ -75,8 +75,6 @@ from aipray.models.graphs import (
     Graph,
     bipartite,
     csr_pair,
-    degree_sensitive_keep,
-    edge_weights,
     knn_adjacency,
     knn_neighbours,
     soft_top_k,
@@ -277,11 +275,6 @@ class FREEDOM(GraphRanker):
         local = knn_neighbours(features, features[warm], self.knn_k)
         self.text_neighbours.copy_(warm[local])
 
-    def train(self, mode: bool = True) -> FREEDOM:
-        super().train(mode)
-        self.extractor.eval()  # the pretrained extractor never trains here
-        return self
-
     # --- propagation ------------------------------------------------------------------------
     def item_graph(self) -> Graph:
         """The frozen item–item graph ``S`` (:func:`knn_adjacency`) over the items in it; with
@@ -363,12 +356,7 @@ class FREEDOM(GraphRanker):
     def text_codes(self, items: torch.Tensor | None) -> torch.Tensor:
         """The title's half of the codes ``[B, D]`` of the items ``items`` ``[B]``: the mean of
         :meth:`row_reads` over their titles' top-k warm items (fixed)."""
-        if items is None:
-            raise ValueError(
-                f"{self.display_name} with a text graph scores an item outside its graph by its "
-                "title too: give the items' ids (items=...)"
-            )
-        return self.row_reads()[self.text_neighbours[items]].mean(1)
+        return self.row_reads()[self.text_neighbours[self.title_ids(items)]].mean(1)
 
     def mixed(self, visual: torch.Tensor, items: torch.Tensor | None) -> torch.Tensor:
         """``w × visual + (1 − w) ×`` the items' :meth:`text_codes`; ``visual`` alone without
@@ -410,54 +398,7 @@ class FREEDOM(GraphRanker):
         return self.tables()[1]
 
     @classmethod
-    def objective(
-        cls, model: FREEDOM, features: torch.Tensor, config: FREEDOMConfig
-    ) -> FREEDOMLoss:
+    def objective(cls, model: FREEDOM, features: torch.Tensor, config: FREEDOMConfig) -> Any:
+        from aipray.models.freedom_loss import FREEDOMLoss
+
         return FREEDOMLoss(model, features, config.reg_weight, config.dropout)
-
-
-class FREEDOMLoss:
-    """FREEDOM's training loss (:class:`~aipray.models.train.BatchObjective`): before each epoch
-    the user–item graph is pruned (degree-sensitive, ``dropout`` of the edges dropped) and
-    normalised again; each batch propagates it once and pays BPR on the scores plus
-    ``reg_weight ×`` BPR with the items' projected image features ``W f`` in place of the items'
-    embeddings (``features [n_items, F]``, the frozen extractor's), and with text the same with
-    the items' projected title features (the authors' ``mf_t_loss``)."""
-
-    def __init__(
-        self, model: FREEDOM, features: torch.Tensor, reg_weight: float, dropout: float
-    ) -> None:
-        self.model, self.features = model, features
-        self.reg_weight, self.dropout = reg_weight, dropout
-        users, items = model.edges
-        self.weights = edge_weights(users, items, model.n_users, model.in_graph.numel())
-        self.graph = model.full_graph()
-        self.item_graph = model.item_graph()  # frozen
-
-    def start_epoch(self, rng: np.random.Generator) -> None:
-        if self.dropout <= 0:
-            self.graph = self.model.full_graph()
-            return
-        total = self.weights.numel()
-        keep = max(1, int(total * (1.0 - self.dropout)))
-        kept = degree_sensitive_keep(self.weights.cpu().numpy(), keep, rng)
-        kept_t = torch.as_tensor(kept, device=self.model.edges.device)
-        users, items = self.model.edges[:, kept_t]
-        self.graph = bipartite(users, items, self.model.n_users, self.model.in_graph.numel())
-
-    def __call__(self, users: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
-        user_e, item_e, _ = self.model.propagate(self.graph, self.item_graph)
-        u = user_e[users]
-        loss = bpr(u, item_e[pos], item_e[neg])
-        if self.reg_weight:
-            visual = self.model.image_trs(self.features[torch.cat([pos, neg])])
-            loss = loss + self.reg_weight * bpr(u, visual[: pos.numel()], visual[pos.numel() :])
-            if self.model.reads_text:
-                text = self.model.text_trs(self.model.text_features[torch.cat([pos, neg])])
-                loss = loss + self.reg_weight * bpr(u, text[: pos.numel()], text[pos.numel() :])
-        return loss
-
-
-def bpr(users: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
-    """``−mean ln σ(u·i − u·j)``."""
-    return -F.logsigmoid((users * pos).sum(1) - (users * neg).sum(1)).mean()

@@ -50,6 +50,21 @@ class GraphRanker(Recommender):
         ``features``."""
         raise NotImplementedError
 
+    def train(self, mode: bool = True) -> GraphRanker:
+        super().train(mode)
+        self.extractor.eval()  # the pretrained extractor never trains here
+        return self
+
+    def title_ids(self, items: torch.Tensor | None) -> torch.Tensor:
+        """``items``, the ids of items scored outside the graph, whose titles a ranker that
+        reads text needs: a one-line error when they are missing."""
+        if items is None:
+            raise ValueError(
+                f"{self.display_name} with titles scores an item outside its graph by its "
+                "title too: give the items' ids (items=...)"
+            )
+        return items
+
     def encode_items(
         self, images: torch.Tensor | None, items: torch.Tensor | None = None
     ) -> torch.Tensor:

@@ -201,3 +201,25 @@ def knn_values(
         for start in range(0, unit.shape[0], chunk)
     ]
     return torch.cat(parts) if parts else unit.new_zeros(0, neighbours.shape[1])
+
+
+def knn_row_values(
+    sims: torch.Tensor, in_graph: torch.Tensor, k: int, relax: float | None = None
+) -> torch.Tensor:
+    """``[B, N]`` kNN rows of items outside a graph from their similarities ``sims`` to every
+    item: each of the ``k`` most similar items in the graph (``in_graph [N]``) keeps its
+    similarity, the others 0; with ``relax`` the membership is :func:`soft_top_k`'s instead
+    (differentiable), over the items in the graph."""
+    masked = sims.masked_fill(~in_graph, -torch.inf)
+    if relax is None:
+        top = masked.topk(k, dim=1).indices
+        member = torch.zeros_like(masked).scatter(1, top, 1.0)
+    else:
+        member = soft_top_k(masked, k, relax, int(in_graph.sum()))
+    return member * sims.masked_fill(~in_graph, 0.0)
+
+
+def normalised_rows(adjacency: torch.Tensor, rowsum: torch.Tensor) -> torch.Tensor:
+    """Rows ``[B, N]`` normalised as ``D^{-1/2} A D^{-1/2}`` rows are: by their own sums and
+    each column's row sum ``rowsum [N]`` (the neighbours' degrees)."""
+    return adjacency * inv_sqrt(adjacency.sum(1))[:, None] * inv_sqrt(rowsum)[None, :]

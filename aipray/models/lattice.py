@@ -71,8 +71,7 @@ What the papers leave open, and what is chosen here:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 import torch
@@ -82,7 +81,7 @@ from torch import nn
 from aipray.data.catalog import Catalog
 from aipray.models.base import MODELS
 from aipray.models.extractor import Extractor, build_extractor, extract_features
-from aipray.models.graph_ranker import COLD_CODES, GraphRanker
+from aipray.models.graph_ranker import GraphRanker
 from aipray.models.graphs import (
     EdgeList,
     Graph,
@@ -90,74 +89,13 @@ from aipray.models.graphs import (
     edge_product,
     inv_sqrt,
     knn_neighbours,
+    knn_row_values,
     knn_values,
     mean_bipartite,
-    soft_top_k,
+    normalised_rows,
     spmm,
 )
-from aipray.params import Settings, param
-
-#: the modalities the model can read; each has its raw features, initial graph and projection
-MODALITIES: tuple[str, ...] = ("image", "text")
-
-
-@dataclass(frozen=True)
-class LATTICEConfig(Settings):
-    """LATTICE's recipe (the authors' defaults, MMRec's ``LATTICE.yaml``): ``dim``
-    (embedding_size), ``feat_dim`` (feat_embed_dim: the projected features the learned graph is
-    built on), ``knn_k``, ``lambda_coeff`` (λ, the initial graph's share), ``mm_layers``
-    (item–item layers), ``ui_layers`` (user–item layers), ``reg_weight``, Adam ``lr``,
-    ``batch_size``; ``epochs`` is the most it trains: it stops once validation HR@10 has not
-    improved for ``patience`` epochs (MMRec: 20 on Recall@20). ``relax`` sets the temperature
-    of the relaxed top-k that INSA differentiates (see the module docstring). ``text``: whether
-    the titles are a second modality (``true`` needs titles and a text tower)."""
-
-    dim: int = param(64, axis=True, min=1)
-    feat_dim: int = param(64, min=1, doc="length of the projected features of the learned graph")
-    knn_k: int = param(10, axis=True, min=1)
-    lambda_coeff: float = param(0.9, axis=True, min=0, max=1, doc="the initial graph's share")
-    mm_layers: int = param(1, min=1)
-    ui_layers: int = param(2, min=0)
-    reg_weight: float = param(1e-5, axis=True, min=0)
-    lr: float = param(5e-4, min=0)
-    epochs: int = param(200, min=1)
-    batch_size: int = param(1024, min=1)
-    patience: int | None = param(20, min=1, doc="epochs without a validation gain before stopping")
-    relax: float = param(
-        1.0, min=1e-6, labelled=True, doc="relaxed top-k temperature, in mean similarity gaps"
-    )
-    cold_code: str = param(
-        "graph",
-        choices=COLD_CODES,
-        axis=True,
-        keyed_at_default=False,
-        doc="what a cold item's row reads: graph (the ID embeddings, normalised) or neighbours",
-    )
-    text: bool | None = param(
-        None,
-        axis=True,
-        keyed_at_default=False,
-        doc="read titles too; null: when the catalog has titles and the extractor a text tower",
-    )
-
-    def needs_text(self) -> bool:
-        """Whether these settings read titles whatever the data (checked before any work)."""
-        return self.text is True
-
-
-class Tables(NamedTuple):
-    """What scoring reads, computed from the weights (:meth:`LATTICE.tables`): ``users [U, D]``
-    and ``items [N, D]`` (warm items' codes), ``reach [N, D] = S^{L_mm−1} E`` (what a kNN row
-    reads), per modality the warm items' unit raw features ``initial [N, F_m]`` and unit projected
-    features ``learned [N, feat_dim]`` (zero rows outside the graph), and ``learned_rowsum [N]``,
-    the warm items' row sums of the combined learned adjacency ``Σ_m α_m A_m``."""
-
-    users: torch.Tensor
-    items: torch.Tensor
-    reach: torch.Tensor
-    initial: tuple[torch.Tensor, ...]
-    learned: tuple[torch.Tensor, ...]
-    learned_rowsum: torch.Tensor
+from aipray.models.lattice_config import MODALITIES, LATTICEConfig, Tables
 
 
 @MODELS.register("lattice")
@@ -205,7 +143,7 @@ class LATTICE(GraphRanker):
         self.item_id = nn.Embedding(n_items, dim)
         nn.init.xavier_uniform_(self.user_id.weight)
         nn.init.xavier_uniform_(self.item_id.weight)
-        dims = self.feature_dims()
+        dims = {"image": self.extractor.feature_dim, "text": self.text_dim}  # raw lengths
         self.projections = nn.ModuleDict({m: nn.Linear(dims[m], feat_dim) for m in self.modalities})
         self.modal_weight = nn.Parameter(torch.full((len(self.modalities),), 0.5))
         self.register_buffer("edges", torch.zeros(2, n_edges, dtype=torch.long))
@@ -218,10 +156,6 @@ class LATTICE(GraphRanker):
         self._cache: tuple[tuple, Tables] | None = None
 
     # --- the modalities ---------------------------------------------------------------------
-    def feature_dims(self) -> dict[str, int]:
-        """Each modality's raw feature length."""
-        return {"image": self.extractor.feature_dim, "text": self.text_dim}
-
     def modality_features(
         self,
         images: torch.Tensor,
@@ -233,12 +167,7 @@ class LATTICE(GraphRanker):
         the title's stored (its ids are needed when the model reads text)."""
         out = {"image": self.extractor.features(images)}
         if "text" in (self.modalities if modalities is None else modalities):
-            if items is None:
-                raise ValueError(
-                    f"{self.display_name} with titles scores an item outside its graph by its "
-                    "title too: give the items' ids (items=...)"
-                )
-            out["text"] = self.buffer("text")[items]
+            out["text"] = self.buffer("text")[self.title_ids(items)]
         return out
 
     def buffer(self, modality: str, what: str = "features") -> torch.Tensor:
@@ -323,11 +252,6 @@ class LATTICE(GraphRanker):
             self.buffer(m, "initial_values")[warm] = values * scale[:, None] * scale[local]
             self.buffer(m, "initial_rowsum").zero_()
             self.buffer(m, "initial_rowsum")[warm] = rowsum
-
-    def train(self, mode: bool = True) -> LATTICE:
-        super().train(mode)
-        self.extractor.eval()  # the pretrained extractor never trains here
-        return self
 
     # --- the item graph -----------------------------------------------------------------------
     def modal_weights(self) -> torch.Tensor:
@@ -470,21 +394,8 @@ class LATTICE(GraphRanker):
         (read for the titles); ``modalities``: only these modalities' parts (all by default)."""
         tables = self.tables()
         alpha = self.modal_weights()
-        available = int(self.in_graph.sum())
         only = self.modalities if modalities is None else modalities
         features = self.modality_features(images, items, only)
-
-        def part(sims: torch.Tensor) -> torch.Tensor:
-            sims = sims.masked_fill(~self.in_graph, -torch.inf)
-            if relax is None:
-                top = sims.topk(self.knn_k, dim=1).indices
-                member = torch.zeros_like(sims).scatter(1, top, 1.0)
-            else:
-                member = soft_top_k(sims, self.knn_k, relax, available)
-            return member * sims.masked_fill(~self.in_graph, 0.0)
-
-        def normalised(adjacency: torch.Tensor, rowsum: torch.Tensor) -> torch.Tensor:
-            return adjacency * inv_sqrt(adjacency.sum(1))[:, None] * inv_sqrt(rowsum)[None, :]
 
         initial, learned = 0.0, 0.0
         for index, m in enumerate(self.modalities):
@@ -493,28 +404,34 @@ class LATTICE(GraphRanker):
             raw = features[m]
             sims = F.normalize(raw, dim=1) @ tables.initial[index].T
             rowsum = self.buffer(m, "initial_rowsum")
-            initial = initial + alpha[index] * normalised(part(sims), rowsum)
+            initial = initial + alpha[index] * normalised_rows(
+                knn_row_values(sims, self.in_graph, self.knn_k, relax), rowsum
+            )
             projected = F.normalize(self.projections[m](raw), dim=1)
-            learned = learned + alpha[index] * part(projected @ tables.learned[index].T)
-        learned = normalised(learned, tables.learned_rowsum)
+            learned = learned + alpha[index] * knn_row_values(
+                projected @ tables.learned[index].T, self.in_graph, self.knn_k, relax
+            )
+        learned = normalised_rows(learned, tables.learned_rowsum)
         return (1 - self.lambda_coeff) * learned + self.lambda_coeff * initial
 
     def image_codes(
         self, images: torch.Tensor, items: torch.Tensor | None = None, relax: float | None = None
     ) -> torch.Tensor:
-        """Codes ``[B, D]`` of cold items from their images (and titles: ``items`` ``[B]``),
-        by their rows ``S_c`` (:meth:`cold_rows`): with ``cold_code: graph`` ``h_c/‖h_c‖``,
-        ``h_c = S_c · reach``, no collaborative term; with ``neighbours`` ``S_c · items``, the
-        row over the warm items' whole codes."""
-        rows, tables = self.cold_rows(images, relax, items), self.tables()
+        """Codes ``[B, D]`` of cold items from their images (and titles: ``items`` ``[B]``):
+        their rows ``S_c`` (:meth:`cold_rows`) read as ``cold_code`` says (:meth:`row_codes`)."""
+        return self.row_codes(self.cold_rows(images, relax, items))
+
+    def row_codes(self, rows: torch.Tensor) -> torch.Tensor:
+        """Codes of cold rows ``[B, N]``: with ``cold_code: graph`` ``h_c/‖h_c‖``,
+        ``h_c = S_c · reach``, no collaborative term; with ``neighbours`` ``S_c · items``."""
+        tables = self.tables()
         if self.cold_code == "neighbours":
             return rows @ tables.items
         return F.normalize(rows @ tables.reach, dim=1)
 
     def item_embedding(self, images: torch.Tensor) -> torch.Tensor:
         """A cold item's code from its image alone (the image's parts of its row, with text)."""
-        rows = self.cold_rows(images, modalities=("image",))
-        return F.normalize(rows @ self.tables().reach, dim=1)
+        return self.row_codes(self.cold_rows(images, modalities=("image",)))
 
     def preference(
         self, users: torch.Tensor, images: torch.Tensor, items: torch.Tensor | None = None
