@@ -64,11 +64,21 @@ def test_registered_protocols_are_protocol_objects():
         assert isinstance(protocol, Protocol) and protocol.stages and protocol.columns
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("raw", [AIP, PUSH], ids=["aip", "perceptual"])
-def test_a_trial_gives_the_same_rows_without_ray_and_through_ray(raw, tmp_path, one_thread):
+@pytest.fixture(scope="module")
+def local_ray():
+    """One small local Ray for both protocols' runs (a start and a stop cost about 4 s)."""
     import ray
 
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    yield
+    ray.shutdown()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("raw", [AIP, PUSH], ids=["aip", "perceptual"])
+def test_a_trial_gives_the_same_rows_without_ray_and_through_ray(
+    raw, tmp_path, one_thread, local_ray
+):
     from aipray.pipeline.trial import evaluate
 
     plan = _plan(raw, tmp_path)
@@ -77,11 +87,7 @@ def test_a_trial_gives_the_same_rows_without_ray_and_through_ray(raw, tmp_path, 
     assert local["n_items"] > 0
 
     remote = _elsewhere(plan, tmp_path / "ray")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
-    try:
-        through_ray = evaluate(remote)
-    finally:
-        ray.shutdown()
+    through_ray = evaluate(remote)
     pd.testing.assert_frame_equal(_rows(plan), _rows(remote))
     timing = ("attack_seconds_per_item", "attack_seconds_mean")
     assert {k: v for k, v in local.items() if k not in timing} == pytest.approx(

@@ -33,7 +33,9 @@ def ray_local():
     ray.shutdown()
 
 
-def tiny_sweep(tmp_path):
+def tiny_sweep(tmp_path, defended=False):
+    """A tiny AIP sweep: DVBPR and VBPR × INSA ε 32 and EXPA ε 8, undefended (4 trials); with
+    ``defended``, a second grid adds DVBPR's INSA under JPEG 75 (5 trials)."""
     cfg = {
         "name": "tiny",
         "storage": str(tmp_path / "store"),
@@ -53,9 +55,17 @@ def tiny_sweep(tmp_path):
             "insa": {"eps": [32], "epochs": 10, "user_batch": 64, "lr": 0.01},
             "expa": {"eps": [8], "steps": 10},
         },
-        "defenses": {"none": {}, "jpeg": {"quality": 75}},
+        "defenses": {"none": {}},
         "resources": {"max_concurrent_trials": 2, "actor_cpus": 0.5, "batch_size": 4},
     }
+    if defended:
+        jpeg = {
+            "name": "jpeg",
+            "models": {"dvbpr": cfg["models"]["dvbpr"]},
+            "attacks": {"insa": cfg["attacks"]["insa"]},
+            "defenses": {"jpeg": {"quality": 75}},
+        }
+        cfg["grids"] = [{"name": "undefended"}, jpeg]
     path = tmp_path / "tiny.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return path
@@ -72,7 +82,7 @@ def child_runs(sweep):
 def tiny_first(tmp_path_factory, ray_local):
     """The tiny sweep, run once in a fresh store: ``(folder, yaml path, sweep, table, failed)``."""
     tmp_path = tmp_path_factory.mktemp("first")
-    path = tiny_sweep(tmp_path)
+    path = tiny_sweep(tmp_path, defended=True)
     sweep = load_sweep(path)
     table, failed = run_sweep(sweep)
     return tmp_path, path, sweep, table, failed
@@ -136,7 +146,7 @@ def ray_address():
 def test_tiny_sweep_end_to_end(tiny_first):
     tmp_path, path, sweep, table, failed = tiny_first
     n_grid = len(sweep.trials())
-    assert n_grid == 2 * 2 * 2
+    assert n_grid == 2 * 2 + 1
     assert failed == []
     assert len(table) == n_grid
     children, all_runs = child_runs(sweep)
@@ -216,6 +226,7 @@ def test_transfer_trial_evaluates_the_stored_set_on_another_ranker(tiny_first, c
     store = tmp_path / "store"
     cfg = yaml.safe_load(path.read_text())
     cfg["name"] = "tiny-transfer"
+    del cfg["grids"]
     cfg["attacks"] = {"insa": {**cfg["attacks"]["insa"], "source": "dvbpr"}}
     cfg["defenses"] = {"none": {}}
     transfer_path = tmp_path / "transfer.yaml"
@@ -261,13 +272,13 @@ def test_a_ranker_named_by_import_path_runs_in_the_grid(tiny_first):
 
     tmp_path, path, _sweep, _table, _failed = tiny_first
     cfg = yaml.safe_load(path.read_text())
+    del cfg["grids"]
     cfg.update(
         name="own",
         models={"tests.rankers:PooledRanker": {"dim": 8, "epochs": 3}},
-        attacks={"insa": {"eps": [32], "epochs": 3, "user_batch": 64}, "expa": {"eps": [8]}},
+        attacks={"insa": {"eps": [32], "epochs": 3, "user_batch": 64}},
         defenses={"none": {}},
     )
-    cfg["attacks"]["expa"]["steps"] = 10
     own = tmp_path / "own.yaml"
     own.write_text(yaml.safe_dump(cfg))
     sweep = load_sweep(own)  # same dataset and first stage as the tiny sweep: reused
@@ -275,10 +286,7 @@ def test_a_ranker_named_by_import_path_runs_in_the_grid(tiny_first):
     assert failed == []
     children, _ = child_runs(sweep)
     head = "synthetic/tests.rankers:PooledRanker(dim=8)"
-    assert {r.info.run_name for r in children} == {
-        f"{head}/insa/eps=32/none",
-        f"{head}/expa/eps=8/none",
-    }
+    assert {r.info.run_name for r in children} == {f"{head}/insa/eps=32/none"}
     assert all(r.info.status == "FINISHED" for r in children)
     assert all(r.data.params["model"] == "tests.rankers:PooledRanker" for r in children)
     assert all(r.data.metrics["n_items"] == 24 for r in children)
@@ -292,9 +300,9 @@ def test_killed_driver_resumes_finished_trials_and_batches(tmp_path, ray_local, 
     re-run runs only what is left, resumes the cut trial from its stored batches, adds no MLflow
     run and closes the sweep's run FINISHED. Both drivers started from an empty store, so the
     metrics equalling the first sweep's also show that a seeded sweep is reproducible on CPU."""
-    path = tiny_sweep(tmp_path)
+    path = tiny_sweep(tmp_path, defended=True)
     cfg = yaml.safe_load(path.read_text())
-    cfg["models"] = {"dvbpr": cfg["models"]["dvbpr"]}  # four of the first sweep's eight trials
+    cfg["models"] = {"dvbpr": cfg["models"]["dvbpr"]}  # three of the first sweep's five trials
     cfg["resources"]["max_concurrent_trials"] = 1
     path.write_text(yaml.safe_dump(cfg))
     sweep = load_sweep(path)
@@ -353,8 +361,9 @@ def test_killed_driver_resumes_finished_trials_and_batches(tmp_path, ray_local, 
 
 
 def test_every_ranker_attack_kind_and_defence_with_report(tmp_path, ray_local):
-    """AlexRank and AMR, a ranker attack (INSA), a model-free one (c-SEMA) and a classifier one
-    (FGSM), bit depth in a sub-grid; then the report from MLflow, logged to the parent run."""
+    """AlexRank and AMR under a model-free attack (c-SEMA) and a classifier one (FGSM); in a
+    second grid AlexRank under a ranker attack (INSA), undefended and at bit depth 3; then the
+    report from MLflow, logged to the parent run."""
     path = tiny_sweep(tmp_path)
     cfg = yaml.safe_load(path.read_text())
     cfg["name"] = "kinds"
@@ -367,22 +376,22 @@ def test_every_ranker_attack_kind_and_defence_with_report(tmp_path, ray_local):
     cfg["defenses"] = {"none": {}}
     cfg["lpips"] = {"net": "alex", "backbone": "random"}  # no ImageNet weights offline
     cfg["grids"] = [
-        {"name": "attacks"},
+        {"name": "shared", "attacks": {k: cfg["attacks"][k] for k in ("csema", "fgsm")}},
         {
             "name": "defences",
             "models": {"alexrank": {}},
             "attacks": {"insa": cfg["attacks"]["insa"]},
-            "defenses": {"bitdepth": {"bits": 3}},
+            "defenses": {"none": {}, "bitdepth": {"bits": 3}},
         },
     ]
     path.write_text(yaml.safe_dump(cfg))
     sweep = load_sweep(path)
-    assert len(sweep.trials()) == 2 * 3 + 1
+    assert len(sweep.trials()) == 2 * 2 + 2
     _table, failed = run_sweep(sweep)
     assert failed == []
     children, _ = child_runs(sweep)
     by_name = {r.info.run_name: r.data for r in children}
-    assert len(by_name) == 7
+    assert len(by_name) == 6
 
     insa = by_name["synthetic/alexrank/insa/eps=16/none"]
     assert insa.metrics["adversarial/hr_at_5"] > insa.metrics["cooperative/hr_at_5"]
