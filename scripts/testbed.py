@@ -26,6 +26,10 @@ stage, the extractor and the sweep's rankers (``--models``: only those named), a
 - **cold items from the image alone**: for every visual ranker, the mean over cold items of
   their HR@10 among each user's top-C candidates (AIP's yardstick) and of their HR@50 over the
   full ranking (Denoise-to-protect's), shown with their clean images, beside a random ranking's;
+  and, for the users who chose each cold item before its interactions were removed, its HR@50
+  over the full ranking (``cold_buyers/``, cold-start recall) and its HR@10 among the cold items
+  only (``cold_among/``, the item cold-start yardstick: whether the image carries taste even
+  where the ranker scores every cold item below the warm ones);
 - **how easily the classifier is fooled**: targeted PGD at ε = 8 (10 steps of ε/6, no random
   start, 8-bit rounding) towards the extractor's TAaMR target class (the class it predicts most
   over training interactions), the share of warm items not already of that class it turns; and,
@@ -37,7 +41,7 @@ stage, the extractor and the sweep's rankers (``--models``: only those named), a
 Then a summary over seeds (mean, min, max) and the issue's targets: probes >= 0.9; VBPR above
 BPR of its size and above the first stage by two standard errors; DVBPR above popularity;
 FREEDOM and LATTICE above popularity, BPR and VBPR at HR@10 and at HR@50 (as in their papers);
-every ranker's cold items above random by both yardsticks; first stage above popularity at
+every ranker's cold items above random by each cold yardstick; first stage above popularity at
 top-C; PGD success >= 0.8 standard, <= 0.3 robust.
 """
 
@@ -71,7 +75,7 @@ from aipray.metrics.full_ranking import (
     popularity_scores,
 )
 from aipray.metrics.probe import probe_accuracy
-from aipray.metrics.ranking import hit_rates, injected_ranks, random_hit_rate
+from aipray.metrics.ranking import hit_rates, injected_ranks, random_hit_rate, ranks_among
 from aipray.models import MODELS, load_recommender
 from aipray.models.extractor import extract_features, load_extractor, read_extractor_info
 from aipray.pipeline import stages
@@ -126,23 +130,27 @@ def cold_hit_rates(
     ranking's (``random``), from the ranker's stored undefended context; and the cold-start
     recall (``cold_buyers/``): HR@50 over the full ranking of each cold item among the users
     who chose it before its interactions were removed (``buyers``: ``(users, items)`` pairs),
-    mean over the pairs, with a random ranking's."""
+    mean over the pairs, with a random ranking's; and the item cold-start yardstick
+    (``cold_among/``): the same pairs' HR@10 among the cold items only."""
     context = stages.load_context(paths.context_undefended, device)
     full = stages.load_context(paths.context_undefended, device, full=True)
     users = torch.arange(model.n_users, device=device)
     buyer_users = torch.as_tensor(buyers[0], device=device)
     column = {int(item): index for index, item in enumerate(catalog.cold_items)}
     buyer_cols = torch.as_tensor([column[int(i)] for i in buyers[1]], device=device)
-    top_c, whole, ranks = [], [], []
+    top_c, whole, ranks, cold_scores = [], [], [], []
     for start in range(0, catalog.cold_items.size, 64):
         ids = catalog.cold_items[start : start + 64]
         pixels = to_float(catalog.images[ids], device)
         scores = model.score_images(users, pixels, torch.as_tensor(ids, device=device))
+        cold_scores.append(scores)
         top_c.append(hit_rates(injected_ranks(context, scores), (10,))[10])
         ranks.append(injected_ranks(full, scores))
         whole.append(hit_rates(ranks[-1], (50,))[50])
     buyer_ranks = torch.cat(ranks, dim=1)[buyer_users, buyer_cols]
     sizes = full.set_sizes[buyer_users].double() + 1
+    among = ranks_among(torch.cat(cold_scores, dim=1), buyer_users, buyer_cols)
+    n_cold = catalog.cold_items.size
     return {
         "cold": float(torch.cat(top_c).mean()),
         "cold_random": random_hit_rate(context.set_sizes, (10,))[10],
@@ -150,6 +158,8 @@ def cold_hit_rates(
         "cold_full_random": random_hit_rate(full.set_sizes, (50,))[50],
         "cold_buyers": float((buyer_ranks < 50).double().mean()),
         "cold_buyers_random": float((torch.clamp(sizes, max=50) / sizes).mean()),
+        "cold_among": float((among < 10).double().mean()),
+        "cold_among_random": min(10, n_cold) / n_cold,
     }
 
 
@@ -235,7 +245,7 @@ def measure(
         row[f"image/{name}"] = full_hit_rate(as_cold, catalog, k=10, held_out="test")
         stages.compute_stage("context_undefended", sweep, trial, model_paths, device)
         cold = cold_hit_rates(model, catalog, model_paths, device, buyers)
-        for kind in ("cold", "cold_full", "cold_buyers"):
+        for kind in ("cold", "cold_full", "cold_buyers", "cold_among"):
             row[f"{kind}/{name}"], row[f"{kind}/random"] = cold[kind], cold[f"{kind}_random"]
     bpr = load_recommender(paths.bpr, device)
     full("bpr_first_stage", model_scores(bpr, catalog, device))
@@ -340,6 +350,7 @@ def targets(table: pd.DataFrame) -> list[tuple[str, bool, str]]:
         "cold": "HR@10 among top-C",
         "cold_full": "HR@50 over the full ranking",
         "cold_buyers": "HR@50 among its held-out buyers",
+        "cold_among": "HR@10 among the cold items, for its held-out buyers",
     }
     for column in sorted(c for c in table if c.split("/")[0] in cold_kinds):
         kind, name = column.split("/")

@@ -14,6 +14,7 @@ from aipray.metrics.ranking import (
     prediction_shift,
     random_colluding_hit_rate,
     random_hit_rate,
+    ranks_among,
 )
 from aipray.metrics.stats import paired_t_test
 
@@ -140,6 +141,30 @@ def test_counting_matches_slow_argsort(seed):
         fast = hit_rates(ranks, cutoffs=(k,))[k].numpy()
         slow = hit_rates_by_argsort(scores, valid, injected, k)
         np.testing.assert_allclose(fast, slow)
+
+
+def test_ranks_among_the_cold_items_count_ties_against_the_item():
+    scores = torch.tensor([[3.0, 1.0, 2.0, 2.0], [0.0, 5.0, 4.0, 1.0]])
+    users = torch.tensor([0, 0, 1, 1, 0])
+    columns = torch.tensor([0, 1, 1, 3, 2])
+    # user 0: 3 is first, 1 last; user 1: 5 first, 1 third; user 0's 2 ties with its twin,
+    # which counts against it: rank 2, not 1
+    assert ranks_among(scores, users, columns).tolist() == [0, 3, 0, 2, 2]
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_ranks_among_match_a_stable_argsort_with_the_item_last_among_equals(seed):
+    rng = np.random.default_rng(seed)
+    scores = np.round(rng.normal(size=(12, 9)), 1).astype(np.float32)
+    users = rng.integers(0, 12, size=30)
+    columns = rng.integers(0, 9, size=30)
+    slow = []
+    for u, c in zip(users, columns, strict=True):
+        others = np.delete(scores[u], c)
+        order = np.argsort(-np.append(others, scores[u, c]), kind="stable")
+        slow.append(int(np.flatnonzero(order == others.size)[0]))
+    fast = ranks_among(torch.tensor(scores), torch.tensor(users), torch.tensor(columns))
+    assert fast.tolist() == slow
 
 
 def test_paired_t_test():

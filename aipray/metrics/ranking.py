@@ -123,6 +123,17 @@ def random_colluding_hit_rate(
     return {"items": items, "merchant": merchant}
 
 
+def ranks_among(scores: torch.Tensor, users: torch.Tensor, columns: torch.Tensor) -> torch.Tensor:
+    """``[P]`` 0-based rank of the item in column ``columns[p]`` of ``scores [U, B]`` for the
+    user ``users[p]``, among that user's ``B`` items: the others that score at least as high
+    (ties count against it). The item cold-start yardstick: each cold item ranked among the cold
+    items only, for the users who chose it, so a ranker whose cold items sit below every warm
+    item can still show whether their images carry taste."""
+    rows = scores[users]
+    own = rows.gather(1, columns[:, None])
+    return (rows >= own).sum(1) - 1
+
+
 def prediction_shift(adversarial: torch.Tensor, cooperative: torch.Tensor) -> torch.Tensor:
     """AIP eq. 8: ``Δp_i = mean_u (p'_ui − p_ui)`` per item, ``[B]``."""
     return (adversarial - cooperative).mean(0)
