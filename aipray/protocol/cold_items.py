@@ -220,7 +220,7 @@ def colluding(plan: TrialPlan, rows: pd.DataFrame, device: torch.device) -> dict
         decode_images(ordered["adv"].to_numpy(), plan.image_shape),
         plan.collusion,
         defense,
-        items=torch.as_tensor(ids),
+        items=torch.tensor(ids),  # a copy: the frame's column is read-only
     )
 
 
