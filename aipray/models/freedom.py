@@ -70,7 +70,7 @@ from torch import nn
 from aipray.data.catalog import Catalog
 from aipray.models.base import MODELS
 from aipray.models.extractor import Extractor, build_extractor, extract_features
-from aipray.models.graph_ranker import COLD_CODES, GraphRanker
+from aipray.models.graph_ranker import GraphRanker, cold_code_param, relax_param
 from aipray.models.graphs import (
     Graph,
     bipartite,
@@ -107,16 +107,8 @@ class FREEDOMConfig(Settings):
     epochs: int = param(200, min=1)
     batch_size: int = param(2048, min=1)
     patience: int | None = param(20, min=1, doc="epochs without a validation gain before stopping")
-    relax: float = param(
-        1.0, min=1e-6, labelled=True, doc="relaxed top-k temperature, in mean similarity gaps"
-    )
-    cold_code: str = param(
-        "graph",
-        choices=COLD_CODES,
-        axis=True,
-        keyed_at_default=False,
-        doc="what a cold item's kNN row reads: graph (the ID embeddings) or neighbours",
-    )
+    relax: float = relax_param()
+    cold_code: str = cold_code_param()
     image_weight: float | None = param(
         None,
         axis=True,

@@ -17,6 +17,7 @@ from torch import nn
 from aipray.data.catalog import Catalog
 from aipray.models.base import Recommender
 from aipray.models.extractor import extract_features
+from aipray.params import param
 from aipray.pixels import to_float
 
 #: how a cold item's item-graph row is read (``cold_code``): ``graph`` as the model propagates
@@ -24,6 +25,26 @@ from aipray.pixels import to_float
 #: collaborative term), ``neighbours`` over its neighbours' whole codes (the collaborative term
 #: imputed from the warm items its image is closest to)
 COLD_CODES = ("graph", "neighbours")
+
+
+def relax_param() -> Any:
+    """The ``relax`` setting both graph rankers declare: the temperature of the relaxed top-k
+    that INSA differentiates, in mean similarity gaps (shown in labels off its default)."""
+    return param(
+        1.0, min=1e-6, labelled=True, doc="relaxed top-k temperature, in mean similarity gaps"
+    )
+
+
+def cold_code_param() -> Any:
+    """The ``cold_code`` setting both graph rankers declare (:data:`COLD_CODES`; an axis, out of
+    the store key at its default)."""
+    return param(
+        "graph",
+        choices=COLD_CODES,
+        axis=True,
+        keyed_at_default=False,
+        doc="what a cold item's kNN row reads: graph (the ID embeddings) or neighbours",
+    )
 
 
 class GraphRanker(Recommender):

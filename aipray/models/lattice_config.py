@@ -8,7 +8,7 @@ from typing import NamedTuple
 
 import torch
 
-from aipray.models.graph_ranker import COLD_CODES
+from aipray.models.graph_ranker import cold_code_param, relax_param
 from aipray.params import Settings, param
 
 #: the modalities the model can read; each has its raw features, initial graph and projection
@@ -37,16 +37,8 @@ class LATTICEConfig(Settings):
     epochs: int = param(200, min=1)
     batch_size: int = param(1024, min=1)
     patience: int | None = param(20, min=1, doc="epochs without a validation gain before stopping")
-    relax: float = param(
-        1.0, min=1e-6, labelled=True, doc="relaxed top-k temperature, in mean similarity gaps"
-    )
-    cold_code: str = param(
-        "graph",
-        choices=COLD_CODES,
-        axis=True,
-        keyed_at_default=False,
-        doc="what a cold item's row reads: graph (the ID embeddings, normalised) or neighbours",
-    )
+    relax: float = relax_param()
+    cold_code: str = cold_code_param()
     text: bool | None = param(
         None,
         axis=True,
